@@ -1,0 +1,176 @@
+"""Streaming the pipeline's shards into training batches (the default, CPU loader).
+
+Shards are read sequentially as plain tars; samples are shuffled through a buffer whose order is
+a pure function of (seed, epoch), so a resumed run sees exactly the batches an uninterrupted run
+would. Work is split across DataLoader workers and distributed ranks by shard, or by sample when
+there are fewer shards than readers. JPEGs are decoded with PIL (libjpeg-turbo, DCT-domain
+downscaling via ``draft``) in the workers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pipeline.shards import shard_urls
+from pipeline.vocab import encode, load_vocab
+
+
+@dataclass
+class DataInfo:
+    """What the trainer needs from a `pipeline build` output besides the frames."""
+
+    root: Path
+    itos: list[str]
+    stoi: dict[str, int]
+    attributes: list[str]
+    labels: dict[str, list[int]]  # clip id -> attribute ids
+    n_frames: int
+    shard_size: int  # frame side in the shards
+
+    @classmethod
+    def load(cls, root: str | Path) -> DataInfo:
+        root = Path(root)
+        for name in ("vocab.json", "attributes.parquet", "clip_attributes.parquet", "cider_df.parquet"):
+            if not (root / name).exists():
+                raise FileNotFoundError(f"{root / name}: missing; is {root} a `pipeline build` output?")
+        itos = load_vocab(root / "vocab.json")["itos"]
+        attrs = [r["word"] for r in pq.read_table(root / "attributes.parquet").to_pylist()]
+        labels = {r["clip_id"]: r["attribute_ids"] for r in pq.read_table(root / "clip_attributes.parquet").to_pylist()}
+        manifest = json.loads((root / "shards" / "manifest-train.json").read_text())
+        return cls(root, itos, {w: i for i, w in enumerate(itos)}, attrs, labels, manifest["frames"], manifest["size"])
+
+    def urls(self, split: str) -> list[str]:
+        return shard_urls(self.root / "shards", split)
+
+    def attr_vector(self, clip_id: str) -> np.ndarray:
+        v = np.zeros(len(self.attributes), dtype=np.float32)
+        v[self.labels.get(clip_id, [])] = 1.0
+        return v
+
+
+def decode_frames(jpegs: list[bytes], size: int) -> np.ndarray:
+    """JPEG bytes -> (K, 3, size, size) uint8."""
+    out = []
+    for data in jpegs:
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (size, size))
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        out.append(np.asarray(img).transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def iter_tar(url: str) -> Iterator[dict]:
+    """Samples of one shard: {"key", "json": dict, "jpgs": [bytes, ...]} in file order."""
+    current: dict | None = None
+    with tarfile.open(url) as tar:
+        for m in tar:
+            key, _, ext = m.name.partition(".")
+            if current is None or current["key"] != key:
+                if current is not None:
+                    yield current
+                current = {"key": key, "frames": {}}
+            data = tar.extractfile(m).read()
+            if ext == "json":
+                current["json"] = json.loads(data)
+            elif ext.endswith(".jpg"):
+                current["frames"][int(ext.split(".")[0])] = data
+    if current is not None:
+        yield current
+
+
+def pick_caption(captions: list[str], seed: int, epoch: int, clip_id: str) -> str:
+    """One reference per clip per epoch, reproducible without any RNG state."""
+    h = zlib.crc32(f"{seed}/{epoch}/{clip_id}".encode())
+    return captions[h % len(captions)]
+
+
+def caption_batch(captions: list[str], stoi: dict[str, int], max_len: int) -> torch.Tensor:
+    ids = [encode(c, stoi, max_len) for c in captions]
+    out = torch.zeros(len(ids), max(len(x) for x in ids), dtype=torch.long)
+    for i, x in enumerate(ids):
+        out[i, : len(x)] = torch.tensor(x)
+    return out
+
+
+class ShardDataset(IterableDataset):
+    def __init__(self, info: DataInfo, split: str, image_size: int, shuffle: bool, seed: int = 0,
+                 shuffle_buffer: int = 256, max_clips: int | None = None):
+        self.info, self.split, self.image_size = info, split, image_size
+        self.urls = info.urls(split)
+        self.shuffle, self.seed, self.buffer, self.max_clips = shuffle, seed, shuffle_buffer, max_clips
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _reader(self) -> tuple[int, int]:
+        w = get_worker_info()
+        wid, nw = (w.id, w.num_workers) if w else (0, 1)
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return rank * nw + wid, nw * world
+
+    def _samples(self) -> Iterator[dict]:
+        me, readers = self._reader()
+        urls = list(self.urls)
+        if self.shuffle:
+            urls = [urls[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(urls))]
+        by_shard = len(urls) >= readers and self.max_clips is None
+        index = 0
+        for s, url in enumerate(urls):
+            if by_shard and s % readers != me:
+                continue
+            for sample in iter_tar(url):
+                if self.max_clips is not None and index >= self.max_clips:
+                    return
+                mine = by_shard or index % readers == me
+                index += 1
+                if mine:
+                    yield sample
+
+    def _decode(self, s: dict) -> dict:
+        meta = s["json"]
+        frames = decode_frames([s["frames"][k] for k in sorted(s["frames"])], self.image_size)
+        return {"clip_id": meta["clip_id"], "frames": torch.from_numpy(frames), "captions": meta["captions"],
+                "attrs": torch.from_numpy(self.info.attr_vector(meta["clip_id"]))}
+
+    def __iter__(self) -> Iterator[dict]:
+        if not self.shuffle:
+            for s in self._samples():
+                yield self._decode(s)
+            return
+        me, _ = self._reader()
+        rng = np.random.default_rng([self.seed, self.epoch, me, 7])
+        buf: list[dict] = []
+        for s in self._samples():
+            buf.append(s)
+            if len(buf) >= self.buffer:
+                yield self._decode(buf.pop(int(rng.integers(len(buf)))))
+        while buf:
+            yield self._decode(buf.pop(int(rng.integers(len(buf)))))
+
+
+def collate(samples: list[dict]) -> dict:
+    return {"clip_id": [s["clip_id"] for s in samples], "frames": torch.stack([s["frames"] for s in samples]),
+            "captions": [s["captions"] for s in samples], "attrs": torch.stack([s["attrs"] for s in samples])}
+
+
+def torch_loader(ds: ShardDataset, batch_size: int, num_workers: int) -> DataLoader:
+    # Each worker reads whole shards (or every n-th sample), so more workers than readers is waste.
+    return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None)

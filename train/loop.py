@@ -1,0 +1,262 @@
+"""The three stages, one loop, no framework: (1) cross-entropy with the CNN frozen, (2) REINFORCE+
+with a greedy-decoding baseline and the CIDEr-D reward, (3) everything unfrozen with
+0.95 * RL + 0.05 * attribute BCE. Each stage writes RUN/stage{N}/: config.json, metrics.jsonl,
+TensorBoard events (tb/), best.pt (by val CIDEr), last.pt (for --resume) and curves.png.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from evalkit.cider import CiderD, load_df
+from evalkit.coco import Scorer
+from model.captioner import Captioner, make_config
+from model.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.shards import read_metadata
+from pipeline.vocab import MAX_LEN, decode
+from train.config import TrainConfig
+from train.data import DataInfo, ShardDataset, caption_batch, pick_caption, torch_loader
+from train.features import FeatureSet, cached_features, feature_batches
+from train.losses import attr_loss, rl_loss, xe_loss
+from train.report import MetricsLog, plot_curves
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device=cuda, but torch.cuda.is_available() is False (no GPU or a CPU-only torch)")
+        return torch.device("cuda")
+    if cfg.amp:
+        raise RuntimeError("amp=true needs device=cuda (bf16 autocast is only used on the GPU)")
+    return torch.device("cpu")
+
+
+def make_batches(cfg: TrainConfig, info: DataInfo, split: str, image_size: int, shuffle: bool, epoch: int = 0,
+                 batch_size: int | None = None):
+    """Frame batches from the configured loader (torch DataLoader or DALI)."""
+    bs = batch_size or cfg.batch_size
+    if cfg.loader == "dali":
+        from train.dali_loader import DaliLoader
+
+        return DaliLoader(info, split, image_size, bs, shuffle, seed=cfg.seed + epoch, device=cfg.device)
+    ds = ShardDataset(info, split, image_size, shuffle, cfg.seed, cfg.shuffle_buffer, cfg.max_clips)
+    ds.set_epoch(epoch)
+    return torch_loader(ds, bs, cfg.num_workers)
+
+
+def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[Captioner, str | None]:
+    """A fresh model (stage 1) or the one to start from (init / previous stage's best.pt)."""
+    init = cfg.init
+    if init is None and cfg.stage > 1:
+        init = str(Path(cfg.run) / f"stage{cfg.stage - 1}" / "best.pt")
+        if not Path(init).exists():
+            raise FileNotFoundError(f"{init}: stage {cfg.stage} starts from stage {cfg.stage - 1}'s best "
+                                    f"checkpoint; run `train --stage {cfg.stage - 1}` first or pass --init")
+    if init is not None:
+        model, ckpt = load_checkpoint(init)
+        if ckpt["vocab"] != info.itos:
+            raise ValueError(f"{init}: its vocabulary differs from {info.root}/vocab.json")
+        return model, init
+    overrides = {"backbone_weights": cfg.backbone_weights, "n_attributes": len(info.attributes),
+                 "n_frames": info.n_frames, **cfg.model_overrides}
+    return Captioner(make_config(cfg.preset, len(info.itos), **overrides)), None
+
+
+def references(info: DataInfo, split: str, max_clips: int | None) -> dict[str, list[str]]:
+    metas = read_metadata(info.root / "shards", split)
+    if max_clips is not None:
+        metas = metas[:max_clips]
+    return {m["clip_id"]: m["captions"] for m in metas}
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        self.device = resolve_device(cfg)
+        self.info = DataInfo.load(cfg.data)
+        self.dir = Path(cfg.run) / f"stage{cfg.stage}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.start_epoch, self.best, self.history = 0, float("-inf"), []
+        if cfg.resume:
+            last = self.dir / "last.pt"
+            if not last.exists():
+                raise FileNotFoundError(f"{last}: nothing to resume")
+            self.model, ckpt = load_checkpoint(last)
+            self.init_from = ckpt["extra"].get("init_from")
+        else:
+            self.model, self.init_from = build_model(cfg, self.info)
+        self.model.to(self.device)
+        self.model.freeze_backbone(cfg.stage < 3)
+        self.image_size = self.model.cfg.image_size
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.resume:
+            extra = ckpt["extra"]
+            self.opt.load_state_dict(extra["optimizer"])
+            torch.set_rng_state(extra["rng"])
+            self.start_epoch, self.best, self.history = extra["epoch"] + 1, extra["best"], extra["history"]
+        self.train_refs = references(self.info, "train", cfg.max_clips)
+        self.val_refs = references(self.info, "val", cfg.max_clips)
+        self.cider = None
+        if cfg.stage > 1:
+            df, n_docs = load_df(self.info.root / "cider_df.parquet")
+            self.cider = CiderD(self.info.itos, self.train_refs, df, n_docs, max_len=MAX_LEN)
+        self.use_cache = cfg.feature_cache and cfg.stage < 3
+        self.cache: dict[str, FeatureSet] = {}
+        cfg.save(self.dir / "config.json")
+        self.log = MetricsLog(self.dir, append=cfg.resume)
+
+    # ---- data ---------------------------------------------------------------------------------
+    def features(self, split: str) -> FeatureSet:
+        if split not in self.cache:
+            t0 = time.perf_counter()
+            self.cache[split] = cached_features(
+                self.model, self.info, split, self.image_size, Path(self.cfg.run) / "features",
+                lambda: make_batches(self.cfg, self.info, split, self.image_size, False, batch_size=32),
+                self.device, self.cfg.max_clips, self.progress)
+            self.log.write({"event": "features", "split": split, "clips": len(self.cache[split].clip_ids),
+                            "seconds": round(time.perf_counter() - t0, 3)})
+        return self.cache[split]
+
+    def epoch_batches(self, epoch: int):
+        if self.use_cache:
+            fs = self.features("train")
+            g = torch.Generator().manual_seed(self.cfg.seed * 1000003 + epoch)
+            return feature_batches(fs, self.cfg.batch_size, torch.randperm(len(fs.clip_ids), generator=g))
+        return make_batches(self.cfg, self.info, "train", self.image_size, True, epoch)
+
+    def batch_features(self, batch: dict) -> torch.Tensor:
+        if "feats" in batch:
+            return batch["feats"].to(self.device)
+        return self.model.frame_features(batch["frames"].to(self.device))
+
+    # ---- one step -----------------------------------------------------------------------------
+    def step(self, batch: dict, epoch: int) -> dict:
+        cfg, model = self.cfg, self.model
+        model.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
+            feats = self.batch_features(batch)
+            if cfg.stage == 1:
+                caps = [pick_caption(c, cfg.seed, epoch, i) for c, i in zip(batch["captions"], batch["clip_id"], strict=True)]
+                targets = caption_batch(caps, self.info.stoi, model.cfg.max_len).to(self.device)
+                loss = xe_loss(model(feats, targets).float(), targets)
+                stats = {"loss": loss.item()}
+            else:
+                loss, stats = self.rl_step(feats, batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+        self.opt.step()
+        return stats
+
+    def rl_step(self, feats: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
+        cfg, model, m = self.cfg, self.model, self.cfg.samples
+        ids = batch["clip_id"]
+        seqs, logps = model.sample(feats, n=m, temperature=cfg.temperature)
+        model.eval()
+        with torch.no_grad():
+            greedy = model.greedy(feats.detach())
+        model.train()
+        rewards = self.cider.score([i for i in ids for _ in range(m)], seqs.cpu().numpy())
+        base = self.cider.score(ids, greedy.cpu().numpy())
+        r = torch.from_numpy(rewards).float().to(self.device)
+        b = torch.from_numpy(np.repeat(base, m)).float().to(self.device)
+        loss = rl_loss(logps.float(), seqs, r, b)
+        stats = {"rl_loss": loss.item(), "reward": r.mean().item(), "baseline": float(base.mean())}
+        if cfg.stage == 3:
+            la = attr_loss(model.attribute_logits(feats).float(), batch["attrs"].to(self.device))
+            loss = cfg.rl_weight * loss + cfg.attr_weight * la
+            stats["attr_loss"] = la.item()
+        stats["loss"] = loss.item()
+        return loss, stats
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, split: str, beam: int = 1) -> dict[str, str]:
+        self.model.eval()
+        if self.use_cache:
+            batches = feature_batches(self.features(split), 64)
+        else:
+            batches = make_batches(self.cfg, self.info, split, self.image_size, False, batch_size=16)
+        preds = {}
+        for batch in batches:
+            feats = self.batch_features(batch)
+            seqs = self.model.greedy(feats) if beam <= 1 else self.model.beam(feats, beam)
+            for cid, s in zip(batch["clip_id"], seqs.tolist(), strict=True):
+                preds[cid] = decode(s, self.info.itos)
+            if self.cfg.max_clips is not None and len(preds) >= self.cfg.max_clips:
+                break
+        return preds
+
+    def evaluate(self, scorer: Scorer) -> dict:
+        preds = self.predict("val", self.cfg.eval_beam)
+        refs = {k: self.val_refs[k] for k in preds}
+        return {f"val_{k}": v for k, v in scorer.score(preds, refs).items()}
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def save(self, name: str, epoch: int) -> None:
+        extra = {"stage": self.cfg.stage, "epoch": epoch, "best": self.best, "history": self.history,
+                 "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(), "init_from": self.init_from}
+        save_checkpoint(self.dir / name, self.model, self.info.itos, self.info.attributes, extra)
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        counts = self.model.parameter_counts()
+        self.log.write({"event": "start", "stage": cfg.stage, "init_from": self.init_from, "params": counts,
+                        "backbone_weights": self.model.backbone_info.weights, "start_epoch": self.start_epoch})
+        step = sum(h.get("steps", 0) for h in self.history)
+        with Scorer(meteor=False) as scorer:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                t0, clips, agg = time.perf_counter(), 0, {}
+                bar = tqdm(self.epoch_batches(epoch), desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}",
+                           unit="batch", disable=not self.progress, leave=False)
+                n_steps = 0
+                for batch in bar:
+                    stats = self.step(batch, epoch)
+                    step += 1
+                    n_steps += 1
+                    clips += len(batch["clip_id"])
+                    for k, v in stats.items():
+                        agg[k] = agg.get(k, 0.0) + v
+                    self.log.write({"event": "step", "epoch": epoch, "step": step, **stats})
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}")
+                seconds = time.perf_counter() - t0
+                record = {"epoch": epoch, "steps": n_steps, "train_seconds": round(seconds, 2),
+                          "clips_per_s": round(clips / max(seconds, 1e-9), 2),
+                          **{f"train_{k}": v / max(n_steps, 1) for k, v in agg.items()}}
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    record.update(self.evaluate(scorer))
+                self.history.append(record)
+                self.log.write({"event": "epoch", **record})
+                score = record.get("val_CIDEr")
+                if score is not None and score > self.best:
+                    self.best = score
+                    self.save("best.pt", epoch)
+                self.save("last.pt", epoch)
+                if self.progress:
+                    val = f", val CIDEr {100 * score:.2f}" if score is not None else ""
+                    print(f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}: loss {record.get('train_loss', 0):.4f}, "
+                          f"{record['clips_per_s']:.1f} clips/s{val}")
+        if not (self.dir / "best.pt").exists() and (self.dir / "last.pt").exists():
+            (self.dir / "best.pt").write_bytes((self.dir / "last.pt").read_bytes())
+        plot_curves(self.history, self.dir / "curves.png", f"stage {cfg.stage}")
+        self.log.close()
+        return {"best_val_CIDEr": self.best, "history": self.history, "dir": str(self.dir)}
+
+
+def run_stage(cfg: TrainConfig, progress: bool = True) -> dict:
+    return Trainer(cfg, progress).fit()
+
+
+def save_json(path: Path, obj) -> None:
+    Path(path).write_text(json.dumps(obj, indent=1) + "\n")
