@@ -1,0 +1,47 @@
+"""Shared fixtures: a small built-in dataset and its pipeline build, made once per session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+BIN = REPO / ".venv" / "bin"
+
+
+def shared_path(*parts: str) -> Path:
+    """A file from ../shared, or skip: a user's clone has no ../shared (CI and developers do)."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"{p} is absent: this test needs the CEO's ../shared data beside the repo")
+    return p
+
+
+def tool(name: str) -> str:
+    """A console script of this install (the venv's, else PATH's)."""
+    p = BIN / name
+    return str(p) if p.exists() else (shutil.which(name) or name)
+
+
+SMALL_BUILD = dict(frames=5, size=64, quality=90, shard_size=4, attributes=400, min_count=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> Path:
+    from pipeline.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth") / "ds"
+    synthesize(out, clips=24, seed=3, size=(160, 120), seconds=2.0, workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def built_small(synth_small, tmp_path_factory) -> Path:
+    from pipeline.build import BuildConfig, build
+
+    out = tmp_path_factory.mktemp("build") / "out"
+    build(BuildConfig(dataset="msrvtt", root=str(synth_small), out=str(out), workers=2, **SMALL_BUILD))
+    return out
