@@ -1,0 +1,162 @@
+"""Issue 5: the captioner -- shapes, decoders, freezing, presets, real pretrained weights, checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import Captioner, load_checkpoint, make_config, save_checkpoint
+from model.backbones import create_backbone, lite0_weights_file, remap_lukemelas_lite0
+from model.captioner import BOS, EOS, PAD
+from train.losses import sequence_mask
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    m = Captioner(make_config("tiny", 30, init_range=0.6)).double().eval()
+    frames = torch.randint(0, 256, (4, 5, 3, 64, 64), dtype=torch.uint8)
+    return m, m.frame_features(frames)
+
+
+def test_shapes_and_masks(tiny):
+    m, feats = tiny
+    assert feats.shape == (4, 5, 128)
+    caps = torch.tensor([[5, 6, EOS, PAD], [7, EOS, PAD, PAD], [5, 5, 5, EOS], [9, 8, 7, EOS]])
+    logp = m(feats, caps)
+    assert logp.shape == (4, 4, 30) and torch.allclose(logp.exp().sum(-1), torch.ones(4, 4, dtype=logp.dtype))
+    assert torch.all(logp[..., PAD] == -torch.inf) and torch.all(logp[..., BOS] == -torch.inf)
+    assert m.attribute_logits(feats).shape == (4, 16)
+    seqs, lps = m.sample(feats, n=3)
+    assert seqs.shape[0] == 12 and lps.shape == seqs.shape
+    mask = sequence_mask(seqs)
+    assert torch.all(lps[mask == 0] == 0) and torch.all(seqs[mask == 0] == PAD)
+    assert torch.all((seqs == PAD) | (mask == 1))
+
+
+def test_beam_one_equals_greedy(tiny):
+    m, feats = tiny
+    g, b = m.greedy(feats), m.beam(feats, k=1)
+    assert torch.equal(g, b[:, : g.shape[1]]) and torch.all(b[:, g.shape[1] :] == PAD)
+
+
+def test_batched_beam_equals_per_clip_beam(tiny):
+    m, feats = tiny
+    batched = m.beam(feats, k=3)
+    for i in range(len(feats)):
+        single = m.beam(feats[i : i + 1], k=3)[0]
+        n = max(len(single), batched.shape[1])
+        pad = lambda s: torch.cat([s, s.new_zeros(n - len(s))])  # noqa: E731
+        assert torch.equal(pad(single), pad(batched[i]))
+    assert len({tuple(r.tolist()) for r in batched}) > 1  # the clips really decode differently
+
+
+def test_beam_finds_at_least_the_greedy_log_prob(tiny):
+    m, feats = tiny
+
+    def seq_logp(seqs):
+        seqs = seqs[:, : m.cfg.max_len]
+        lp = m(feats, seqs.clamp(min=0)).gather(2, seqs.clamp(min=1)[..., None]).squeeze(2)
+        return (lp * sequence_mask(seqs)).sum(1)
+
+    assert torch.all(seq_logp(m.beam(feats, 3)) >= seq_logp(m.greedy(feats)) - 1e-9)
+
+
+def test_sampling_is_reproducible_with_a_seed_and_encodes_once(tiny, monkeypatch):
+    m, feats = tiny
+    torch.manual_seed(1)
+    a = m.sample(feats, n=5)
+    torch.manual_seed(1)
+    b = m.sample(feats, n=5)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    calls = []
+    original = m.encode
+    monkeypatch.setattr(m, "encode", lambda f, s: calls.append(f.shape[0]) or original(f, s))
+    m.sample(feats, n=5)
+    assert calls == [4]  # the video is encoded once per clip, then expanded
+
+
+def test_frozen_backbone_gets_no_gradient_and_keeps_batchnorm_statistics():
+    torch.manual_seed(0)
+    m = Captioner(make_config("tiny", 20))
+    m.freeze_backbone(True)
+    m.train()
+    bn = next(x for x in m.backbone.modules() if isinstance(x, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    feats = m.frame_features(torch.randint(0, 256, (2, 5, 3, 64, 64), dtype=torch.uint8))
+    caps = torch.tensor([[4, 5, EOS], [6, EOS, PAD]])
+    loss = -m(feats, caps).gather(2, caps.clamp(min=1)[..., None]).mean() + m.attribute_logits(feats).sum()
+    loss.backward()
+    assert all(p.grad is None for p in m.backbone.parameters())
+    assert m.img_fc.weight.grad is not None and m.attr_head.weight.grad is not None
+    assert torch.equal(bn.running_mean, before) and not m.backbone.training
+    m.freeze_backbone(False)
+    m.train()
+    m.frame_features(torch.randint(0, 256, (2, 5, 3, 64, 64), dtype=torch.uint8)).sum().backward()
+    assert not torch.equal(bn.running_mean, before)
+    assert all(p.grad is not None for p in m.backbone.parameters())
+
+
+def test_new_layers_are_initialised_uniformly():
+    m = Captioner(make_config("tiny", 20))
+    for mod in (m.img_fc, m.word_emb, m.lstm1, m.lstm2, m.out, m.attr_head):
+        for p in mod.parameters():
+            assert p.abs().max() <= 0.1
+
+
+def test_paper_preset_builds_and_trains_one_step_at_batch_1():
+    with pytest.warns(UserWarning, match="RANDOM INIT"):
+        m = Captioner(make_config("paper", 1000))
+    assert m.backbone_info.feature_dim == 1536 and m.cfg.hidden == 1000 and m.cfg.embed == 500
+    assert m.img_fc.out_features == 500 and m.attr_head.out_features == 400 and m.cfg.max_len == 35
+    m.train()
+    feats = m.frame_features(torch.randint(0, 256, (1, 5, 3, 224, 224), dtype=torch.uint8))
+    caps = torch.tensor([[10, 11, 12, EOS]])
+    loss = -m(feats, caps).gather(2, caps[..., None]).mean()
+    loss.backward()
+    assert next(m.backbone.parameters()).grad is not None and torch.isfinite(loss)
+
+
+def _imagenet_top1(model, img: np.ndarray) -> int:
+    x = torch.from_numpy(np.asarray(Image.fromarray(img).resize((224, 224), Image.BICUBIC)).copy())
+    x = (x.permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+    with torch.no_grad():
+        return int(model(x[None]).argmax())
+
+
+def test_lite0_imagenet_weights_are_real():
+    import timm
+    from skimage import data
+
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    full.load_state_dict(remap_lukemelas_lite0(torch.load(lite0_weights_file(), weights_only=True)), strict=True)
+    full.eval()
+    assert _imagenet_top1(full, data.chelsea()) in (281, 282, 283, 284, 285)  # the cats
+    assert _imagenet_top1(full, data.coffee()) in (967, 968, 504)  # espresso, cup, coffee mug
+    backbone, info = create_backbone("tf_efficientnet_lite0")
+    assert info.feature_dim == 1280 and info.weights.endswith("efficientnet-lite0-57934424.pth")
+    with torch.no_grad():
+        x = torch.randn(1, 3, 112, 112)
+        assert torch.allclose(backbone.eval()(x), full.forward_head(full.forward_features(x), pre_logits=True), atol=1e-5)
+
+
+def test_unknown_backbone_and_missing_weights_file():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        create_backbone("resnet9000")
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        create_backbone("inception_resnet_v2", weights="/nonexistent.pth")
+
+
+def test_checkpoint_round_trip_uses_weights_only(tmp_path, tiny, monkeypatch):
+    m, feats = tiny
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, m.float(), [f"w{i}" for i in range(30)], ["a", "b"], {"epoch": 3})
+    calls = []
+    original = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or original(*a, **k))
+    m2, raw = load_checkpoint(path)
+    assert calls == [True] and raw["extra"]["epoch"] == 3 and raw["attributes"] == ["a", "b"]
+    assert torch.equal(m2.greedy(feats.float()), m.float().eval().greedy(feats.float()))
+    m.double()

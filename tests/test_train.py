@@ -1,0 +1,180 @@
+"""Issue 6: the three training stages, resume, the loaders, the feature cache, eval and caption."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import tool
+
+from model.checkpoint import load_checkpoint
+from train.config import make_train_config
+from train.data import DataInfo, ShardDataset, torch_loader
+from train.losses import rl_loss, sequence_mask
+from train.loop import Trainer, run_stage
+
+
+def cfg_for(stage, data, run, *overrides):
+    return make_train_config(stage, "tiny", ["num_workers=0", *overrides], data=str(data), run=str(run))
+
+
+def backbone_state(path):
+    model, _ = load_checkpoint(path)
+    return {k: v.clone() for k, v in model.backbone.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def three_stages(built_small, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    results = [run_stage(cfg_for(s, built_small, run), progress=False) for s in (1, 2, 3)]
+    return run, results
+
+
+def test_each_stage_trains_and_writes_its_reports(three_stages):
+    run, results = three_stages
+    for stage, r in zip((1, 2, 3), results, strict=True):
+        d = run / f"stage{stage}"
+        for name in ("best.pt", "last.pt", "metrics.jsonl", "config.json", "curves.png"):
+            assert (d / name).exists(), (stage, name)
+        assert list((d / "tb").glob("events.out.tfevents.*"))
+        records = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        epochs = [x for x in records if x["event"] == "epoch"]
+        assert epochs and all("val_CIDEr" in e for e in epochs)
+        steps = [x for x in records if x["event"] == "step"]
+        assert steps and all(np.isfinite(x["loss"]) for x in steps)
+        if stage > 1:
+            assert all("reward" in x and "baseline" in x for x in steps)
+        if stage == 3:
+            assert all("attr_loss" in x for x in steps)
+        assert json.loads((d / "config.json").read_text())["stage"] == stage
+    start2 = json.loads((run / "stage2" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start2["init_from"].endswith("stage1/best.pt")
+
+
+def test_stage_3_trains_the_backbone_and_stages_1_2_do_not(three_stages, built_small):
+    run, _ = three_stages
+    fresh = Trainer(cfg_for(1, built_small, run / "fresh"), progress=False).model.backbone.state_dict()
+    s1, s2, s3 = (backbone_state(run / f"stage{s}" / "last.pt") for s in (1, 2, 3))
+    weights = [k for k in s1 if "num_batches" not in k]
+    assert all(torch.equal(fresh[k], s1[k]) and torch.equal(s1[k], s2[k]) for k in s1)
+    assert any(not torch.equal(s2[k], s3[k]) for k in weights)
+
+
+def test_rl_loss_on_a_hand_computed_case():
+    # two clips x M=2 samples; <eos> = 2, pad = 0
+    seqs = torch.tensor([[5, 2, 0], [6, 7, 2], [2, 0, 0], [5, 6, 7]])
+    logps = torch.tensor([[-1.0, -0.5, 0.0], [-2.0, -1.0, -0.5], [-0.25, 0.0, 0.0], [-1.0, -1.0, -1.0]], dtype=torch.float64)
+    rewards = torch.tensor([1.0, 0.5, 0.2, 0.0], dtype=torch.float64)
+    baseline = torch.tensor([0.6, 0.6, 0.1, 0.1], dtype=torch.float64)  # greedy CIDEr-D of clip 0 and clip 1, repeated M times
+    assert torch.equal(sequence_mask(seqs), torch.tensor([[1.0, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]]))
+    # advantages 0.4, -0.1, 0.1, -0.1; sequence log-probs -1.5, -3.5, -0.25, -3.0
+    expected = -(0.4 * -1.5 + -0.1 * -3.5 + 0.1 * -0.25 + -0.1 * -3.0) / 4
+    assert rl_loss(logps, seqs, rewards, baseline).item() == pytest.approx(expected)
+    lp = logps.clone().requires_grad_(True)
+    rl_loss(lp, seqs, rewards, baseline).backward()
+    assert lp.grad[0, 2] == 0 and lp.grad[2, 1] == 0 and lp.grad[0, 0] == pytest.approx(-0.4 / 4)
+
+
+def test_resume_continues_exactly(built_small, tmp_path):
+    full = run_stage(cfg_for(1, built_small, tmp_path / "a", "epochs=3", "feature_cache=false", "batch_size=4"), progress=False)
+    run_stage(cfg_for(1, built_small, tmp_path / "b", "epochs=1", "feature_cache=false", "batch_size=4"), progress=False)
+    cfg = cfg_for(1, built_small, tmp_path / "b", "epochs=3", "feature_cache=false", "batch_size=4")
+    cfg.resume = True
+    resumed = run_stage(cfg, progress=False)
+
+    def losses(run, epoch):
+        recs = [json.loads(x) for x in (run / "stage1" / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in recs if r["event"] == "step" and r["epoch"] == epoch]
+
+    assert losses(tmp_path / "b", 1) == losses(tmp_path / "a", 1) and losses(tmp_path / "a", 1)
+    assert losses(tmp_path / "b", 2) == losses(tmp_path / "a", 2)
+    assert resumed["history"][-1]["val_CIDEr"] == full["history"][-1]["val_CIDEr"]
+
+
+def test_feature_cache_is_exact(built_small, tmp_path):
+    t = Trainer(cfg_for(1, built_small, tmp_path), progress=False)
+    fs = t.features("val")
+    ds = ShardDataset(t.info, "val", t.image_size, shuffle=False)
+    batch = next(iter(torch_loader(ds, 64, 0)))
+    t.model.eval()
+    with torch.no_grad():
+        direct = t.model.frame_features(batch["frames"])
+    assert fs.clip_ids == batch["clip_id"] and torch.equal(fs.feats, direct)
+    again = Trainer(cfg_for(1, built_small, tmp_path), progress=False).features("val")
+    assert torch.equal(again.feats, fs.feats)
+    assert len(list((tmp_path / "features").glob("val-*.pt"))) == 1
+
+
+def test_loader_splits_shards_across_workers_without_overlap(built_small):
+    info = DataInfo.load(built_small)
+    ds = ShardDataset(info, "train", 32, shuffle=True, seed=5, shuffle_buffer=8)
+    one = [c for b in torch_loader(ds, 3, 0) for c in b["clip_id"]]
+    two = [c for b in torch_loader(ds, 3, 2) for c in b["clip_id"]]
+    assert sorted(one) == sorted(two) and len(set(one)) == len(one)
+    ds.set_epoch(1)
+    assert [c for b in torch_loader(ds, 3, 0) for c in b["clip_id"]] != one
+
+
+def test_dali_cpu_loader_yields_the_default_loaders_frames(built_small):
+    pytest.importorskip("nvidia.dali", reason="NVIDIA DALI not installed (pip install 'vidcap[dali]')")
+    from train.dali_loader import DaliLoader
+
+    info = DataInfo.load(built_small)
+    ref = {c: f for b in torch_loader(ShardDataset(info, "train", info.shard_size, shuffle=False), 4, 0)
+           for c, f in zip(b["clip_id"], b["frames"], strict=True)}
+    got = {}
+    for b in DaliLoader(info, "train", info.shard_size, batch_size=4, shuffle=False, device="cpu"):
+        assert b["frames"].dtype == torch.uint8 and b["frames"].shape[1:] == (5, 3, 64, 64)
+        got.update(zip(b["clip_id"], b["frames"], strict=True))
+    assert list(got) == list(ref)
+    diff = torch.stack([(got[c].int() - ref[c].int()).abs() for c in ref])
+    assert diff.float().mean() < 0.5 and diff.max() <= 8, (diff.float().mean(), diff.max())
+
+
+def test_dali_on_cuda_without_a_gpu_fails_loudly(built_small):
+    pytest.importorskip("nvidia.dali")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from train.dali_loader import DaliLoader
+
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        DaliLoader(DataInfo.load(built_small), "train", 64, 4, False, device="cuda")
+
+
+def test_config_errors_are_clear(built_small, tmp_path):
+    with pytest.raises(ValueError, match="unknown key 'epoch'"):
+        make_train_config(1, "tiny", ["epoch=3"])
+    with pytest.raises(ValueError, match="expected key=value"):
+        make_train_config(1, "tiny", ["epochs"])
+    assert make_train_config(2, "paper", []).lr == 1e-6 and make_train_config(1, "paper", []).batch_size == 64
+    assert make_train_config(3, "paper", []).batch_size == 16 and make_train_config(2, "paper", []).batch_size == 256
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="cuda"):
+            Trainer(cfg_for(1, built_small, tmp_path, "device=cuda"), progress=False)
+    with pytest.raises(RuntimeError, match="amp=true needs device=cuda"):
+        Trainer(cfg_for(1, built_small, tmp_path, "amp=true"), progress=False)
+    r = subprocess.run([tool("train"), "--stage", "2", "--data", str(built_small), "--run", str(tmp_path / "none"), "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "run `train --stage 1` first" in r.stderr
+
+
+def test_train_eval_and_caption(three_stages, built_small, synth_small, tmp_path):
+    run, _ = three_stages
+    ckpt = run / "stage3" / "best.pt"
+    r = subprocess.run([tool("train"), "eval", "--ckpt", str(ckpt), "--data", str(built_small), "--split", "test",
+                        "--beam", "3", "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr"} <= set(metrics) and metrics["beam"] == 3
+    preds = json.loads((tmp_path / "ev" / "predictions.json").read_text())
+    assert len(preds) == metrics["clips"] > 0
+    assert "<img src='data:image/jpeg;base64," in (tmp_path / "ev" / "gallery.html").read_text()
+    (tmp_path / "bad.mp4").write_text("not a video")
+    video = synth_small / "videos" / "video1.mp4"
+    r = subprocess.run([tool("caption"), str(video), str(tmp_path / "bad.mp4"), "--ckpt", str(ckpt)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and r.stdout.startswith(f"{video}: ") and len(r.stdout.split(": ", 1)[1].strip()) > 0
+    assert "bad.mp4" in r.stderr
