@@ -3,6 +3,7 @@ types and tensors, so loading uses ``torch.load(weights_only=True)`` and never u
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -34,4 +35,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     cfg.pretrained = pretrained_backbone
     model = Captioner(cfg)
     model.load_state_dict(ckpt["model"])
+    model.backbone_info = dataclasses.replace(model.backbone_info, weights=f"checkpoint {path}")
     return model.eval(), ckpt

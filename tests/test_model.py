@@ -42,14 +42,17 @@ def test_beam_one_equals_greedy(tiny):
     assert torch.equal(g, b[:, : g.shape[1]]) and torch.all(b[:, g.shape[1] :] == PAD)
 
 
+def _pad(seq: torch.Tensor, n: int) -> torch.Tensor:
+    return torch.cat([seq, seq.new_zeros(n - len(seq))])
+
+
 def test_batched_beam_equals_per_clip_beam(tiny):
     m, feats = tiny
     batched = m.beam(feats, k=3)
     for i in range(len(feats)):
         single = m.beam(feats[i : i + 1], k=3)[0]
         n = max(len(single), batched.shape[1])
-        pad = lambda s: torch.cat([s, s.new_zeros(n - len(s))])  # noqa: E731
-        assert torch.equal(pad(single), pad(batched[i]))
+        assert torch.equal(_pad(single, n), _pad(batched[i], n))
     assert len({tuple(r.tolist()) for r in batched}) > 1  # the clips really decode differently
 
 
@@ -92,11 +95,15 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_batchnorm_statistics():
     assert all(p.grad is None for p in m.backbone.parameters())
     assert m.img_fc.weight.grad is not None and m.attr_head.weight.grad is not None
     assert torch.equal(bn.running_mean, before) and not m.backbone.training
-    m.freeze_backbone(False)
+    m.freeze_backbone(False)  # stage 3 default: every weight trains, BatchNorm keeps its statistics
     m.train()
     m.frame_features(torch.randint(0, 256, (2, 5, 3, 64, 64), dtype=torch.uint8)).sum().backward()
-    assert not torch.equal(bn.running_mean, before)
+    assert torch.equal(bn.running_mean, before) and not bn.training
     assert all(p.grad is not None for p in m.backbone.parameters())
+    m.freeze_backbone(False, bn_stats=True)
+    m.train()
+    m.frame_features(torch.randint(0, 256, (2, 5, 3, 64, 64), dtype=torch.uint8)).sum().backward()
+    assert not torch.equal(bn.running_mean, before) and bn.training
 
 
 def test_new_layers_are_initialised_uniformly():

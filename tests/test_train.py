@@ -13,8 +13,8 @@ from conftest import tool
 from model.checkpoint import load_checkpoint
 from train.config import make_train_config
 from train.data import DataInfo, ShardDataset, torch_loader
-from train.losses import rl_loss, sequence_mask
 from train.loop import Trainer, run_stage
+from train.losses import rl_loss, sequence_mask
 
 
 def cfg_for(stage, data, run, *overrides):
@@ -35,7 +35,8 @@ def three_stages(built_small, tmp_path_factory):
 
 def test_each_stage_trains_and_writes_its_reports(three_stages):
     run, results = three_stages
-    for stage, r in zip((1, 2, 3), results, strict=True):
+    assert [r["dir"] for r in results] == [str(run / f"stage{s}") for s in (1, 2, 3)]
+    for stage in (1, 2, 3):
         d = run / f"stage{stage}"
         for name in ("best.pt", "last.pt", "metrics.jsonl", "config.json", "curves.png"):
             assert (d / name).exists(), (stage, name)

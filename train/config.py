@@ -30,6 +30,7 @@ class TrainConfig:
     temperature: float = 1.0
     rl_weight: float = 0.95  # stage 3: loss = rl_weight * L_RL + attr_weight * L_attr
     attr_weight: float = 0.05
+    bn_stats: bool = False  # stage 3: update BatchNorm running statistics (default: keep them)
     feature_cache: bool = True  # stages 1-2: pooled CNN features computed once per clip
     eval_every: int = 1  # epochs between val evaluations
     eval_beam: int = 1  # 1 = greedy (model selection); `train eval --beam 3` for reports
@@ -53,7 +54,7 @@ STAGE_DEFAULTS: dict[str, dict[int, dict]] = {
         3: dict(lr=1e-6, batch_size=16, epochs=10, samples=8, feature_cache=False),
     },
     "cpu-small": {
-        1: dict(lr=2e-3, batch_size=32, epochs=25),
+        1: dict(lr=2e-3, batch_size=32, epochs=20),
         2: dict(lr=5e-5, batch_size=32, epochs=8, samples=8),
         3: dict(lr=1e-5, batch_size=16, epochs=1, samples=4, feature_cache=False),
     },

@@ -95,7 +95,7 @@ class Trainer:
         else:
             self.model, self.init_from = build_model(cfg, self.info)
         self.model.to(self.device)
-        self.model.freeze_backbone(cfg.stage < 3)
+        self.model.freeze_backbone(cfg.stage < 3, bn_stats=cfg.bn_stats)
         self.image_size = self.model.cfg.image_size
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

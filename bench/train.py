@@ -1,0 +1,130 @@
+"""Benchmark: training throughput on this machine, ratios measured in one run.
+
+  loader      the shard loader (JPEG decode in 2 DataLoader workers) vs decoding the raw videos
+              with decord every epoch (same 2 workers, same 5 frames at the same size)
+  cache       stage-1 epoch time with and without the frozen-backbone feature cache
+  stages      clips/s of one epoch of stages 1, 2 (cached features) and 3 (streamed) for cpu-small
+  paper       seconds per clip of one stage-3 step of the `paper` preset (IRv2 at 224, batch 2, M=8)
+
+Data: a fresh built-in dataset (synth + pipeline build at 112 px) in a temp dir.
+Usage: python bench/train.py [--clips 160] [--out bench/train_report.json] [--skip-paper]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from model import Captioner, make_config, save_checkpoint  # noqa: E402
+from pipeline.build import BuildConfig, build  # noqa: E402
+from pipeline.frames import sample_frames  # noqa: E402
+from pipeline.shards import read_metadata  # noqa: E402
+from pipeline.synth import synthesize  # noqa: E402
+from train.config import make_train_config  # noqa: E402
+from train.data import DataInfo, ShardDataset, torch_loader  # noqa: E402
+from train.loop import Trainer  # noqa: E402
+
+
+class RawVideos(Dataset):
+    def __init__(self, paths: list[str], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(sample_frames(self.paths[i], 5, self.size).frames).permute(0, 3, 1, 2)
+
+
+def epoch_clips_per_s(batches) -> float:
+    t0, n = time.perf_counter(), 0
+    for b in batches:
+        n += len(b["clip_id"]) if isinstance(b, dict) else len(b)
+    return n / (time.perf_counter() - t0)
+
+
+def trainer_epoch(cfg) -> tuple[float, int, Trainer]:
+    t = Trainer(cfg, progress=False)
+    if t.use_cache:
+        t.features("train")  # one-off, timed separately
+    t0, n = time.perf_counter(), 0
+    for batch in t.epoch_batches(0):
+        t.step(batch, 0)
+        n += len(batch["clip_id"])
+    return time.perf_counter() - t0, n, t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=160)
+    ap.add_argument("--out", default=str(REPO / "bench" / "train_report.json"))
+    ap.add_argument("--skip-paper", action="store_true")
+    a = ap.parse_args()
+    report: dict = {"torch_threads": torch.get_num_threads()}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        synthesize(tmp / "synth", clips=a.clips, seed=0, progress=False)
+        build(BuildConfig(dataset="msrvtt", root=str(tmp / "synth"), out=str(tmp / "data"), size=112, shard_size=64,
+                          progress=False))
+        info = DataInfo.load(tmp / "data")
+        paths = [m["source"] for m in read_metadata(tmp / "data" / "shards", "train")]
+        shard = epoch_clips_per_s(torch_loader(ShardDataset(info, "train", 112, shuffle=True), 32, 2))
+        raw = epoch_clips_per_s(DataLoader(RawVideos(paths, 112), batch_size=32, num_workers=2))
+        report["loader"] = {"shards_clips_per_s": round(shard, 1), "raw_decord_clips_per_s": round(raw, 1),
+                            "speedup": round(shard / raw, 2)}
+        print(report["loader"], flush=True)
+
+        def cfg(stage, *extra):
+            return make_train_config(stage, "cpu-small", ["epochs=1", *extra], data=str(tmp / "data"), run=str(tmp / "run"))
+
+        t0 = time.perf_counter()
+        cached, n, t1 = trainer_epoch(cfg(1))
+        caching = time.perf_counter() - t0 - cached
+        streamed, _, _ = trainer_epoch(cfg(1, "feature_cache=false"))
+        report["cache"] = {"epoch_s_cached": round(cached, 2), "epoch_s_streamed": round(streamed, 2),
+                           "one_off_caching_s": round(caching, 2), "speedup": round(streamed / cached, 1)}
+        print(report["cache"], flush=True)
+        from model.checkpoint import save_checkpoint as save
+
+        save(tmp / "run" / "stage1" / "best.pt", t1.model, info.itos, info.attributes)
+        s2, n2, t2 = trainer_epoch(cfg(2))
+        save(tmp / "run" / "stage2" / "best.pt", t2.model, info.itos, info.attributes)
+        s3, n3, _ = trainer_epoch(cfg(3))
+        report["stages_cpu_small"] = {"stage1_clips_per_s": round(n / cached, 1), "stage2_clips_per_s": round(n2 / s2, 1),
+                                      "stage3_clips_per_s": round(n3 / s3, 2)}
+        print(report["stages_cpu_small"], flush=True)
+
+        if not a.skip_paper:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                paper = Captioner(make_config("paper", len(info.itos), n_attributes=len(info.attributes)))
+            save_checkpoint(tmp / "paper.pt", paper, info.itos, info.attributes)
+            pc = make_train_config(3, "paper", ["batch_size=2", "num_workers=0", "max_clips=4"], data=str(tmp / "data"),
+                                   run=str(tmp / "run_paper"), init=str(tmp / "paper.pt"))
+            t = Trainer(pc, progress=False)
+            batches = iter(t.epoch_batches(0))
+            t.step(next(batches), 0)  # warm-up
+            b = next(batches)
+            t0 = time.perf_counter()
+            t.step(b, 0)
+            report["paper_stage3_step"] = {"batch": len(b["clip_id"]), "samples": pc.samples,
+                                           "seconds_per_clip": round((time.perf_counter() - t0) / len(b["clip_id"]), 2)}
+            print(report["paper_stage3_step"], flush=True)
+    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
