@@ -134,6 +134,10 @@ class Trainer:
             return feature_batches(fs, self.cfg.batch_size, torch.randperm(len(fs.clip_ids), generator=g))
         return make_batches(self.cfg, self.info, "train", self.image_size, True, epoch)
 
+    def n_batches(self) -> int:
+        n = len(self.train_refs)
+        return -(-n // self.cfg.batch_size)
+
     def batch_features(self, batch: dict) -> torch.Tensor:
         if "feats" in batch:
             return batch["feats"].to(self.device)
@@ -214,12 +218,16 @@ class Trainer:
         counts = self.model.parameter_counts()
         self.log.write({"event": "start", "stage": cfg.stage, "init_from": self.init_from, "params": counts,
                         "backbone_weights": self.model.backbone_info.weights, "start_epoch": self.start_epoch})
+        if self.progress:
+            print(f"stage {cfg.stage}: {counts['total'] / 1e6:.2f} M parameters ({counts['backbone'] / 1e6:.2f} M "
+                  f"backbone, {'trained' if cfg.stage == 3 else 'frozen'}); starting from "
+                  f"{self.init_from or self.model.backbone_info.weights}")
         step = sum(h.get("steps", 0) for h in self.history)
         with Scorer(meteor=False) as scorer:
             for epoch in range(self.start_epoch, cfg.epochs):
                 t0, clips, agg = time.perf_counter(), 0, {}
                 bar = tqdm(self.epoch_batches(epoch), desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}",
-                           unit="batch", disable=not self.progress, leave=False)
+                           total=self.n_batches(), unit="batch", disable=not self.progress, leave=False)
                 n_steps = 0
                 for batch in bar:
                     stats = self.step(batch, epoch)
