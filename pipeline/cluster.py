@@ -28,7 +28,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             client.close()
         return
     n = workers or min(4, os.cpu_count() or 1)
-    # Worker processes must be allowed children: shard tasks run a decoder subprocess.
+    # One thread per worker process: shard tasks are CPU-bound and each runs one decoder subprocess.
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,12 @@ def _ffmpeg_sample(path: Path, k: int, size: int) -> SampledFrames:
     return SampledFrames(all_frames[idx].copy(), idx, stamps, n, fps, n / fps if fps else 0.0, "ffmpeg", n < k)
 
 
+def _decord_message(e: Exception) -> str:
+    """decord's first error line without its "[HH:MM:SS] file.cc:123: " prefix (shards stay deterministic)."""
+    lines = str(e).strip().splitlines()
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", lines[0]) if lines else type(e).__name__
+
+
 def _last_line(stderr: bytes | None) -> str:
     lines = (stderr or b"").decode("utf-8", "replace").strip().splitlines()
     return lines[-1] if lines else "unknown error"
@@ -99,7 +106,7 @@ def sample_frames(path: str | Path, k: int = 5, size: int = 224) -> SampledFrame
     try:
         return _decord_sample(path, k, size)
     except Exception as e:  # decord raises its own DECORDError, RuntimeError, IndexError...
-        first = f"decord: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        first = f"decord: {_decord_message(e)}"
     result = _ffmpeg_sample(path, k, size)
     result.notes.append(first)
     return result

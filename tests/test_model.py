@@ -167,3 +167,14 @@ def test_checkpoint_round_trip_uses_weights_only(tmp_path, tiny, monkeypatch):
     assert calls == [True] and raw["extra"]["epoch"] == 3 and raw["attributes"] == ["a", "b"]
     assert torch.equal(m2.greedy(feats.float()), m.float().eval().greedy(feats.float()))
     m.double()
+
+
+def test_inception_resnet_v2_loads_weights_from_a_local_file(tmp_path):
+    import timm
+
+    src = timm.create_model("inception_resnet_v2", pretrained=False, num_classes=0)
+    torch.nn.init.constant_(src.conv2d_1a.conv.weight, 0.125)
+    torch.save(src.state_dict(), tmp_path / "irv2.pth")
+    backbone, info = create_backbone("inception_resnet_v2", weights=str(tmp_path / "irv2.pth"))
+    assert info.weights == str(tmp_path / "irv2.pth")
+    assert torch.all(backbone.conv2d_1a.conv.weight == 0.125)

@@ -179,3 +179,10 @@ def test_train_eval_and_caption(three_stages, built_small, synth_small, tmp_path
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1 and r.stdout.startswith(f"{video}: ") and len(r.stdout.split(": ", 1)[1].strip()) > 0
     assert "bad.mp4" in r.stderr
+
+
+def test_max_clips_streams_exactly_the_clips_whose_references_are_loaded(built_small, tmp_path):
+    t = Trainer(cfg_for(1, built_small, tmp_path, "max_clips=5", "feature_cache=false"), progress=False)
+    for epoch in (0, 1):
+        seen = [c for b in t.epoch_batches(epoch) for c in b["clip_id"]]
+        assert sorted(seen) == sorted(t.train_refs) and len(seen) == 5

@@ -126,9 +126,12 @@ class ShardDataset(IterableDataset):
         return rank * nw + wid, nw * world
 
     def _samples(self) -> Iterator[dict]:
+        """This reader's share of the raw samples. With max_clips, the cap applies to the first
+        max_clips clips in manifest order (the clips whose references the trainer loads), so shard
+        order is not shuffled and the split is by sample; the shuffle buffer still shuffles."""
         me, readers = self._reader()
         urls = list(self.urls)
-        if self.shuffle:
+        if self.shuffle and self.max_clips is None:
             urls = [urls[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(urls))]
         by_shard = len(urls) >= readers and self.max_clips is None
         index = 0
