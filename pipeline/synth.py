@@ -8,7 +8,6 @@ attributes mined from the captions are real labels. Output is the official MSR-V
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -335,6 +334,3 @@ def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int]
     write_json_atomic(info_path, videodatainfo(specs, fps, seconds, seed))
     return info_path
 
-
-def load_spec(info_path: Path) -> list[dict]:
-    return json.loads(Path(info_path).read_text())["vidcap_spec"]

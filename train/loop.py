@@ -6,7 +6,6 @@ TensorBoard events (tb/), best.pt (by val CIDEr), last.pt (for --resume) and cur
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -265,6 +264,3 @@ class Trainer:
 def run_stage(cfg: TrainConfig, progress: bool = True) -> dict:
     return Trainer(cfg, progress).fit()
 
-
-def save_json(path: Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=1) + "\n")
