@@ -102,6 +102,8 @@ class Trainer:
             extra = ckpt["extra"]
             self.opt.load_state_dict(extra["optimizer"])
             torch.set_rng_state(extra["rng"])
+            if self.device.type == "cuda" and extra.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(extra["cuda_rng"])
             self.start_epoch, self.best, self.history = extra["epoch"] + 1, extra["best"], extra["history"]
         self.train_refs = references(self.info, "train", cfg.max_clips)
         self.val_refs = references(self.info, "val", cfg.max_clips)
@@ -209,7 +211,8 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------
     def save(self, name: str, epoch: int) -> None:
         extra = {"stage": self.cfg.stage, "epoch": epoch, "best": self.best, "history": self.history,
-                 "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(), "init_from": self.init_from}
+                 "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(), "init_from": self.init_from,
+                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
         save_checkpoint(self.dir / name, self.model, self.info.itos, self.info.attributes, extra)
 
     def fit(self) -> dict:
