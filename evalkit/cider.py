@@ -82,43 +82,41 @@ class CiderD:
             raise ValueError(f"{self.base - 1} distinct words: too many for int64 n-gram keys (limit 55,107)")
         self.powers = np.array([self.base**k for k in range(1, self.n)], dtype=np.int64)
 
-        # Table of known n-grams: sorted keys with their idf.
-        ref_grams = [[ngram_counts(t, self.n) for t in toks] for toks in refs.values()]
-        known = {self._key(g) for clip in ref_grams for c in clip for g in c}
-        known.update(self._key(g) for g in df)
-        self.keys = np.array(sorted(known), dtype=np.int64)
+        # Every reference's n-grams, flat: key, count, order, which reference, which clip.
+        keys, counts, orders, ref_id, clip_id, local, lengths = [], [], [], [], [], [], []
+        for ci, toks in enumerate(refs.values()):
+            for ri, t in enumerate(toks):
+                grams = ngram_counts(t, self.n)
+                keys.extend(self._key(g) for g in grams)
+                counts.extend(grams.values())
+                orders.extend(len(g) - 1 for g in grams)
+                ref_id.extend([len(lengths)] * len(grams))
+                clip_id.extend([ci] * len(grams))
+                local.extend([ri] * len(grams))
+                lengths.append(max(0, len(t) - 1))
+        keys_a = np.array(keys, dtype=np.int64)
+        df_keys = np.array([self._key(g) for g in df], dtype=np.int64)
+
+        # Table of known n-grams (references and df): sorted keys with their idf.
+        self.keys = np.union1d(keys_a, df_keys)
         dfv = np.zeros(len(self.keys))
-        for g, d in df.items():
-            dfv[np.searchsorted(self.keys, self._key(g))] = d
+        dfv[np.searchsorted(self.keys, df_keys)] = np.array(list(df.values()), dtype=np.float64)
         self.idf = self.ref_len - np.log(np.maximum(1.0, dfv))
 
-        # References: one row per (clip, n-gram, ref) sorted by (clip, n-gram).
+        # References: one row per (clip, n-gram, ref) sorted by (clip, n-gram), plus per-ref norms.
         self.clip_index = {clip: i for i, clip in enumerate(refs)}
         self.n_refs = np.array([len(r) for r in refs.values()], dtype=np.int64)
         self.ref_offset = np.concatenate([[0], np.cumsum(self.n_refs)[:-1]])
-        comp, val, local, order = [], [], [], []
-        norms, lengths = [], []
-        n_keys = len(self.keys)
-        for ci, (toks, grams) in enumerate(zip(refs.values(), ref_grams, strict=True)):
-            for ri, (t, counts) in enumerate(zip(toks, grams, strict=True)):
-                ks = np.array([self._key(g) for g in counts], dtype=np.int64)
-                cnt = np.array(list(counts.values()), dtype=np.float64)
-                gid = np.searchsorted(self.keys, ks)
-                v = cnt * self.idf[gid]
-                o = np.array([len(g) - 1 for g in counts], dtype=np.int64)
-                norms.append(np.sqrt(np.bincount(o, v * v, minlength=self.n)))
-                lengths.append(max(0, len(t) - 1))
-                comp.append(ci * n_keys + gid)
-                val.append(v)
-                local.append(np.full(len(ks), ri))
-                order.append(o)
-        comp_a = np.concatenate(comp)
-        sort = np.argsort(comp_a, kind="stable")
-        self.ref_comp = comp_a[sort]
-        self.ref_val = np.concatenate(val)[sort]
-        self.ref_local = np.concatenate(local)[sort]
-        self.ref_norm = np.stack(norms)  # (total refs, n)
+        gid = np.searchsorted(self.keys, keys_a)
+        val = np.array(counts, dtype=np.float64) * self.idf[gid]
+        order_a, ref_a = np.array(orders, dtype=np.int64), np.array(ref_id, dtype=np.int64)
+        self.ref_norm = np.sqrt(np.bincount(ref_a * self.n + order_a, val * val, minlength=len(lengths) * self.n)
+                                ).reshape(len(lengths), self.n)
         self.ref_length = np.array(lengths, dtype=np.float64)
+        comp = np.array(clip_id, dtype=np.int64) * len(self.keys) + gid
+        sort = np.argsort(comp, kind="stable")
+        self.ref_comp, self.ref_val = comp[sort], val[sort]
+        self.ref_local = np.array(local, dtype=np.int64)[sort]
 
     def _key(self, gram: Sequence[str]) -> int:
         key = 0
