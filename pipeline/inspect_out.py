@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,22 +12,17 @@ from PIL import Image, ImageDraw
 
 from pipeline.adapters import SPLITS
 from pipeline.build import load_build
+from pipeline.shards import iter_samples
 
 
 def _first_samples(shard: Path, n: int) -> list[tuple[dict, list[Image.Image]]]:
-    samples: dict[str, dict] = {}
-    with tarfile.open(shard) as tar:
-        for m in tar:
-            key, _, ext = m.name.partition(".")
-            if key not in samples and len(samples) == n:
-                break
-            s = samples.setdefault(key, {"frames": {}})
-            data = tar.extractfile(m).read()
-            if ext == "json":
-                s["meta"] = json.loads(data)
-            else:
-                s["frames"][int(ext.split(".")[0])] = Image.open(io.BytesIO(data)).convert("RGB")
-    return [(s["meta"], [s["frames"][k] for k in sorted(s["frames"])]) for s in samples.values() if "meta" in s]
+    out = []
+    for s in iter_samples(shard):
+        frames = [Image.open(io.BytesIO(s["frames"][k])).convert("RGB") for k in sorted(s["frames"])]
+        out.append((s["json"], frames))
+        if len(out) == n:
+            break
+    return out
 
 
 def contact_sheet(samples: list[tuple[dict, list[Image.Image]]], thumb: int = 112) -> Image.Image:

@@ -16,6 +16,7 @@ import io
 import json
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -137,12 +138,25 @@ def shard_urls(shard_dir: Path, split: str) -> list[str]:
     return [str(Path(shard_dir) / s["name"]) for s in json.loads(manifest.read_text())["shards"] if s["samples"]]
 
 
+def iter_samples(url: str | Path) -> Iterator[dict]:
+    """Samples of one shard in file order: {"key", "json": dict, "frames": {index: jpeg bytes}}."""
+    current: dict | None = None
+    with tarfile.open(url) as tar:
+        for m in tar:
+            key, _, ext = m.name.partition(".")
+            if current is None or current["key"] != key:
+                if current is not None:
+                    yield current
+                current = {"key": key, "frames": {}}
+            data = tar.extractfile(m).read()
+            if ext == "json":
+                current["json"] = json.loads(data)
+            elif ext.endswith(".jpg"):
+                current["frames"][int(ext.split(".")[0])] = data
+    if current is not None:
+        yield current
+
+
 def read_metadata(shard_dir: Path, split: str) -> list[dict]:
     """Every sample's json (captions, source, ...) of one split, without decoding any image."""
-    out = []
-    for url in shard_urls(shard_dir, split):
-        with tarfile.open(url) as tar:
-            for m in tar:
-                if m.name.endswith(".json"):
-                    out.append(json.loads(tar.extractfile(m).read()))
-    return out
+    return [s["json"] for url in shard_urls(shard_dir, split) for s in iter_samples(url)]

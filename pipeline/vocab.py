@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from evalkit.ngrams import reference_tokens
 from evalkit.text import tokenize
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
@@ -35,8 +36,8 @@ def load_vocab(path: str | Path) -> dict:
 
 
 def encode(caption: str, stoi: dict[str, int], max_len: int = MAX_LEN) -> list[int]:
-    """Token ids of a caption, truncated, ending in <eos> (no <bos>)."""
-    return [stoi.get(w, UNK) for w in tokenize(caption)[: max_len - 1]] + [EOS]
+    """Token ids of a caption, truncated, ending in <eos> (no <bos>): the reference form CIDEr-D scores."""
+    return [stoi.get(w, UNK) for w in reference_tokens(caption, max_len)]
 
 
 def decode(ids: Iterable[int], itos: list[str]) -> str:

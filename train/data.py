@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.shards import shard_urls
+from pipeline.shards import iter_samples, shard_urls
 from pipeline.vocab import encode, load_vocab
 
 
@@ -73,25 +72,6 @@ def decode_frames(jpegs: list[bytes], size: int) -> np.ndarray:
     return np.stack(out)
 
 
-def iter_tar(url: str) -> Iterator[dict]:
-    """Samples of one shard: {"key", "json": dict, "jpgs": [bytes, ...]} in file order."""
-    current: dict | None = None
-    with tarfile.open(url) as tar:
-        for m in tar:
-            key, _, ext = m.name.partition(".")
-            if current is None or current["key"] != key:
-                if current is not None:
-                    yield current
-                current = {"key": key, "frames": {}}
-            data = tar.extractfile(m).read()
-            if ext == "json":
-                current["json"] = json.loads(data)
-            elif ext.endswith(".jpg"):
-                current["frames"][int(ext.split(".")[0])] = data
-    if current is not None:
-        yield current
-
-
 def pick_caption(captions: list[str], seed: int, epoch: int, clip_id: str) -> str:
     """One reference per clip per epoch, reproducible without any RNG state."""
     h = zlib.crc32(f"{seed}/{epoch}/{clip_id}".encode())
@@ -138,7 +118,7 @@ class ShardDataset(IterableDataset):
         for s, url in enumerate(urls):
             if by_shard and s % readers != me:
                 continue
-            for sample in iter_tar(url):
+            for sample in iter_samples(url):
                 if self.max_clips is not None and index >= self.max_clips:
                     return
                 mine = by_shard or index % readers == me

@@ -10,8 +10,9 @@ import torch
 
 from evalkit.coco import score
 from model.checkpoint import load_checkpoint
+from pipeline.shards import iter_samples
 from pipeline.vocab import decode
-from train.data import DataInfo, ShardDataset, iter_tar, torch_loader
+from train.data import DataInfo, ShardDataset, torch_loader
 from train.report import gallery
 
 
@@ -37,7 +38,7 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
                                                       "clips": len(preds), **metrics}, indent=1) + "\n")
     rows = []
     for url in info.urls(split):
-        for s in iter_tar(url):
+        for s in iter_samples(url):
             cid = s["json"]["clip_id"]
             if cid in preds and len(rows) < gallery_clips:
                 rows.append({"clip_id": cid, "jpegs": [s["frames"][k] for k in sorted(s["frames"])],
