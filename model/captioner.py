@@ -34,6 +34,12 @@ class ModelConfig:
     embed: int = 500  # image and word embeddings
     hidden: int = 1000
     dropout: float = 0.2
+    # "independent": a fresh dropout mask per frame (the paper's S2VT); "shared": one mask for the K
+    # frames of a clip, so frame-to-frame differences -- the motion -- pass through undistorted.
+    frame_dropout: str = "independent"
+    # Standardise the pooled CNN features with fixed training-set statistics before FC (the trainer
+    # sets them at the start of stage 1); an affine map the FC could learn, but fast to optimise.
+    feature_norm: bool = False
     max_len: int = 35
     n_attributes: int = 400
     init_range: float = 0.1
@@ -69,6 +75,10 @@ class Captioner(nn.Module):
         d = self.backbone_info.feature_dim
         self.register_buffer("pixel_mean", torch.tensor(self.backbone_info.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.backbone_info.std).view(1, 3, 1, 1), persistent=False)
+        if cfg.frame_dropout not in ("independent", "shared"):
+            raise ValueError(f"model.frame_dropout={cfg.frame_dropout!r}: must be independent or shared")
+        self.register_buffer("feat_mean", torch.zeros(d), persistent=cfg.feature_norm)
+        self.register_buffer("feat_std", torch.ones(d), persistent=cfg.feature_norm)
         self.img_fc = nn.Linear(d, cfg.embed)
         self.word_emb = nn.Embedding(cfg.vocab_size, cfg.embed, padding_idx=PAD)
         self.lstm1 = nn.LSTM(cfg.embed, cfg.hidden, batch_first=True)
@@ -119,13 +129,26 @@ class Captioner(nn.Module):
         return feats.view(b, k, -1)
 
     # ---- encoder ----------------------------------------------------------------------------
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.feat_mean.copy_(mean)
+        self.feat_std.copy_(std.clamp_min(1e-4))
+
+    def _normed(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.feat_mean) / self.feat_std if self.cfg.feature_norm else feats
+
     def attribute_logits(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.attr_head(feats.mean(1))
+        return self.attr_head(self._normed(feats).mean(1))
+
+    def _frame_dropout(self, v: torch.Tensor) -> torch.Tensor:
+        if self.cfg.frame_dropout == "independent" or not self.training or self.cfg.dropout == 0:
+            return self.drop(v)
+        keep = 1.0 - self.cfg.dropout
+        return v * v.new_empty(v.shape[0], 1, v.shape[2]).bernoulli_(keep).div_(keep)
 
     def encode(self, feats: torch.Tensor, steps: int) -> tuple[torch.Tensor, tuple]:
         """Run the K encoder steps; return LSTM1's outputs for `steps` decoder steps and LSTM2's state."""
         b = feats.shape[0]
-        v = self.drop(self.img_fc(feats))
+        v = self._frame_dropout(self.img_fc(self._normed(feats)))
         zeros_word = v.new_zeros(b, v.shape[1], self.cfg.embed)
         pad_frames = v.new_zeros(b, steps, self.cfg.embed)
         h1, _ = self.lstm1(torch.cat([v, pad_frames], 1))

@@ -27,6 +27,7 @@ class Clip:
     path: Path
     split: str
     captions: list[str]
+    objects: list[dict] | None = None  # ground truth of the built-in dataset (shape, colour, size, action)
 
 
 @dataclass
@@ -65,6 +66,19 @@ def _clean(captions, stats: AdapterResult) -> list[str]:
     return kept
 
 
+OBJECT_FIELDS = ("shape", "colour", "size", "action")
+
+
+def _objects(value, path: Path, where: str) -> list[dict] | None:
+    """The optional ground-truth objects of a clip (the built-in dataset writes them)."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and all(isinstance(o, dict) and all(isinstance(o.get(k), str) for k in OBJECT_FIELDS)
+                                            for o in value)):
+        raise UserError(f"{path}: {where}: 'objects' must be a list of {{{', '.join(OBJECT_FIELDS)}}} strings")
+    return [{k: o[k] for k in OBJECT_FIELDS} for o in value]
+
+
 def _require(obj, key: str, path: Path, where: str):
     if not isinstance(obj, dict) or key not in obj:
         raise UserError(f"{path}: {where}: missing field {key!r}")
@@ -98,7 +112,8 @@ def msrvtt(root: Path) -> AdapterResult:
             split = _split(_require(v, "split", f, f"videos[{i}]"), f, f"videos[{i}]")
             path = next((d / f"{vid}.mp4" for d in dirs if (d / f"{vid}.mp4").exists()),
                         (dirs[0] if dirs else root) / f"{vid}.mp4")
-            result.clips.append(Clip(vid, path, split, _clean(caps.get(vid, []), result)))
+            result.clips.append(Clip(vid, path, split, _clean(caps.get(vid, []), result),
+                                     _objects(v.get("objects"), f, f"videos[{i}]")))
     return result
 
 
@@ -179,7 +194,8 @@ def generic_json(root: Path) -> AdapterResult:
         if not isinstance(caps, list):
             raise UserError(f"{f}: {where}: 'captions' must be a list of strings")
         result.clips.append(Clip(str(_require(v, "id", f, where)), path if path.is_absolute() else f.parent / path,
-                                 _split(_require(v, "split", f, where), f, where), _clean(caps, result)))
+                                 _split(_require(v, "split", f, where), f, where), _clean(caps, result),
+                                 _objects(v.get("objects"), f, where)))
     return result
 
 

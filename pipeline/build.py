@@ -66,7 +66,8 @@ def plan_shards(clips, cfg: BuildConfig) -> list[ShardTask]:
     for split in SPLITS:
         members = [c for c in clips if c.split == split]
         for i in range(0, len(members), cfg.shard_size):
-            group = [{"clip_id": c.clip_id, "path": str(c.path), "captions": c.captions}
+            group = [{"clip_id": c.clip_id, "path": str(c.path), "captions": c.captions,
+                      **({"objects": c.objects} if c.objects is not None else {})}
                      for c in members[i : i + cfg.shard_size]]
             tasks.append(ShardTask(f"{split}-{i // cfg.shard_size:06d}", split, group, cfg.frames, cfg.size,
                                    cfg.quality, cfg.timeout))

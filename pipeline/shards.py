@@ -28,7 +28,7 @@ from pipeline.clip_worker import ClipDecoder
 class ShardTask:
     name: str  # e.g. "train-000003"
     split: str
-    clips: list[dict]  # {"clip_id", "path", "captions"}
+    clips: list[dict]  # {"clip_id", "path", "captions"[, "objects"]}
     frames: int
     size: int
     quality: int
@@ -117,6 +117,8 @@ def build_shard(task: ShardTask, shard_dir: str) -> ShardResult:
             }
             if rep["notes"]:
                 meta["decoder_notes"] = rep["notes"]
+            if "objects" in clip:
+                meta["objects"] = clip["objects"]
             _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
             result.samples += 1
             result.decoders[rep["decoder"]] = result.decoders.get(rep["decoder"], 0) + 1

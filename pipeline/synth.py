@@ -20,6 +20,21 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from evalkit.grammar import (
+    ACTIONS,
+    BACKGROUND_PHRASE,
+    BACKGROUND_WORDS,
+    BACKGROUNDS,
+    COLOUR_NAMES,
+    DETERMINERS,
+    SHAPE_WORDS,
+    SHAPES,
+    SIZE_CHANGING,
+    SIZE_WORDS,
+    TAILS,
+    TEMPLATES,
+    action_phrases,
+)
 from pipeline.atomic import write_json_atomic
 from pipeline.errors import UserError
 from pipeline.ffmpeg_check import require_ffmpeg
@@ -32,41 +47,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 40, 210),
     "orange": (250, 130, 0),
 }
-SHAPES = ("circle", "square", "triangle", "star")
-ACTIONS = ("left", "right", "up", "down", "grow", "shrink", "spin", "bounce")
+assert tuple(COLOURS) == COLOUR_NAMES
 # Grey backgrounds keep colour words unambiguous: only objects are saturated.
-BACKGROUNDS: dict[str, tuple[int, int]] = {"black": (0, 40), "gray": (90, 160), "white": (215, 255)}
+BACKGROUND_LEVELS: dict[str, tuple[int, int]] = {"black": (0, 40), "gray": (90, 160), "white": (215, 255)}
+assert tuple(BACKGROUND_LEVELS) == BACKGROUNDS
 SPLIT_FRACTIONS = (("train", 0.7), ("validate", 0.1), ("test", 0.2))
-
-SHAPE_WORDS = {
-    "circle": ["circle", "ball", "disc", "dot"],
-    "square": ["square", "box", "block"],
-    "triangle": ["triangle"],
-    "star": ["star"],
-}
-SIZE_WORDS = {"small": ["small", "little", "tiny"], "large": ["large", "big", "huge"]}
-ACTION_WORDS = {  # (3rd person present, -ing form)
-    "left": [("moves to the left", "moving to the left"), ("slides left", "sliding left"),
-             ("goes to the left", "going to the left"), ("travels left", "travelling left"),
-             ("moves left across the screen", "moving left across the screen")],
-    "right": [("moves to the right", "moving to the right"), ("slides right", "sliding right"),
-              ("goes to the right", "going to the right"), ("travels right", "travelling right"),
-              ("moves right across the screen", "moving right across the screen")],
-    "up": [("moves up", "moving up"), ("rises", "rising"), ("goes upward", "going upward"),
-           ("floats up", "floating up"), ("climbs up the screen", "climbing up the screen")],
-    "down": [("moves down", "moving down"), ("falls", "falling"), ("drops down", "dropping down"),
-             ("sinks", "sinking"), ("goes down the screen", "going down the screen")],
-    "grow": [("grows", "growing"), ("gets bigger", "getting bigger"), ("expands", "expanding"),
-             ("becomes larger", "becoming larger"), ("grows in size", "growing in size")],
-    "shrink": [("shrinks", "shrinking"), ("gets smaller", "getting smaller"),
-               ("becomes smaller", "becoming smaller"), ("shrinks in size", "shrinking in size")],
-    "spin": [("spins", "spinning"), ("rotates", "rotating"), ("turns around", "turning around"),
-             ("spins around", "spinning around")],
-    "bounce": [("bounces", "bouncing"), ("jumps up and down", "jumping up and down"),
-               ("bounces up and down", "bouncing up and down"), ("hops", "hopping")],
-}
-ROLL = {"left": ("rolls to the left", "rolling to the left"), "right": ("rolls to the right", "rolling to the right")}
-BG_WORDS = {"black": ["black", "dark"], "gray": ["gray", "grey"], "white": ["white"]}
 
 
 @dataclass
@@ -154,6 +139,7 @@ def _place(action: str, rng: np.random.Generator, slot: float) -> tuple[float, f
 
 
 def make_captions(spec: ClipSpec, rng: np.random.Generator) -> list[str]:
+    """10-20 distinct captions of the clip, drawn from the phrase table of ``evalkit.grammar``."""
     main = spec.objects[0]
     other = spec.objects[1] if len(spec.objects) > 1 else None
     n_target = int(rng.integers(10, 21))
@@ -163,48 +149,33 @@ def make_captions(spec: ClipSpec, rng: np.random.Generator) -> list[str]:
 
     def noun_phrase(obj: ObjectSpec, det: str, with_colour: bool, with_size: bool) -> str:
         words = [det]
-        size_ok = obj.action not in ("grow", "shrink")  # size changes over the clip
-        if with_size and size_ok:
+        if with_size and obj.action not in SIZE_CHANGING:  # a changing size is never named
             words.append(pick(SIZE_WORDS[obj.size]))
         if with_colour:
             words.append(obj.colour)
         words.append(pick(SHAPE_WORDS[obj.shape]))
         return " ".join(words)
 
-    def verb(obj: ObjectSpec) -> tuple[str, str]:
-        options = list(ACTION_WORDS[obj.action])
-        if obj.shape == "circle" and obj.action in ROLL:
-            options.append(ROLL[obj.action])
-        return pick(options)
-
     captions: list[str] = []
     attempts = 0
     while len(captions) < n_target and attempts < 400:
         attempts += 1
-        det = pick(["a", "the", "a", "one"])
+        det = pick(DETERMINERS)
         colour = bool(rng.random() < 0.8)
         np_main = noun_phrase(main, det, colour, bool(rng.random() < 0.5))
-        present, ing = verb(main)
-        bg = f" on a {pick(BG_WORDS[spec.background])} background" if rng.random() < 0.3 else ""
+        present, ing = pick(action_phrases(main.action, main.shape))
+        bg = BACKGROUND_PHRASE.format(bg=pick(BACKGROUND_WORDS[spec.background])) if rng.random() < 0.3 else ""
         tail = ""
         if other is not None and rng.random() < 0.7:
             np_other = noun_phrase(other, "a", bool(rng.random() < 0.85), bool(rng.random() < 0.4))
-            tail = pick([f" while {np_other} stays still", f" next to {np_other}",
-                         f" and {np_other} does not move"])
-        template = int(rng.integers(6))
-        if template == 0:
-            text = f"{np_main} {present}{tail}{bg}"
-        elif template == 1:
-            text = f"{np_main} is {ing}{tail}{bg}"
-        elif template == 2:
-            text = f"there is {noun_phrase(main, 'a', colour, True)} {ing}{bg}{tail}"
-        elif template == 3:
-            text = f"a video of {noun_phrase(main, 'a', colour, False)} {ing}{bg}"
-        elif template == 4:
-            text = f"we see {noun_phrase(main, 'a', colour, True)} that {present}{tail}"
-        else:
-            text = f"{np_main} {present} in this clip{bg}"
-        text = re.sub(r"\ba (?=[aeiou])", "an ", " ".join(text.split()))
+            tail = pick(TAILS).format(other=np_other)
+        template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
+        fill = {"np": np_main, "present": present, "ing": ing, "tail": tail, "bg": bg}
+        if "{np_a}" in template:
+            fill["np_a"] = noun_phrase(main, "a", colour, True)
+        if "{np_a_plain}" in template:
+            fill["np_a_plain"] = noun_phrase(main, "a", colour, False)
+        text = re.sub(r"\ba (?=[aeiou])", "an ", " ".join(template.format(**fill).split()))
         if text not in captions:
             captions.append(text)
     return captions
@@ -220,8 +191,8 @@ def make_specs(n_clips: int, seed: int) -> list[ClipSpec]:
     for i in range(n_clips):
         rng = np.random.default_rng([seed, i])
         split = next(name for name, end in bounds if i < end)
-        bg = list(BACKGROUNDS)[int(rng.integers(len(BACKGROUNDS)))]
-        lo, hi = BACKGROUNDS[bg]
+        bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+        lo, hi = BACKGROUND_LEVELS[bg]
         a, b = sorted(int(v) for v in rng.integers(lo, hi + 1, size=2))
         spec = ClipSpec(i, split, bg, a, b, bool(rng.random() < 0.5))
         n_obj = 2 if rng.random() < 0.3 else 1
@@ -280,6 +251,8 @@ def videodatainfo(specs: list[ClipSpec], fps: int, seconds: float, seed: int) ->
             "category": ACTIONS.index(s.objects[0].action), "url": f"synth://vidcap/seed{seed}/{s.index}",
             "video_id": f"video{s.index}", "start time": 0.0, "end time": float(seconds),
             "split": s.split, "id": s.index,
+            # Ground truth for the grounded evaluation (evalkit.grounding); objects[0] is the one that acts.
+            "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "action": o.action} for o in s.objects],
         })
         for c in s.captions:
             sentences.append({"caption": c, "video_id": f"video{s.index}", "sen_id": len(sentences)})

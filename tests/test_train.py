@@ -15,6 +15,7 @@ from train.config import make_train_config
 from train.data import DataInfo, ShardDataset, torch_loader
 from train.loop import Trainer, run_stage
 from train.losses import rl_loss, sequence_mask
+from train.recipes import STAGES
 
 
 def cfg_for(stage, data, run, *overrides):
@@ -50,7 +51,7 @@ def test_each_stage_trains_and_writes_its_reports(three_stages):
             assert all("reward" in x and "baseline" in x for x in steps)
         if stage == 3:
             assert all("attr_loss" in x for x in steps)
-        assert json.loads((d / "config.json").read_text())["stage"] == stage
+        assert json.loads((d / "config.json").read_text())["recipe"] == STAGES[stage]
     start2 = json.loads((run / "stage2" / "metrics.jsonl").read_text().splitlines()[0])
     assert start2["init_from"].endswith("stage1/best.pt")
 

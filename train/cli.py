@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from train.recipes import TABLE3_ORDER
+
 
 def _eval_main(argv: list[str]) -> None:
     from train.evaluate import evaluate_checkpoint
@@ -17,12 +19,35 @@ def _eval_main(argv: list[str]) -> None:
     p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
     p.add_argument("--out", default=None, help="output dir (default next to the checkpoint)")
     p.add_argument("--max-clips", type=int, default=None)
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~8 s of Java start-up)")
     a = p.parse_args(argv)
-    r = evaluate_checkpoint(a.ckpt, a.data, a.split, a.beam, a.out, max_clips=a.max_clips)
+    r = evaluate_checkpoint(a.ckpt, a.data, a.split, a.beam, a.out, max_clips=a.max_clips, meteor=not a.no_meteor)
     from evalkit.cli import format_table
+    from train.evaluate import format_grounded
 
     print(format_table(r["metrics"]))
+    if format_grounded(r["metrics"]):
+        print(format_grounded(r["metrics"]))
     print(f"{r['clips']} clips; predictions, metrics and gallery.html in {r['dir']}")
+
+
+def _probe_main(argv: list[str]) -> None:
+    import json
+
+    from train.probe import format_probes, probe_checkpoint
+
+    p = argparse.ArgumentParser(prog="train probe", description="linear probes of checkpoints' CNN features "
+                                "(action / colour / shape of the built-in dataset), e.g. before and after stage 3")
+    p.add_argument("--ckpt", required=True, action="append", help="checkpoint (repeat to compare several)")
+    p.add_argument("--data", required=True, help="pipeline build output (built-in dataset)")
+    p.add_argument("--split", default="val", choices=["val", "test"], help="split the probes are scored on")
+    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    a = p.parse_args(argv)
+    results = {c: probe_checkpoint(c, a.data, a.split) for c in a.ckpt}
+    print(format_probes(results, a.split))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"split": a.split, "probes": results}, f, indent=1)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,7 +56,9 @@ def parser() -> argparse.ArgumentParser:
         "or `train eval --help`",
         epilog="key=value overrides any TrainConfig field (e.g. epochs=3 lr=1e-5 samples=4) or model field "
                "(model.hidden=256)")
-    p.add_argument("--stage", type=int, required=True, choices=[1, 2, 3])
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--stage", type=int, choices=[1, 2, 3], help="the paper's stages: 1 = s2vt, 2 = rfc+, 3 = e2e")
+    which.add_argument("--recipe", choices=TABLE3_ORDER, help="any recipe of the paper's Table 3 (train/recipes.py)")
     p.add_argument("--data", required=True, help="pipeline build output directory")
     p.add_argument("--run", required=True, help="run directory (stage N writes RUN/stageN/)")
     p.add_argument("--preset", default="cpu-small", choices=["paper", "cpu-small", "tiny"])
@@ -50,14 +77,17 @@ def main(argv: list[str] | None = None) -> None:
         if argv[:1] == ["eval"]:
             _eval_main(argv[1:])
             return
+        if argv[:1] == ["probe"]:
+            _probe_main(argv[1:])
+            return
         a = parser().parse_args(argv)
         from train.config import make_train_config
         from train.loop import run_stage
 
-        cfg = make_train_config(a.stage, a.preset, a.overrides, data=a.data, run=a.run, init=a.init,
-                                resume=a.resume or None, device=a.device, loader=a.loader)
+        cfg = make_train_config(a.stage if a.stage else a.recipe, a.preset, a.overrides, data=a.data, run=a.run,
+                                init=a.init, resume=a.resume or None, device=a.device, loader=a.loader)
         r = run_stage(cfg, progress=not a.quiet)
-        print(f"stage {cfg.stage} done: best val CIDEr {100 * r['best_val_CIDEr']:.2f}; checkpoints in {r['dir']}")
+        print(f"{cfg.recipe} done: best val CIDEr {100 * r['best_val_CIDEr']:.2f}; checkpoints in {r['dir']}")
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         sys.exit(2)

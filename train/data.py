@@ -34,6 +34,7 @@ class DataInfo:
     itos: list[str]
     stoi: dict[str, int]
     attributes: list[str]
+    attribute_pos: list[str]  # NOUN / VERB / ADJ of each attribute
     labels: dict[str, list[int]]  # clip id -> attribute ids
     n_frames: int
     shard_size: int  # frame side in the shards
@@ -45,10 +46,11 @@ class DataInfo:
             if not (root / name).exists():
                 raise FileNotFoundError(f"{root / name}: missing; is {root} a `pipeline build` output?")
         itos = load_vocab(root / "vocab.json")["itos"]
-        attrs = [r["word"] for r in pq.read_table(root / "attributes.parquet").to_pylist()]
+        attr_rows = pq.read_table(root / "attributes.parquet").to_pylist()
         labels = {r["clip_id"]: r["attribute_ids"] for r in pq.read_table(root / "clip_attributes.parquet").to_pylist()}
         manifest = json.loads((root / "shards" / "manifest-train.json").read_text())
-        return cls(root, itos, {w: i for i, w in enumerate(itos)}, attrs, labels, manifest["frames"], manifest["size"])
+        return cls(root, itos, {w: i for i, w in enumerate(itos)}, [r["word"] for r in attr_rows],
+                   [r["pos"] for r in attr_rows], labels, manifest["frames"], manifest["size"])
 
     def urls(self, split: str) -> list[str]:
         return shard_urls(self.root / "shards", split)
@@ -72,10 +74,12 @@ def decode_frames(jpegs: list[bytes], size: int) -> np.ndarray:
     return np.stack(out)
 
 
-def pick_caption(captions: list[str], seed: int, epoch: int, clip_id: str) -> str:
-    """One reference per clip per epoch, reproducible without any RNG state."""
+def pick_captions(captions: list[str], n: int, seed: int, epoch: int, clip_id: str) -> list[str]:
+    """n references of a clip for this epoch (distinct while the clip has enough), reproducible
+    without any RNG state: a permutation seeded by (seed, epoch, clip id)."""
     h = zlib.crc32(f"{seed}/{epoch}/{clip_id}".encode())
-    return captions[h % len(captions)]
+    order = np.random.default_rng(h).permutation(len(captions))
+    return [captions[order[j % len(captions)]] for j in range(n)]
 
 
 def caption_batch(captions: list[str], stoi: dict[str, int], max_len: int) -> torch.Tensor:
@@ -130,7 +134,7 @@ class ShardDataset(IterableDataset):
         meta = s["json"]
         frames = decode_frames([s["frames"][k] for k in sorted(s["frames"])], self.image_size)
         return {"clip_id": meta["clip_id"], "frames": torch.from_numpy(frames), "captions": meta["captions"],
-                "attrs": torch.from_numpy(self.info.attr_vector(meta["clip_id"]))}
+                "attrs": torch.from_numpy(self.info.attr_vector(meta["clip_id"])), "objects": meta.get("objects")}
 
     def __iter__(self) -> Iterator[dict]:
         if not self.shuffle:
@@ -150,7 +154,8 @@ class ShardDataset(IterableDataset):
 
 def collate(samples: list[dict]) -> dict:
     return {"clip_id": [s["clip_id"] for s in samples], "frames": torch.stack([s["frames"] for s in samples]),
-            "captions": [s["captions"] for s in samples], "attrs": torch.stack([s["attrs"] for s in samples])}
+            "captions": [s["captions"] for s in samples], "attrs": torch.stack([s["attrs"] for s in samples]),
+            "objects": [s["objects"] for s in samples]}
 
 
 def torch_loader(ds: ShardDataset, batch_size: int, num_workers: int) -> DataLoader:

@@ -1,47 +1,92 @@
 """`train eval`: decode a split with a checkpoint (greedy or beam), score it with evalkit (the four
-paper metrics, METEOR included), write predictions JSON, metrics JSON and an HTML gallery."""
+paper metrics, METEOR included), and -- where the shards carry ground truth (the built-in dataset)
+-- check what the captions say against it: per-slot accuracy of the main object and the action
+confusion matrix. Also the attribute head's mAP. Writes predictions.json ({clip id: caption}),
+metrics.json, action_confusion.{json,png}, gallery.html, and the numbers to the stage's TensorBoard.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from evalkit.coco import score
+from evalkit.grounding import attribute_map, per_clip_correct, slot_accuracy
 from model.checkpoint import load_checkpoint
 from pipeline.shards import iter_samples
 from pipeline.vocab import decode
 from train.data import DataInfo, ShardDataset, torch_loader
-from train.report import gallery
+from train.report import gallery, plot_confusion, write_scalars
+
+GROUNDED_KEYS = ("action_acc", "colour_acc", "shape_acc", "size_acc", "size_named")
 
 
 @torch.no_grad()
 def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: int = 3, out: str | None = None,
-                        batch_size: int = 16, max_clips: int | None = None, gallery_clips: int = 40) -> dict:
+                        batch_size: int = 16, max_clips: int | None = None, gallery_clips: int = 40,
+                        meteor: bool = True) -> dict:
     model, ckpt = load_checkpoint(ckpt_path)
     info = DataInfo.load(data)
     if ckpt["vocab"] != info.itos:
         raise ValueError(f"{ckpt_path}: its vocabulary differs from {data}/vocab.json")
     ds = ShardDataset(info, split, model.cfg.image_size, shuffle=False, max_clips=max_clips)
-    preds, refs = {}, {}
+    preds, refs, objects, attr_scores, attr_labels = {}, {}, {}, [], []
     for batch in torch_loader(ds, batch_size, 0):
         feats = model.frame_features(batch["frames"])
         seqs = model.greedy(feats) if beam <= 1 else model.beam(feats, beam)
-        for cid, s, caps in zip(batch["clip_id"], seqs.tolist(), batch["captions"], strict=True):
+        attr_scores.append(model.attribute_logits(feats).float())
+        attr_labels.append(batch["attrs"])
+        for cid, s, caps, objs in zip(batch["clip_id"], seqs.tolist(), batch["captions"], batch["objects"], strict=True):
             preds[cid], refs[cid] = decode(s, info.itos), caps
-    metrics = score(preds, refs)
+            if objs:
+                objects[cid] = objs
+    metrics = score(preds, refs, meteor=meteor)
+    grounded = slot_accuracy(preds, objects) if objects else None
+    if grounded is not None:
+        metrics.update({k: grounded[k] for k in GROUNDED_KEYS})
+    if len(ckpt["attributes"]) == attr_labels[0].shape[1]:
+        attrs = attribute_map(torch.cat(attr_scores).numpy(), torch.cat(attr_labels).numpy(), info.attribute_pos)
+        metrics.update({f"attribute_{k}": v for k, v in attrs.items()})
     out_dir = Path(out) if out else Path(ckpt_path).parent / f"eval-{split}-beam{beam}"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "predictions.json").write_text(json.dumps(preds, indent=1) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps({"split": split, "beam": beam, "checkpoint": str(ckpt_path),
                                                       "clips": len(preds), **metrics}, indent=1) + "\n")
+    if grounded is not None:
+        (out_dir / "action_confusion.json").write_text(json.dumps(grounded["confusion"], indent=1) + "\n")
+        plot_confusion(grounded["confusion"], out_dir / "action_confusion.png",
+                       f"{Path(ckpt_path).parent.name}: action on {split} ({100 * grounded['action_acc']:.1f}% right)")
+    step = sum(h.get("steps", 0) for h in ckpt["extra"].get("history", []))
+    write_scalars(Path(ckpt_path).parent / "tb", f"{split}_beam{beam}", metrics, step)
+    correct = per_clip_correct(preds, objects)
     rows = []
     for url in info.urls(split):
         for s in iter_samples(url):
             cid = s["json"]["clip_id"]
             if cid in preds and len(rows) < gallery_clips:
                 rows.append({"clip_id": cid, "jpegs": [s["frames"][k] for k in sorted(s["frames"])],
-                             "prediction": preds[cid], "references": refs[cid]})
+                             "prediction": preds[cid], "references": refs[cid], "correct": correct.get(cid)})
     gallery(out_dir / "gallery.html", rows, metrics, f"{Path(ckpt_path).name} on {split} (beam {beam})")
-    return {"metrics": metrics, "dir": str(out_dir), "clips": len(preds)}
+    return {"metrics": metrics, "dir": str(out_dir), "clips": len(preds), "grounded": grounded,
+            "per_clip": correct, "predictions": preds}
+
+
+def format_grounded(metrics: dict) -> str:
+    """One line: the slot accuracies (and the attribute mAP) that `train eval` prints under the table."""
+    parts = [f"{k[:-4]} {100 * metrics[k]:.1f}%" for k in ("action_acc", "colour_acc", "shape_acc", "size_acc")
+             if metrics.get(k) is not None]
+    if metrics.get("attribute_mAP") is not None:
+        parts.append(f"attribute mAP {100 * metrics['attribute_mAP']:.1f}")
+    return ("grounded: " + ", ".join(parts)) if parts else ""
+
+
+def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float]:
+    """Mean of b - a over the clips both score (as 0/1) and its standard error: a paired comparison."""
+    keys = [k for k in a if k in b and a[k] is not None and b[k] is not None]
+    d = np.array([float(b[k]) - float(a[k]) for k in keys])
+    if len(d) < 2:
+        return float("nan"), float("nan")
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))

@@ -1,7 +1,10 @@
-"""The three stages, one loop, no framework: (1) cross-entropy with the CNN frozen, (2) REINFORCE+
-with a greedy-decoding baseline and the CIDEr-D reward, (3) everything unfrozen with
-0.95 * RL + 0.05 * attribute BCE. Each stage writes RUN/stage{N}/: config.json, metrics.jsonl,
-TensorBoard events (tb/), best.pt (by val CIDEr), last.pt (for --resume) and curves.png.
+"""One training loop, no framework, for every recipe (train/recipes.py): a step computes the
+recipe's weighted losses -- cross-entropy, REINFORCE with the reward and baseline of
+train/reward.py, attribute BCE -- on frozen (cached) or trained CNN features. The paper's stages
+are three recipes: (1) cross-entropy with the CNN frozen, (2) REINFORCE+, (3) everything trained
+with 0.95 * RL + 0.05 * attribute BCE. Each recipe writes RUN/<dir>/ (stage1, stage2, stage3, ...):
+config.json, metrics.jsonl, TensorBoard events (tb/), best.pt (by val CIDEr), last.pt (for --resume)
+and curves.png.
 """
 
 from __future__ import annotations
@@ -10,20 +13,22 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from evalkit.cider import CiderD, load_df
+from evalkit.cider import load_df
 from evalkit.coco import Scorer
+from evalkit.grounding import slot_accuracy
 from model.captioner import Captioner, make_config
 from model.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.shards import read_metadata
 from pipeline.vocab import MAX_LEN, decode
 from train.config import TrainConfig
-from train.data import DataInfo, ShardDataset, caption_batch, pick_caption, torch_loader
+from train.data import DataInfo, ShardDataset, caption_batch, pick_captions, torch_loader
 from train.features import FeatureSet, cached_features, feature_batches
 from train.losses import attr_loss, rl_loss, xe_loss
+from train.recipes import RECIPES, STAGES
+from train.reward import make_reward, sample_rewards
 from train.report import MetricsLog, plot_curves
 
 
@@ -51,13 +56,14 @@ def make_batches(cfg: TrainConfig, info: DataInfo, split: str, image_size: int, 
 
 
 def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[Captioner, str | None]:
-    """A fresh model (stage 1) or the one to start from (init / previous stage's best.pt)."""
+    """A fresh model, or the one to start from (--init, else the recipe's predecessor's best.pt)."""
     init = cfg.init
-    if init is None and cfg.stage > 1:
-        init = str(Path(cfg.run) / f"stage{cfg.stage - 1}" / "best.pt")
+    before = RECIPES[cfg.recipe].init
+    if init is None and before is not None:
+        init = str(Path(cfg.run) / RECIPES[before].dir / "best.pt")
         if not Path(init).exists():
-            raise FileNotFoundError(f"{init}: stage {cfg.stage} starts from stage {cfg.stage - 1}'s best "
-                                    f"checkpoint; run `train --stage {cfg.stage - 1}` first or pass --init")
+            raise FileNotFoundError(f"{init}: {recipe_label(cfg.recipe)} starts from {recipe_label(before)}'s best "
+                                    f"checkpoint; run `train {recipe_flag(before)}` first or pass --init")
     if init is not None:
         model, ckpt = load_checkpoint(init)
         if ckpt["vocab"] != info.itos:
@@ -68,11 +74,22 @@ def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[Captioner, str | None
     return Captioner(make_config(cfg.preset, len(info.itos), **overrides)), None
 
 
-def references(info: DataInfo, split: str, max_clips: int | None) -> dict[str, list[str]]:
+def recipe_label(name: str) -> str:
+    stage = next((n for n, r in STAGES.items() if r == name), None)
+    return f"stage {stage}" if stage else f"recipe {name}"
+
+
+def recipe_flag(name: str) -> str:
+    stage = next((n for n, r in STAGES.items() if r == name), None)
+    return f"--stage {stage}" if stage else f"--recipe {name}"
+
+
+def split_metadata(info: DataInfo, split: str, max_clips: int | None) -> tuple[dict[str, list[str]], dict[str, list]]:
+    """The split's reference captions and (where the shards carry them) ground-truth objects."""
     metas = read_metadata(info.root / "shards", split)
     if max_clips is not None:
         metas = metas[:max_clips]
-    return {m["clip_id"]: m["captions"] for m in metas}
+    return {m["clip_id"]: m["captions"] for m in metas}, {m["clip_id"]: m["objects"] for m in metas if m.get("objects")}
 
 
 class Trainer:
@@ -80,7 +97,7 @@ class Trainer:
         self.cfg, self.progress = cfg, progress
         self.device = resolve_device(cfg)
         self.info = DataInfo.load(cfg.data)
-        self.dir = Path(cfg.run) / f"stage{cfg.stage}"
+        self.dir = Path(cfg.run) / cfg.recipe_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -94,7 +111,7 @@ class Trainer:
         else:
             self.model, self.init_from = build_model(cfg, self.info)
         self.model.to(self.device)
-        self.model.freeze_backbone(cfg.stage < 3, bn_stats=cfg.bn_stats)
+        self.model.freeze_backbone(not cfg.train_cnn, bn_stats=cfg.bn_stats)
         self.image_size = self.model.cfg.image_size
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -105,16 +122,20 @@ class Trainer:
             if self.device.type == "cuda" and extra.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state_all(extra["cuda_rng"])
             self.start_epoch, self.best, self.history = extra["epoch"] + 1, extra["best"], extra["history"]
-        self.train_refs = references(self.info, "train", cfg.max_clips)
-        self.val_refs = references(self.info, "val", cfg.max_clips)
-        self.cider = None
-        if cfg.stage > 1:
+        self.train_refs, _ = split_metadata(self.info, "train", cfg.max_clips)
+        self.val_refs, self.val_objects = split_metadata(self.info, "val", cfg.max_clips)
+        self.reward = None
+        if cfg.rl_weight:
             df, n_docs = load_df(self.info.root / "cider_df.parquet")
-            self.cider = CiderD(self.info.itos, self.train_refs, df, n_docs, max_len=MAX_LEN)
-        self.use_cache = cfg.feature_cache and cfg.stage < 3
+            self.reward = make_reward(cfg.reward, itos=self.info.itos, references=self.train_refs, df=df,
+                                      n_docs=n_docs, max_len=MAX_LEN)
+        self.use_cache = cfg.feature_cache and not cfg.train_cnn
         self.cache: dict[str, FeatureSet] = {}
         cfg.save(self.dir / "config.json")
         self.log = MetricsLog(self.dir, append=cfg.resume)
+        if self.model.cfg.feature_norm and self.init_from is None and not cfg.resume:
+            feats = self.features("train").feats
+            self.model.set_feature_stats(feats.mean((0, 1)).to(self.device), feats.std((0, 1)).to(self.device))
 
     # ---- data ---------------------------------------------------------------------------------
     def features(self, split: str) -> FeatureSet:
@@ -146,44 +167,41 @@ class Trainer:
 
     # ---- one step -----------------------------------------------------------------------------
     def step(self, batch: dict, epoch: int) -> dict:
+        """One optimiser step on the recipe's loss: xe * L_XE + rl * L_RL + attr * L_attr."""
         cfg, model = self.cfg, self.model
         model.train()
+        terms: list[torch.Tensor] = []
+        stats: dict[str, float] = {}
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
             feats = self.batch_features(batch)
-            if cfg.stage == 1:
-                caps = [pick_caption(c, cfg.seed, epoch, i) for c, i in zip(batch["captions"], batch["clip_id"], strict=True)]
+            if cfg.xe_weight:
+                n = cfg.captions_per_clip
+                caps = [c for cs, i in zip(batch["captions"], batch["clip_id"], strict=True)
+                        for c in pick_captions(cs, n, cfg.seed, epoch, i)]
                 targets = caption_batch(caps, self.info.stoi, model.cfg.max_len).to(self.device)
-                loss = xe_loss(model(feats, targets).float(), targets)
-                stats = {"loss": loss.item()}
-            else:
-                loss, stats = self.rl_step(feats, batch)
+                lx = xe_loss(model(feats.repeat_interleave(n, 0), targets).float(), targets)
+                terms.append(cfg.xe_weight * lx)
+                stats["xe_loss"] = lx.item()
+            if cfg.rl_weight:
+                seqs, logps, rewards, base = sample_rewards(model, feats, batch["clip_id"], cfg.samples,
+                                                            cfg.temperature, self.reward, cfg.baseline)
+                r = torch.from_numpy(rewards).float().to(self.device)
+                b = torch.from_numpy(base).float().to(self.device)
+                lr_ = rl_loss(logps.float(), seqs, r, b)
+                terms.append(cfg.rl_weight * lr_)
+                stats.update(rl_loss=lr_.item(), reward=r.mean().item(), baseline=b.mean().item())
+            if cfg.attr_weight:
+                la = attr_loss(model.attribute_logits(feats).float(), batch["attrs"].to(self.device))
+                terms.append(cfg.attr_weight * la)
+                stats["attr_loss"] = la.item()
+        loss = torch.stack(terms).sum()
+        stats["loss"] = loss.item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         self.opt.step()
         return stats
-
-    def rl_step(self, feats: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict]:
-        cfg, model, m = self.cfg, self.model, self.cfg.samples
-        ids = batch["clip_id"]
-        seqs, logps = model.sample(feats, n=m, temperature=cfg.temperature)
-        model.eval()
-        with torch.no_grad():
-            greedy = model.greedy(feats.detach())
-        model.train()
-        rewards = self.cider.score([i for i in ids for _ in range(m)], seqs.cpu().numpy())
-        base = self.cider.score(ids, greedy.cpu().numpy())
-        r = torch.from_numpy(rewards).float().to(self.device)
-        b = torch.from_numpy(np.repeat(base, m)).float().to(self.device)
-        loss = rl_loss(logps.float(), seqs, r, b)
-        stats = {"rl_loss": loss.item(), "reward": r.mean().item(), "baseline": float(base.mean())}
-        if cfg.stage == 3:
-            la = attr_loss(model.attribute_logits(feats).float(), batch["attrs"].to(self.device))
-            loss = cfg.rl_weight * loss + cfg.attr_weight * la
-            stats["attr_loss"] = la.item()
-        stats["loss"] = loss.item()
-        return loss, stats
 
     # ---- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -206,11 +224,15 @@ class Trainer:
     def evaluate(self, scorer: Scorer) -> dict:
         preds = self.predict("val", self.cfg.eval_beam)
         refs = {k: self.val_refs[k] for k in preds}
-        return {f"val_{k}": v for k, v in scorer.score(preds, refs).items()}
+        out = {f"val_{k}": v for k, v in scorer.score(preds, refs).items()}
+        if self.val_objects:
+            grounded = slot_accuracy(preds, self.val_objects)
+            out.update({f"val_{k}": grounded[k] for k in ("action_acc", "colour_acc", "shape_acc")})
+        return out
 
     # ---- the loop -----------------------------------------------------------------------------
     def save(self, name: str, epoch: int) -> None:
-        extra = {"stage": self.cfg.stage, "epoch": epoch, "best": self.best, "history": self.history,
+        extra = {"recipe": self.cfg.recipe, "epoch": epoch, "best": self.best, "history": self.history,
                  "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(), "init_from": self.init_from,
                  "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
         save_checkpoint(self.dir / name, self.model, self.info.itos, self.info.attributes, extra)
@@ -218,17 +240,18 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.cfg
         counts = self.model.parameter_counts()
-        self.log.write({"event": "start", "stage": cfg.stage, "init_from": self.init_from, "params": counts,
+        label = recipe_label(cfg.recipe)
+        self.log.write({"event": "start", "recipe": cfg.recipe, "init_from": self.init_from, "params": counts,
                         "backbone_weights": self.model.backbone_info.weights, "start_epoch": self.start_epoch})
         if self.progress:
-            print(f"stage {cfg.stage}: {counts['total'] / 1e6:.2f} M parameters ({counts['backbone'] / 1e6:.2f} M "
-                  f"backbone, {'trained' if cfg.stage == 3 else 'frozen'}); starting from "
+            print(f"{label}: {counts['total'] / 1e6:.2f} M parameters ({counts['backbone'] / 1e6:.2f} M "
+                  f"backbone, {'trained' if cfg.train_cnn else 'frozen'}); starting from "
                   f"{self.init_from or self.model.backbone_info.weights}")
         step = sum(h.get("steps", 0) for h in self.history)
         with Scorer(meteor=False) as scorer:
             for epoch in range(self.start_epoch, cfg.epochs):
                 t0, clips, agg = time.perf_counter(), 0, {}
-                bar = tqdm(self.epoch_batches(epoch), desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}",
+                bar = tqdm(self.epoch_batches(epoch), desc=f"{label} epoch {epoch + 1}/{cfg.epochs}",
                            total=self.n_batches(), unit="batch", disable=not self.progress, leave=False)
                 n_steps = 0
                 for batch in bar:
@@ -255,11 +278,14 @@ class Trainer:
                 self.save("last.pt", epoch)
                 if self.progress:
                     val = f", val CIDEr {100 * score:.2f}" if score is not None else ""
-                    print(f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}: loss {record.get('train_loss', 0):.4f}, "
+                    if record.get("val_action_acc") is not None:
+                        val += (f", action {100 * record['val_action_acc']:.0f}% colour "
+                                f"{100 * record['val_colour_acc']:.0f}% shape {100 * record['val_shape_acc']:.0f}%")
+                    print(f"{label} epoch {epoch + 1}/{cfg.epochs}: loss {record.get('train_loss', 0):.4f}, "
                           f"{record['clips_per_s']:.1f} clips/s{val}")
         if not (self.dir / "best.pt").exists() and (self.dir / "last.pt").exists():
             (self.dir / "best.pt").write_bytes((self.dir / "last.pt").read_bytes())
-        plot_curves(self.history, self.dir / "curves.png", f"stage {cfg.stage}")
+        plot_curves(self.history, self.dir / "curves.png", label)
         self.log.close()
         return {"best_val_CIDEr": self.best, "history": self.history, "dir": str(self.dir)}
 

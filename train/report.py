@@ -67,16 +67,62 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def plot_confusion(confusion: dict, path: Path, title: str) -> None:
+    """The action confusion matrix (rows: truth, columns: what the caption says) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.array(confusion["matrix"])
+    rows, cols = confusion["labels"], [*confusion["labels"], confusion["none"]]
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    ax.imshow(m / np.maximum(1, m.sum(1, keepdims=True)), cmap="Blues", vmin=0, vmax=1)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if m[i, j]:
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if m[i, j] > 0.6 * max(1, m[i].sum()) else "black")
+    ax.set_xticks(range(len(cols)), cols, rotation=45)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("action in the caption")
+    ax.set_ylabel("action in the clip")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_scalars(tb_dir: Path, prefix: str, metrics: dict, step: int) -> None:
+    """Numbers of an evaluation into TensorBoard (e.g. test_beam3/CIDEr at the checkpoint's step)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    with SummaryWriter(str(tb_dir)) as tb:
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and v is not None:
+                tb.add_scalar(f"{prefix}/{k}", v, step)
+
+
+_MARK = {True: "<span style='color:#080'>&#10003;</span>", False: "<span style='color:#c00'>&#10007;</span>"}
+
+
 def gallery(path: Path, rows: list[dict], metrics: dict, title: str) -> None:
-    """rows: {"clip_id", "jpegs": [bytes], "prediction", "references": [str]}."""
+    """rows: {"clip_id", "jpegs": [bytes], "prediction", "references": [str], "correct": {slot: bool|None}|None}."""
     head = " ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items() if isinstance(v, float))
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif} td{vertical-align:top;padding:4px} img{width:96px}</style>",
+             "<style>body{font-family:sans-serif} td{vertical-align:top;padding:4px} img{width:96px}"
+             " .slots{font-size:90%;color:#444}</style>",
              f"<h2>{html.escape(title)}</h2><p>{html.escape(head)}</p><table>"]
     for r in rows:
         imgs = "".join(f"<img src='data:image/jpeg;base64,{base64.b64encode(j).decode()}'>" for j in r["jpegs"])
         refs = "".join(f"<li>{html.escape(c)}</li>" for c in r["references"][:5])
+        slots = ""
+        if r.get("correct"):
+            slots = "<div class='slots'>" + " ".join(
+                f"{name} {_MARK[ok]}" for name, ok in r["correct"].items() if name != "parsed" and ok is not None) + "</div>"
         parts.append(f"<tr><td>{imgs}</td><td><b>{html.escape(r['clip_id'])}</b><br>"
-                     f"predicted: <b>{html.escape(r['prediction'])}</b><ul>{refs}</ul></td></tr>")
+                     f"predicted: <b>{html.escape(r['prediction'])}</b>{slots}<ul>{refs}</ul></td></tr>")
     parts.append("</table>")
     Path(path).write_text("\n".join(parts))

@@ -1,0 +1,149 @@
+"""Grounded evaluation: does the caption say what happens in the clip?
+
+CIDEr rewards n-gram overlap with the references, so a captioner that says "moves to the left" for
+every clip of the built-in dataset still scores well (the template is right, the event is not).
+Here each predicted caption is parsed back into the slots of the clip's main object -- action,
+colour, shape, size -- with the same phrase table the generator wrote the references from
+(``evalkit.grammar``), and compared with the generator's ground truth.
+
+Also the attribute head's quality: average precision per attribute over the clips of a split,
+averaged (mAP) over all attributes and per part of speech.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from evalkit.grammar import (
+    ACTIONS,
+    COLOUR_NAMES,
+    SHAPE_WORDS,
+    SIZE_CHANGING,
+    SIZE_WORDS,
+    action_phrases,
+)
+from evalkit.text import tokenize
+
+SLOTS = ("action", "colour", "shape", "size")
+NONE = "none"  # the parsed caption names no value for a slot
+
+_SHAPE_OF = {w: shape for shape, words in SHAPE_WORDS.items() for w in words}
+_SIZE_OF = {w: size for size, words in SIZE_WORDS.items() for w in words}
+_COLOURS = set(COLOUR_NAMES)
+# Every action phrase (both verb forms, any shape) as token tuples, indexed by first token and
+# longest first, so that "bounces up and down" wins over "bounces" at the same position.
+_ACTION_PHRASES: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+for _phrase, _action in sorted({(tuple(tokenize(p)), a) for a in ACTIONS for shape in SHAPE_WORDS
+                                for pair in action_phrases(a, shape) for p in pair}, key=lambda x: (-len(x[0]), x)):
+    _ACTION_PHRASES.setdefault(_phrase[0], []).append((_phrase, _action))
+
+
+@dataclass(frozen=True)
+class Slots:
+    action: str | None = None
+    colour: str | None = None
+    shape: str | None = None
+    size: str | None = None
+
+
+def parse_caption(caption: str) -> Slots:
+    """The main object's slots as a caption of the built-in grammar names them (None: not named).
+
+    The main object is the first shape word; its size and colour are the modifiers between it and
+    its determiner. The action is the earliest action phrase after it (the second object's tail
+    phrases -- "stays still", "does not move" -- are not action phrases).
+    """
+    toks = tokenize(caption)
+    head = next((i for i, t in enumerate(toks) if t in _SHAPE_OF), None)
+    if head is None:
+        return Slots(action=_first_action(toks, 0))
+    colour = size = None
+    for t in toks[max(0, head - 2) : head]:
+        colour = t if t in _COLOURS else colour
+        size = _SIZE_OF.get(t, size)
+    return Slots(_first_action(toks, head + 1), colour, _SHAPE_OF[toks[head]], size)
+
+
+def _first_action(toks: list[str], start: int) -> str | None:
+    for i in range(start, len(toks)):
+        for phrase, action in _ACTION_PHRASES.get(toks[i], ()):
+            if tuple(toks[i : i + len(phrase)]) == phrase:
+                return action
+    return None
+
+
+def slot_accuracy(predictions: Mapping[str, str], objects: Mapping[str, Sequence[Mapping]]) -> dict:
+    """Per-slot accuracy of the main object over the clips that have ground truth.
+
+    objects: clip id -> the clip's objects (objects[0] acts), each with shape, colour, size, action.
+    A slot the caption does not name counts as wrong for action, colour and shape; size is scored
+    only where the caption names one and the clip's size does not change (the references never name
+    it then). Returns {"action_acc", "colour_acc", "shape_acc", "size_acc", "size_named", "clips",
+    "confusion": {"labels", "none", "matrix"}} (accuracies in 0..1; None when nothing was scored).
+    """
+    ids = [c for c in predictions if objects.get(c)]
+    correct = {s: 0 for s in SLOTS}
+    size_scored = 0
+    confusion = np.zeros((len(ACTIONS), len(ACTIONS) + 1), dtype=np.int64)
+    for c in ids:
+        truth = objects[c][0]
+        got = parse_caption(predictions[c])
+        for slot in ("action", "colour", "shape"):
+            correct[slot] += int(getattr(got, slot) == truth[slot])
+        if got.size is not None and truth["action"] not in SIZE_CHANGING:
+            size_scored += 1
+            correct["size"] += int(got.size == truth["size"])
+        col = ACTIONS.index(got.action) if got.action is not None else len(ACTIONS)
+        confusion[ACTIONS.index(truth["action"]), col] += 1
+    n = len(ids)
+    return {
+        "clips": n,
+        "action_acc": correct["action"] / n if n else None,
+        "colour_acc": correct["colour"] / n if n else None,
+        "shape_acc": correct["shape"] / n if n else None,
+        "size_acc": correct["size"] / size_scored if size_scored else None,
+        "size_named": size_scored,
+        "confusion": {"labels": list(ACTIONS), "none": NONE, "matrix": confusion.tolist()},
+    }
+
+
+def per_clip_correct(predictions: Mapping[str, str], objects: Mapping[str, Sequence[Mapping]]) -> dict[str, dict]:
+    """clip id -> {slot: True/False/None} (None: not scored), for galleries and paired statistics."""
+    out = {}
+    for c, caption in predictions.items():
+        if not objects.get(c):
+            continue
+        truth, got = objects[c][0], parse_caption(caption)
+        row = {s: getattr(got, s) == truth[s] for s in ("action", "colour", "shape")}
+        row["size"] = (got.size == truth["size"]) if got.size is not None and truth["action"] not in SIZE_CHANGING \
+            else None
+        row["parsed"] = asdict(got)
+        out[c] = row
+    return out
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Non-interpolated AP (the mean of precision at each positive's rank); NaN without positives."""
+    labels = np.asarray(labels, dtype=bool)
+    if not labels.any():
+        return float("nan")
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    hits = labels[order]
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision_at[hits].mean())
+
+
+def attribute_map(scores: np.ndarray, labels: np.ndarray, pos: Sequence[str]) -> dict:
+    """mAP of attribute scores (clips x attributes) against 0/1 labels, overall and per part of
+    speech; attributes without a positive clip in the split are left out (and counted)."""
+    aps = np.array([average_precision(scores[:, j], labels[:, j]) for j in range(labels.shape[1])])
+    ok = ~np.isnan(aps)
+    out = {"mAP": float(aps[ok].mean()) if ok.any() else None, "attributes_scored": int(ok.sum()),
+           "attributes_without_positives": int((~ok).sum())}
+    for p in sorted(set(pos)):
+        sel = ok & (np.asarray(pos) == p)
+        out[f"mAP_{p}"] = float(aps[sel].mean()) if sel.any() else None
+    return out
