@@ -40,6 +40,10 @@ class ModelConfig:
     # Standardise the pooled CNN features with fixed training-set statistics before FC (the trainer
     # sets them at the start of stage 1); an affine map the FC could learn, but fast to optimise.
     feature_norm: bool = False
+    # "none": S2VT reads each frame's features (the paper). "diff": it also reads each frame's
+    # difference to the previous one through a second FC -- the cheap analogue of the optical-flow
+    # stream of the original S2VT paper: motion as an input instead of something to infer.
+    motion: str = "none"
     max_len: int = 35
     n_attributes: int = 400
     init_range: float = 0.1
@@ -77,9 +81,13 @@ class Captioner(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(self.backbone_info.std).view(1, 3, 1, 1), persistent=False)
         if cfg.frame_dropout not in ("independent", "shared"):
             raise ValueError(f"model.frame_dropout={cfg.frame_dropout!r}: must be independent or shared")
+        if cfg.motion not in ("none", "diff"):
+            raise ValueError(f"model.motion={cfg.motion!r}: must be none or diff")
         self.register_buffer("feat_mean", torch.zeros(d), persistent=cfg.feature_norm)
         self.register_buffer("feat_std", torch.ones(d), persistent=cfg.feature_norm)
+        self.register_buffer("diff_std", torch.ones(d), persistent=cfg.feature_norm and cfg.motion == "diff")
         self.img_fc = nn.Linear(d, cfg.embed)
+        self.motion_fc = nn.Linear(d, cfg.embed) if cfg.motion == "diff" else None
         self.word_emb = nn.Embedding(cfg.vocab_size, cfg.embed, padding_idx=PAD)
         self.lstm1 = nn.LSTM(cfg.embed, cfg.hidden, batch_first=True)
         self.lstm2 = nn.LSTM(cfg.hidden + cfg.embed, cfg.hidden, batch_first=True)
@@ -88,8 +96,8 @@ class Captioner(nn.Module):
         self.attr_head = nn.Linear(d, cfg.n_attributes)
         self.backbone_frozen = False
         self.bn_stats = False
-        for module in (self.img_fc, self.word_emb, self.lstm1, self.lstm2, self.out, self.attr_head):
-            for p in module.parameters():
+        for module in (self.img_fc, self.motion_fc, self.word_emb, self.lstm1, self.lstm2, self.out, self.attr_head):
+            for p in module.parameters() if module is not None else ():
                 nn.init.uniform_(p, -cfg.init_range, cfg.init_range)
 
     # ---- backbone ---------------------------------------------------------------------------
@@ -129,9 +137,12 @@ class Captioner(nn.Module):
         return feats.view(b, k, -1)
 
     # ---- encoder ----------------------------------------------------------------------------
-    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.feat_mean.copy_(mean)
-        self.feat_std.copy_(std.clamp_min(1e-4))
+    def set_feature_stats(self, feats: torch.Tensor) -> None:
+        """Fix the standardisation from training features (N, K, D): per-dimension mean and std of
+        the frames, and std of the frame-to-frame differences."""
+        self.feat_mean.copy_(feats.mean((0, 1)))
+        self.feat_std.copy_(feats.std((0, 1)).clamp_min(1e-4))
+        self.diff_std.copy_((feats[:, 1:] - feats[:, :-1]).std((0, 1)).clamp_min(1e-4))
 
     def _normed(self, feats: torch.Tensor) -> torch.Tensor:
         return (feats - self.feat_mean) / self.feat_std if self.cfg.feature_norm else feats
@@ -148,7 +159,11 @@ class Captioner(nn.Module):
     def encode(self, feats: torch.Tensor, steps: int) -> tuple[torch.Tensor, tuple]:
         """Run the K encoder steps; return LSTM1's outputs for `steps` decoder steps and LSTM2's state."""
         b = feats.shape[0]
-        v = self._frame_dropout(self.img_fc(self._normed(feats)))
+        v = self.img_fc(self._normed(feats))
+        if self.motion_fc is not None:
+            diff = torch.cat([torch.zeros_like(feats[:, :1]), feats[:, 1:] - feats[:, :-1]], 1)
+            v = v + self.motion_fc(diff / self.diff_std if self.cfg.feature_norm else diff)
+        v = self._frame_dropout(v)
         zeros_word = v.new_zeros(b, v.shape[1], self.cfg.embed)
         pad_frames = v.new_zeros(b, steps, self.cfg.embed)
         h1, _ = self.lstm1(torch.cat([v, pad_frames], 1))

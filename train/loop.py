@@ -135,7 +135,7 @@ class Trainer:
         self.log = MetricsLog(self.dir, append=cfg.resume)
         if self.model.cfg.feature_norm and self.init_from is None and not cfg.resume:
             feats = self.features("train").feats
-            self.model.set_feature_stats(feats.mean((0, 1)).to(self.device), feats.std((0, 1)).to(self.device))
+            self.model.set_feature_stats(feats.to(self.device))
 
     # ---- data ---------------------------------------------------------------------------------
     def features(self, split: str) -> FeatureSet:
