@@ -50,10 +50,31 @@ def _probe_main(argv: list[str]) -> None:
             json.dump({"split": a.split, "probes": results}, f, indent=1)
 
 
+def _ablate_main(argv: list[str]) -> None:
+    from train.ablate import ablate, format_markdown
+
+    p = argparse.ArgumentParser(prog="train ablate", description="the paper's Table 3: train the eight rows "
+                                "(shared prefixes trained once per seed), score each on the test split, write "
+                                "RUN/ablation.md and RUN/ablation.json; a re-run resumes",
+                                epilog="key=value overrides apply to every row (e.g. max_clips=100)")
+    p.add_argument("--data", required=True, help="pipeline build output directory")
+    p.add_argument("--run", required=True, help="output directory (RUN/seedN/<row>/ and the tables)")
+    p.add_argument("--preset", default="cpu-small", choices=["paper", "cpu-small", "tiny"])
+    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default 3)")
+    p.add_argument("--beam", type=int, default=1, help="decoding for the table (default 1: greedy, as the paper)")
+    p.add_argument("--rows", default=",".join(TABLE3_ORDER), help="comma-separated subset of the rows")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="key=value")
+    a = p.parse_args(argv)
+    r = ablate(a.data, a.run, a.preset, a.seeds, a.overrides, a.rows.split(","), a.beam, progress=not a.quiet)
+    print(format_markdown(r))
+    print(f"written: {a.run}/ablation.md, {a.run}/ablation.json")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train", description="train the captioner: stage 1 (XE), 2 (REINFORCE+), 3 (end-to-end multitask); "
-        "or `train eval --help`",
+        "or `train eval|probe|ablate --help`",
         epilog="key=value overrides any TrainConfig field (e.g. epochs=3 lr=1e-5 samples=4) or model field "
                "(model.hidden=256)")
     which = p.add_mutually_exclusive_group(required=True)
@@ -79,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         if argv[:1] == ["probe"]:
             _probe_main(argv[1:])
+            return
+        if argv[:1] == ["ablate"]:
+            _ablate_main(argv[1:])
             return
         a = parser().parse_args(argv)
         from train.config import make_train_config

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalkit.coco import score
+from evalkit.coco import Scorer, score
 from evalkit.grounding import attribute_map, per_clip_correct, slot_accuracy
 from model.checkpoint import load_checkpoint
 from pipeline.shards import iter_samples
@@ -27,7 +27,9 @@ GROUNDED_KEYS = ("action_acc", "colour_acc", "shape_acc", "size_acc", "size_name
 @torch.no_grad()
 def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: int = 3, out: str | None = None,
                         batch_size: int = 16, max_clips: int | None = None, gallery_clips: int = 40,
-                        meteor: bool = True) -> dict:
+                        meteor: bool = True, scorer: Scorer | None = None) -> dict:
+    """Decode `split` with the checkpoint and score it; `scorer` (an open evalkit Scorer) saves the
+    METEOR start-up when many checkpoints are evaluated in a row (`train ablate`)."""
     model, ckpt = load_checkpoint(ckpt_path)
     info = DataInfo.load(data)
     if ckpt["vocab"] != info.itos:
@@ -43,7 +45,7 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
             preds[cid], refs[cid] = decode(s, info.itos), caps
             if objs:
                 objects[cid] = objs
-    metrics = score(preds, refs, meteor=meteor)
+    metrics = scorer.score(preds, refs) if scorer is not None else score(preds, refs, meteor=meteor)
     grounded = slot_accuracy(preds, objects) if objects else None
     if grounded is not None:
         metrics.update({k: grounded[k] for k in GROUNDED_KEYS})

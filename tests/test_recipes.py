@@ -1,0 +1,94 @@
+"""Issue 9: stages as recipes -- each Table 3 row freezes and weights what it says -- and
+`train ablate`, the table as one command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+from conftest import tool
+
+from train.config import make_train_config
+from train.loop import Trainer, run_stage
+from train.recipes import RECIPES, STAGES, TABLE3_ORDER, prefix_chain
+
+# The paper's Table 3, row by row: (CNN trained, XE weight, RL weight, attribute weight, M, starts from).
+TABLE3 = {
+    "s2vt": (False, 1.0, 0.0, 0.0, None, None),
+    "rfc": (False, 0.0, 1.0, 0.0, 1, "s2vt"),
+    "rfc+": (False, 0.0, 1.0, 0.0, 8, "s2vt"),
+    "e2e-xe": (True, 1.0, 0.0, 0.0, None, "s2vt"),
+    "e2e-att-xe": (True, 0.95, 0.0, 0.05, None, "s2vt"),
+    "e2e-no-attr": (True, 0.0, 1.0, 0.0, 8, "rfc+"),
+    "e2e-scratch": (True, 1.0, 0.0, 0.0, None, None),
+    "e2e": (True, 0.0, 0.95, 0.05, 8, "rfc+"),
+}
+
+
+def test_every_table3_row_is_a_recipe_with_the_papers_settings():
+    assert list(TABLE3_ORDER) == list(TABLE3) and set(RECIPES) == set(TABLE3)
+    assert STAGES == {1: "s2vt", 2: "rfc+", 3: "e2e"}
+    for name, (cnn, xe, rl, attr, m, init) in TABLE3.items():
+        cfg = make_train_config(name, "paper", [])
+        assert (cfg.train_cnn, cfg.xe_weight, cfg.rl_weight, cfg.attr_weight) == (cnn, xe, rl, attr), name
+        assert cfg.feature_cache == (not cnn), name
+        if m is not None:
+            assert cfg.samples == m, name
+        assert RECIPES[name].init == init, name
+    assert prefix_chain("e2e") == ["s2vt", "rfc+", "e2e"]
+    # the paper's optimiser settings for its three stages
+    assert [make_train_config(s, "paper", []).lr for s in (1, 2, 3)] == [1e-4, 1e-6, 1e-6]
+    assert [make_train_config(s, "paper", []).batch_size for s in (1, 2, 3)] == [64, 256, 16]
+
+
+@pytest.fixture(scope="module")
+def s2vt_ckpt(built_small, tmp_path_factory):
+    run = tmp_path_factory.mktemp("recipes")
+    run_stage(make_train_config("s2vt", "tiny", ["num_workers=0", "epochs=1"], data=str(built_small), run=str(run)),
+              progress=False)
+    return run / "stage1" / "best.pt"
+
+
+@pytest.mark.parametrize("name", TABLE3_ORDER)
+def test_one_step_of_each_recipe_trains_what_its_row_says(name, built_small, s2vt_ckpt, tmp_path):
+    cnn, xe, rl, attr, _, init = TABLE3[name]
+    cfg = make_train_config(name, "tiny", ["num_workers=0", "batch_size=4"], data=str(built_small), run=str(tmp_path),
+                            init=str(s2vt_ckpt) if init else None)
+    t = Trainer(cfg, progress=False)
+    assert all(p.requires_grad == cnn for p in t.model.backbone.parameters())
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    stats = t.step(next(iter(t.epoch_batches(0))), 0)
+    assert ("xe_loss" in stats, "rl_loss" in stats, "attr_loss" in stats) == (bool(xe), bool(rl), bool(attr))
+    expected = xe * stats.get("xe_loss", 0) + rl * stats.get("rl_loss", 0) + attr * stats.get("attr_loss", 0)
+    assert stats["loss"] == pytest.approx(expected, rel=1e-5)
+    after = t.model.state_dict()
+    cnn_moved = any(not torch.equal(before[k], after[k]) for k in after if k.startswith("backbone.")
+                    and "num_batches" not in k)
+    assert cnn_moved == cnn
+    head_moved = not torch.equal(before["attr_head.weight"], after["attr_head.weight"])
+    assert head_moved == bool(attr)  # only the attribute loss trains the attribute head
+
+
+def test_train_ablate_writes_the_eight_rows_and_resumes(built_small, tmp_path):
+    cmd = [tool("train"), "ablate", "--data", str(built_small), "--run", str(tmp_path / "abl"), "--preset", "tiny",
+           "--seeds", "1", "--quiet", "num_workers=0"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    table = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert [row["recipe"] for row in table["rows"]] == list(TABLE3_ORDER)
+    for row in table["rows"]:
+        assert {"Bleu_4", "ROUGE_L", "METEOR", "CIDEr", "action_acc", "colour_acc", "shape_acc"} <= set(row)
+        assert row["CIDEr"]["std"] == 0.0 and len(row["CIDEr"]["values"]) == 1
+    md = (tmp_path / "abl" / "ablation.md").read_text()
+    assert md.count("\n| ") == 9 and "| 0.750 |" in md and "| 0.816 |" in md and "| 0.865 |" in md
+    # prefixes are trained once: one stage1 and one stage2 (rfc+) directory per seed
+    dirs = sorted(p.name for p in (tmp_path / "abl" / "seed0").iterdir() if p.is_dir() and p.name != "features")
+    assert dirs == sorted(RECIPES[n].dir for n in TABLE3_ORDER)
+    # a re-run reads every row back instead of training again
+    mtime = (tmp_path / "abl" / "seed0" / "stage3" / "best.pt").stat().st_mtime_ns
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "abl" / "seed0" / "stage3" / "best.pt").stat().st_mtime_ns == mtime
+    assert json.loads((tmp_path / "abl" / "ablation.json").read_text())["rows"] == table["rows"]
