@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from evalkit.atomic import write_json_atomic
+from evalkit.errors import UserError
 from evalkit.grammar import (
     ACTIONS,
     BACKGROUND_PHRASE,
@@ -35,8 +37,6 @@ from evalkit.grammar import (
     TEMPLATES,
     action_phrases,
 )
-from pipeline.atomic import write_json_atomic
-from pipeline.errors import UserError
 from pipeline.ffmpeg_check import require_ffmpeg
 
 COLOURS: dict[str, tuple[int, int, int]] = {

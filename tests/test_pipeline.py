@@ -18,9 +18,9 @@ import webdataset as wds
 from conftest import SMALL_BUILD, shared_path, tool
 
 from evalkit.cider import load_df
+from evalkit.errors import UserError
 from pipeline.adapters import load_dataset
 from pipeline.build import BuildConfig, build
-from pipeline.errors import UserError
 from pipeline.frames import segment_centres
 
 
