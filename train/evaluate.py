@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from evalkit.coco import score
+from evalkit.errors import UserError
 from evalkit.grounding import attribute_map, per_clip_correct, slot_accuracy
 from model.checkpoint import load_checkpoint
 from pipeline.shards import iter_samples
@@ -31,7 +32,7 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
     model, ckpt = load_checkpoint(ckpt_path)
     info = DataInfo.load(data)
     if ckpt["vocab"] != info.itos:
-        raise ValueError(f"{ckpt_path}: its vocabulary differs from {data}/vocab.json")
+        raise UserError(f"{ckpt_path}: its vocabulary differs from {data}/vocab.json")
     ds = ShardDataset(info, split, model.cfg.image_size, shuffle=False, max_clips=max_clips)
     preds, refs, objects, attr_scores, attr_labels = {}, {}, {}, [], []
     for batch in torch_loader(ds, batch_size, 0):
@@ -64,7 +65,7 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
     correct = per_clip_correct(preds, objects)
     rows = []
     for url in info.urls(split):
-        for s in iter_samples(url):
+        for s in iter_samples(url, info.expect):
             cid = s["json"]["clip_id"]
             if cid in preds and len(rows) < gallery_clips:
                 rows.append({"clip_id": cid, "jpegs": [s["frames"][k] for k in sorted(s["frames"])],
