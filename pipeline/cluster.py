@@ -26,8 +26,10 @@ def check_scheduler_url(url: str) -> None:
 def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator:
     from distributed import Client, LocalCluster
 
+    # A task's exception reaches the driver and is reported there, once; Dask's own log lines about
+    # it (and about workers shutting down after an error) would break the one-line error.
     for name in ("distributed", "distributed.worker", "distributed.nanny", "distributed.scheduler"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if scheduler:
         try:
             client = Client(scheduler, timeout="15s")
@@ -41,7 +43,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     n = workers or min(4, os.cpu_count() or 1)
     # One thread per worker process: shard tasks are CPU-bound and each runs one decoder subprocess.
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -62,7 +64,8 @@ def as_finished(client, futures: list, worker_timeout: float, what: str) -> Iter
             try:
                 fut.result()
             except KilledWorker as e:
-                raise UserError(f"{what}: Dask workers died running task {e.task!r} (out of memory, or killed?)") from None
+                task = getattr(e, "task", "?")
+                raise UserError(f"{what}: Dask workers died running task {task!r} (out of memory, or killed?)") from None
             yield fut
         if not pending:
             return

@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import tarfile
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +86,14 @@ def _sample_problem(key: str, sample: dict, expect: Expect | None) -> str | None
     size = expect.size if expect else meta.get("size")
     for i in range(k):
         try:
-            with Image.open(io.BytesIO(frames[i])) as img:
-                fmt, dims = img.format, img.size
+            with warnings.catch_warnings():  # only the header is read; its size is checked below
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(frames[i])) as img:
+                    fmt, dims = img.format, img.size
         except Image.DecompressionBombError as e:
-            return f"frame {i}: {str(e).split(',')[0].lower()}, expected {size}x{size}"
+            pixels = re.search(r"\((\d+) pixels\)", str(e))
+            return (f"frame {i}: claims {pixels.group(1) if pixels else 'too many'} pixels (a decompression bomb?), "
+                    f"expected {size}x{size}")
         except Exception:
             return f"frame {i}: not an image"
         if fmt != "JPEG":
@@ -103,8 +108,10 @@ def _member_problem(m: tarfile.TarInfo) -> str | None:
     if not m.isreg():
         kind = "symlink" if m.issym() else "hard link" if m.islnk() else "directory" if m.isdir() else "special file"
         return f"member {m.name!r} is a {kind}; only regular files belong in a shard"
+    if "/" in m.name or m.name.startswith("."):
+        return f"unsafe member name {m.name!r} (absolute, '..' or in a folder)"
     if not _MEMBER.match(m.name):
-        return f"unsafe or unexpected member name {m.name!r}"
+        return f"unexpected member name {m.name!r}"
     limit = MAX_JSON_BYTES if m.name.endswith(".json") else MAX_JPEG_BYTES
     if m.size > limit:
         return f"member {m.name!r} is {m.size} bytes (more than {limit})"
@@ -125,7 +132,7 @@ def _read_samples(f: BinaryIO, label: str, expect: Expect | None) -> Iterator[di
     try:
         tar = tarfile.open(fileobj=f, mode="r|")  # sequential, uncompressed only: no seeking, no gzip bombs
         for m in tar:
-            key = m.name.partition(".")[0]
+            key = m.name.rsplit("/", 1)[-1].partition(".")[0]
             problem = _member_problem(m)
             if problem:
                 raise ShardError(f"{label}: sample {key or '?'}: {problem}")
@@ -140,10 +147,13 @@ def _read_samples(f: BinaryIO, label: str, expect: Expect | None) -> Iterator[di
             data = tar.extractfile(m).read()
             if len(data) != m.size:
                 raise tarfile.ReadError("unexpected end of data")
-            if ext == "json":
+            index = None if ext == "json" else int(ext.split(".")[0])
+            if (index is None and "json" in current) or index in current["frames"]:
+                raise ShardError(f"{label}: sample {key}: member {m.name!r} appears twice")
+            if index is None:
                 current["json"] = data
             else:
-                current["frames"][int(ext.split(".")[0])] = data
+                current["frames"][index] = data
     except tarfile.TarError as e:
         where = f"sample {current['key']}: " if current is not None else ""
         raise ShardError(f"{label}: {where}truncated or not a tar file ({e})") from None

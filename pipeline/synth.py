@@ -9,6 +9,7 @@ attributes mined from the captions are real labels. Output is the official MSR-V
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -284,7 +285,7 @@ def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int]
     if not 0.5 <= seconds <= 30:
         raise UserError(f"--seconds {seconds}: must be between 0.5 and 30")
     require_ffmpeg()
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # a folder named like an option (-x) must never reach ffmpeg as one
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out}: directory is not empty; pass --overwrite to replace it")
