@@ -14,6 +14,8 @@ from evalkit.errors import UserError
 def read_text(path: str | Path, what: str = "file") -> str:
     """The file as UTF-8 text; `what` names it in the error ("annotation file", "predictions")."""
     path = Path(path)
+    if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block, /dev/zero never end
+        raise UserError(f"{path}: {what} is not a regular file")
     try:
         return path.read_bytes().decode("utf-8")
     except FileNotFoundError:

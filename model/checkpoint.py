@@ -38,13 +38,15 @@ def save_checkpoint(target: str | Path | BinaryIO, model: Captioner, vocab: list
 
 
 def _unreadable(path: Path, e: Exception) -> CheckpointError:
-    if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+    with open(path, "rb") as f:
+        head = f.read(4)
+    zipped = head.startswith(b"PK\x03\x04")  # torch's format; b"\x80\x02\x8a\x0a" opens the legacy one
+    if not (zipped or head.startswith(b"\x80\x02\x8a\x0a")):
+        why = "not a torch checkpoint file"
+    elif isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
         why = "it holds Python objects besides tensors and plain types; refusing to unpickle them"
     else:
-        with open(path, "rb") as f:
-            head = f.read(4)
-        zipped = head.startswith(b"PK\x03\x04")
-        why = "truncated or corrupt (its zip archive cannot be read)" if zipped else "not a torch checkpoint file"
+        why = "truncated or corrupt" + (" (its zip archive cannot be read)" if zipped else "")
     return CheckpointError(f"{path}: not a vidcap checkpoint: {why}")
 
 
@@ -65,6 +67,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key, kind in types.items():
         if not isinstance(ckpt[key], kind):
             raise CheckpointError(f"{path}: not a vidcap checkpoint: {key!r} is a {type(ckpt[key]).__name__}")
+    for key in ("vocab", "attributes"):
+        if not all(isinstance(w, str) for w in ckpt[key]):
+            raise CheckpointError(f"{path}: not a vidcap checkpoint: {key!r} holds something other than words")
     return ckpt
 
 

@@ -69,18 +69,22 @@ class BuildConfig:
                   (self.shard_size >= 1, f"--shard-size {self.shard_size}: must be >= 1"),
                   (self.attributes >= 1, f"--attributes {self.attributes}: must be >= 1"),
                   (self.min_count >= 1, f"--min-count {self.min_count}: must be >= 1"),
-                  (self.timeout > 0, f"--timeout {self.timeout}: must be > 0"),
-                  (self.worker_timeout > 0, f"--worker-timeout {self.worker_timeout}: must be > 0"),
-                  (self.decoder_memory_mb == 0 or self.decoder_memory_mb >= 256,
-                   f"--decoder-memory {self.decoder_memory_mb}: must be >= 256 (MB), or 0 for no cap"),
+                  (0 < self.timeout <= 86400, f"--timeout {self.timeout}: must be > 0 and <= 86400 (s)"),
+                  (0 < self.worker_timeout <= 86400, f"--worker-timeout {self.worker_timeout}: must be > 0 and <= 86400 (s)"),
+                  (self.decoder_memory_mb == 0 or 256 <= self.decoder_memory_mb <= 1 << 20,
+                   f"--decoder-memory {self.decoder_memory_mb}: must be 256..1048576 (MB), or 0 for no cap"),
                   (self.workers is None or self.workers >= 1, f"--workers {self.workers}: must be >= 1")]
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
         if self.scheduler is not None:
             check_scheduler_url(self.scheduler)
-        if Path(self.out).exists() and not Path(self.out).is_dir():
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
             raise UserError(f"--out {self.out}: exists and is not a directory")
+        if self.overwrite and out.is_dir() and any(out.iterdir()) and not (
+                (out / "build.json").exists() or (out / "shards").is_dir()):
+            raise UserError(f"--out {self.out}: not a pipeline output; refusing to delete it for --overwrite")
 
 
 def plan_shards(clips, cfg: BuildConfig) -> list[ShardTask]:
@@ -103,9 +107,7 @@ BUILD_OUTPUTS = ("build.json", "failures.jsonl", "vocab.json", "attributes.parqu
 
 def _prepare_out(out: Path, overwrite: bool, tasks: list[ShardTask]) -> Path:
     """Make OUT ready for `tasks`: invalidate a previous build's outputs before any shard is rewritten."""
-    if overwrite and out.exists():
-        if any(out.iterdir()) and not ((out / "build.json").exists() or (out / "shards").is_dir()):
-            raise UserError(f"--out {out}: not a pipeline output; refusing to delete it for --overwrite")
+    if overwrite and out.exists():  # BuildConfig.validate refused folders that are not pipeline outputs
         shutil.rmtree(out)
     shard_dir = out / "shards"
     (shard_dir / ".state").mkdir(parents=True, exist_ok=True)

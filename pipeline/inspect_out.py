@@ -11,17 +11,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from evalkit.errors import UserError
 from evalkit.jsonfile import read_json
 from pipeline.adapters import SPLITS
 from pipeline.build import load_build
 from pipeline.shard_writer import stats_path
-from pipeline.shards import Expect, iter_samples, load_manifest, verified_shards
+from pipeline.shards import Expect, ShardError, iter_samples, load_manifest, verified_shards
 
 
 def _first_samples(shard: str, n: int, expect: Expect) -> list[tuple[dict, list[Image.Image]]]:
     out = []
     for s in iter_samples(shard, expect):
-        frames = [Image.open(io.BytesIO(s["frames"][k])).convert("RGB") for k in sorted(s["frames"])]
+        try:
+            frames = [Image.open(io.BytesIO(s["frames"][k])).convert("RGB") for k in sorted(s["frames"])]
+        except Exception as e:  # a header that looked right over a broken body
+            raise ShardError(f"{shard}: sample {s['key']}: a frame does not decode ({e})") from None
         out.append((s["json"], frames))
         if len(out) == n:
             break
@@ -38,6 +42,13 @@ def contact_sheet(samples: list[tuple[dict, list[Image.Image]]], thumb: int = 11
         for c, f in enumerate(frames):
             sheet.paste(f.resize((thumb, thumb)), (c * thumb, y + 14))
     return sheet
+
+
+def _table(path: Path) -> list[dict]:
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # not Parquet, or damaged: name the file, not pyarrow's internals
+        raise UserError(f"{path}: not a Parquet table ({type(e).__name__}); rebuild with `pipeline build`") from None
 
 
 def stats_summary(shard_dir: Path, manifests: dict[str, dict]) -> list[str]:
@@ -65,6 +76,8 @@ def stats_summary(shard_dir: Path, manifests: dict[str, dict]) -> list[str]:
 
 
 def inspect(out: Path, n_samples: int = 4, png: Path | None = None) -> str:
+    if not 1 <= n_samples <= 64:
+        raise UserError(f"--samples {n_samples}: must be 1..64")
     out = Path(out)
     build = load_build(out)
     shard_dir = out / "shards"
@@ -82,9 +95,13 @@ def inspect(out: Path, n_samples: int = 4, png: Path | None = None) -> str:
         return "\n".join(lines + ["  no samples"])
     samples = _first_samples(first_shard, n_samples, expect)
     meta = samples[0][0]
-    attrs = pq.read_table(out / "attributes.parquet").to_pylist()
-    labels = {r["clip_id"]: r["attribute_ids"] for r in pq.read_table(out / "clip_attributes.parquet").to_pylist()}
-    words = [attrs[i]["word"] for i in labels.get(meta["clip_id"], [])]
+    attrs, labels = _table(out / "attributes.parquet"), _table(out / "clip_attributes.parquet")
+    try:
+        ids = next((r["attribute_ids"] for r in labels if r["clip_id"] == meta["clip_id"]), [])
+        words = [attrs[i]["word"] for i in ids]
+    except (KeyError, IndexError, TypeError):
+        raise UserError(f"{out / 'clip_attributes.parquet'}: does not match attributes.parquet; rebuild with "
+                        "`pipeline build`") from None
     lines += [f"sample {meta['clip_id']} ({meta.get('split')}, decoder {meta.get('decoder')}, "
               f"frames {meta.get('frame_indices')}):"]
     lines += [f"  - {c}" for c in meta["captions"][:5]]

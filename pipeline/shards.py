@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import stat
 import sys
 import tarfile
 import warnings
@@ -36,6 +37,7 @@ from typing import BinaryIO
 from PIL import Image
 
 from evalkit.errors import UserError
+from pipeline.adapters import OBJECT_FIELDS
 
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar$")
@@ -75,8 +77,12 @@ def _sample_problem(key: str, sample: dict, expect: Expect | None) -> str | None
     if sample_key(meta["clip_id"]) != key:
         return f"json: clip_id {meta['clip_id']!r} does not match the key"
     caps = meta.get("captions")
-    if not (isinstance(caps, list) and all(isinstance(c, str) for c in caps)):
-        return "json: captions is not a list of strings"
+    if not (isinstance(caps, list) and caps and all(isinstance(c, str) and c.strip() for c in caps)):
+        return "json: captions is not a non-empty list of non-empty strings"
+    objects = meta.get("objects")
+    if objects is not None and not (isinstance(objects, list) and all(
+            isinstance(o, dict) and all(isinstance(o.get(f), str) for f in OBJECT_FIELDS) for o in objects)):
+        return f"json: objects is not a list of {{{', '.join(OBJECT_FIELDS)}}} strings"
     frames = sample["frames"]
     k = expect.frames if expect else len(frames)
     if sorted(frames) != list(range(k)) or k == 0:
@@ -142,7 +148,7 @@ def _read_samples(f: BinaryIO, label: str, expect: Expect | None) -> Iterator[di
                 if key in seen:
                     raise ShardError(f"{label}: sample {key}: appears twice (members not contiguous)")
                 seen.add(key)
-                current = {"key": key, "frames": {}}
+                current = {"key": key, "shard": label, "frames": {}}
             ext = m.name.split(".", 1)[1]
             data = tar.extractfile(m).read()
             if len(data) != m.size:
@@ -162,7 +168,7 @@ def _read_samples(f: BinaryIO, label: str, expect: Expect | None) -> Iterator[di
 
 
 def iter_samples(url: str | Path, expect: Expect | None = None) -> Iterator[dict]:
-    """Samples of one shard in file order: {"key", "json": dict, "frames": {index: jpeg bytes}}.
+    """Samples of one shard in file order: {"key", "shard", "json": dict, "frames": {index: jpeg bytes}}.
 
     Every member is validated as it is read (see the module docstring); `expect` adds the
     manifest's frame count and size (without it, each sample's own json size is checked)."""
@@ -215,10 +221,10 @@ def load_manifest(shard_dir: str | Path, split: str) -> dict:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError):
         raise _manifest_error(path, "not valid JSON") from None
-    ok = (isinstance(m, dict) and isinstance(m.get("shards"), list)
-          and all(isinstance(m.get(k), int) and m[k] > 0 for k in ("frames", "size")))
+    ok = (isinstance(m, dict) and isinstance(m.get("shards"), list) and isinstance(m.get("frames"), int)
+          and isinstance(m.get("size"), int) and 1 <= m["frames"] <= 64 and 16 <= m["size"] <= 1024)
     if not ok:
-        raise _manifest_error(path, "not a shard manifest (frames, size, shards)")
+        raise _manifest_error(path, "not a shard manifest (frames 1..64, size 16..1024, shards)")
     for i, s in enumerate(m["shards"]):
         if not (isinstance(s, dict) and isinstance(s.get("name"), str) and _SHARD_NAME.match(s["name"])
                 and s["name"].startswith(f"{split}-") and isinstance(s.get("samples"), int) and s["samples"] >= 0
@@ -233,6 +239,8 @@ def check_shard(ref: ShardRef, expect: Expect) -> str | None:
         st = os.stat(ref.path)
     except FileNotFoundError:
         return f"{ref.path}: missing (listed in the manifest)"
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a device never end
+        return f"{ref.path}: not a regular file"
     ident = (os.path.realpath(ref.path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, ref, expect)
     if ident not in _CHECKED:
         _CHECKED[ident] = _check(ref, expect)

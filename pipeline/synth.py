@@ -284,6 +284,9 @@ def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int]
         raise UserError(f"--clips {clips}: must be between 1 and 100000")
     if not 0.5 <= seconds <= 30:
         raise UserError(f"--seconds {seconds}: must be between 0.5 and 30")
+    for name, value, lo, hi in (("--fps", fps, 1, 120), ("--seed", seed, 0, 2**32 - 1), ("--workers", workers, 1, 64)):
+        if not lo <= value <= hi:
+            raise UserError(f"{name} {value}: must be between {lo} and {hi}")
     require_ffmpeg()
     out = Path(os.path.abspath(out))  # a folder named like an option (-x) must never reach ffmpeg as one
     if out.exists() and any(out.iterdir()):

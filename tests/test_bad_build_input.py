@@ -52,6 +52,15 @@ def test_annotation_schema_is_checked_in_the_driver(tmp_path, layout, text, prob
     assert str(e.value) == f"{tmp_path / name}: {problem}"
 
 
+def test_an_annotation_fifo_or_device_is_refused_not_read(tmp_path):
+    os.mkfifo(tmp_path / "videodatainfo.json")  # reading it would block forever
+    with pytest.raises(UserError) as e:
+        load_dataset("msrvtt", tmp_path)
+    assert str(e.value) == f"{tmp_path / 'videodatainfo.json'}: annotation file is not a regular file"
+    with pytest.raises(UserError, match=r"^/dev/zero: annotation file is not a regular file$"):
+        load_dataset("json", Path("/dev/zero"))  # reading it would never end
+
+
 def test_nested_annotations_are_one_line_from_the_cli(tmp_path):
     (tmp_path / "videodatainfo.json").write_text("[" * 200_000)
     r = subprocess.run([tool("pipeline"), "build", "--dataset", "msrvtt", "--root", str(tmp_path), "--out",
@@ -115,7 +124,9 @@ def test_hostile_ids_paths_and_captions(synth_small, tmp_path, monkeypatch):
      "pipeline build: error: --scheduler not-a-url: expected a Dask scheduler address like tcp://HOST:PORT"),
     (["--out", "{tmp}/o", "--size", "abc"], "pipeline build: error: argument --size: invalid int value: 'abc' (see --help)"),
     (["--out", "{tmp}/o", "--frames", "0"], "pipeline build: error: --frames 0: must be 1..64"),
-    (["--out", "{tmp}/o", "--worker-timeout", "0"], "pipeline build: error: --worker-timeout 0.0: must be > 0"),
+    (["--out", "{tmp}", "--overwrite"],
+     "pipeline build: error: --out {tmp}: not a pipeline output; refusing to delete it for --overwrite"),
+    (["--out", "{tmp}/o", "--worker-timeout", "0"], "pipeline build: error: --worker-timeout 0.0: must be > 0 and <= 86400 (s)"),
 ])
 def test_build_arguments_are_one_line_errors(tmp_path, capsys, args, line, synth_small):
     (tmp_path / "file").write_text("I am a file")

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import tarfile
@@ -109,13 +110,17 @@ def craft(kind: str, items: list) -> tuple[list, str]:
         return out, f"sample {key}: json: clip_id 'someone_else' does not match the key"
     if kind == "duplicate":
         return [*out, out[5]], f"sample {key}: appears twice (members not contiguous)"
+    if kind == "no_captions":  # the trainer would divide by the number of references
+        meta = json.loads(out[5][1])
+        out[5] = (out[5][0], json.dumps({**meta, "captions": []}).encode())
+        return out, f"sample {key}: json: captions is not a non-empty list of non-empty strings"
     if kind == "duplicate_member":  # a second frame 0 that would silently replace the first
         return [out[0], (out[0][0], bomb(jpg)), *out[1:]], f"sample {key}: member '{key}.0.jpg' appears twice"
     raise ValueError(kind)
 
 
 KINDS = ["dotdot", "absolute", "symlink", "bomb", "png", "bad_json", "missing_frame", "key_mismatch", "duplicate",
-         "duplicate_member"]
+         "duplicate_member", "no_captions"]
 
 
 @pytest.fixture
@@ -150,6 +155,9 @@ def test_truncated_gzipped_and_missing_shards(bad_out):
         read_metadata(bad_out / "shards", "test")
     shard.unlink()
     with pytest.raises(ShardError, match=rf"^{shard}: missing \(listed in the manifest\)$"):
+        read_metadata(bad_out / "shards", "test")
+    os.mkfifo(shard)  # opening it to read would block forever
+    with pytest.raises(ShardError, match=rf"^{shard}: not a regular file$"):
         read_metadata(bad_out / "shards", "test")
 
 
@@ -235,3 +243,33 @@ def test_a_shard_error_raised_in_a_dataloader_worker_stays_one_line():
     with pytest.raises(ShardError) as e:
         wrapped.reraise()
     assert str(e.value) == "data/shards/train-000001.tar: sample video7: frame 2 missing"
+
+
+def test_a_broken_jpeg_body_is_one_line_from_a_dataloader_worker(bad_out):
+    """A crafted shard whose JPEG headers are right but whose data is not: it passes the header
+    check, fails where frames are decoded (a DataLoader worker), and still names shard and key."""
+    from train.data import DataInfo, ShardDataset, torch_loader
+
+    shard = bad_out / "shards" / "train-000000.tar"
+    items = members(shard)
+    key = items[0][0].name.split(".")[0]
+    jpg = items[2][1]
+    sos = jpg.find(b"\xff\xda")
+    items[2] = (items[2][0], jpg[: sos + 2 + int.from_bytes(jpg[sos + 2 : sos + 4], "big") + 8])  # headers, no scan
+    put_shard(bad_out, shard.name, tar_bytes(items))
+    info = DataInfo.load(bad_out)
+    with pytest.raises(ShardError) as e:
+        for _ in torch_loader(ShardDataset(info, "train", 64, shuffle=False), 4, 1):
+            pass
+    assert re.fullmatch(rf"{shard}: sample {key}: a frame does not decode \(.+\)", str(e.value)), str(e.value)
+
+
+def test_a_manifest_with_absurd_values_is_refused(bad_out):
+    mpath = bad_out / "shards" / "manifest-test.json"
+    m = json.loads(mpath.read_text())
+    mpath.write_text(json.dumps({**m, "frames": 10**9}))
+    with pytest.raises(ShardError, match=rf"^{mpath}: not a shard manifest \(frames 1..64, size 16..1024, shards\); "):
+        read_metadata(bad_out / "shards", "test")
+    mpath.write_text(json.dumps({**m, "shards": [{**m["shards"][0], "name": "../../etc/passwd"}]}))
+    with pytest.raises(ShardError, match=r"shards\[0\]: expected name test-NNNNNN.tar, samples, bytes, sha256"):
+        read_metadata(bad_out / "shards", "test")

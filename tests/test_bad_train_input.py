@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_line_error, tool
+from conftest import copy_build, one_line_error, tool
 from test_bad_build_input import with_file_size_limit
 
 from evalkit.atomic import write_bytes_atomic
+from evalkit.errors import UserError
 from model import Captioner, make_config, save_checkpoint
 from model.checkpoint import CheckpointError, load_checkpoint
 from train.cli import main as train_main
@@ -100,6 +101,7 @@ def test_bad_checkpoints_are_one_line_naming_the_file(built_small, tmp_path, cap
     torch.manual_seed(0)
     save_checkpoint(good, Captioner(make_config("tiny", 12)), [f"w{i}" for i in range(12)], ["a"] * 16)
     (tmp_path / "text.pt").write_text("hello, I am not a checkpoint\n")
+    (tmp_path / "json.pt").write_text('{"config": {}}')  # "{" is also a pickle opcode
     blob = good.read_bytes()
     (tmp_path / "truncated.pt").write_bytes(blob[: len(blob) // 2])
     torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "foreign.pt")
@@ -111,6 +113,7 @@ def test_bad_checkpoints_are_one_line_naming_the_file(built_small, tmp_path, cap
     torch.save(cfg, tmp_path / "liar.pt")
     expect = {
         "text.pt": "not a vidcap checkpoint: not a torch checkpoint file",
+        "json.pt": "not a vidcap checkpoint: not a torch checkpoint file",
         "truncated.pt": "not a vidcap checkpoint: truncated or corrupt (its zip archive cannot be read)",
         "foreign.pt": "not a vidcap checkpoint: a torch file without config, vocab, attributes, model, extra",
         "pickle.pt": "not a vidcap checkpoint: it holds Python objects besides tensors and plain types; refusing to "
@@ -225,3 +228,49 @@ def test_every_cli_shares_the_user_error_path(tmp_path, built_small):
         assert one_line_error(r, prog) == msg, cmd
     r = subprocess.run(cases[0][0], capture_output=True, text=True, timeout=300, env={**os.environ, "VIDCAP_DEBUG": "1"})
     assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr and bad_json in r.stderr
+
+
+def test_damaged_build_outputs_are_one_line_naming_the_file(built_small, tmp_path):
+    from evalkit.cider import load_df
+    from train.data import DataInfo
+
+    out = copy_build(built_small, tmp_path / "out")
+    (out / "vocab.json").write_text('{"itos": ["<pad>", 1')
+    with pytest.raises(UserError, match=rf"^{out / 'vocab.json'}: invalid JSON at line 1 column 21: Expecting ',' delimiter$"):
+        DataInfo.load(out)
+    (out / "vocab.json").write_text('{"itos": ["<pad>", "<bos>", "<eos>", "<unk>", "a", "a"]}')
+    with pytest.raises(UserError, match=rf"^{out / 'vocab.json'}: not a vidcap vocabulary \(distinct words, "):
+        DataInfo.load(out)
+    shutil.copy(built_small / "vocab.json", out / "vocab.json")
+    (out / "attributes.parquet").write_text("not parquet")
+    with pytest.raises(UserError) as e:
+        DataInfo.load(out)
+    assert str(e.value) == f"{out / 'attributes.parquet'}: not a Parquet table (ArrowInvalid); rebuild with `pipeline build`"
+    from pipeline.inspect_out import inspect
+
+    with pytest.raises(UserError) as e:
+        inspect(out, png=tmp_path / "sheet.png")
+    assert str(e.value) == f"{out / 'attributes.parquet'}: not a Parquet table (ArrowInvalid); rebuild with `pipeline build`"
+    shutil.copy(built_small / "attributes.parquet", out / "attributes.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out / "clip_attributes.parquet").to_pylist()
+    rows[0]["attribute_ids"] = [10**6]
+    pq.write_table(pa.Table.from_pylist(rows), out / "clip_attributes.parquet")
+    with pytest.raises(UserError, match=r"clip_attributes.parquet: attribute ids outside 0\.\.\d+; rebuild"):
+        DataInfo.load(out)
+    (out / "cider_df.parquet").write_bytes(b"PAR1garbage")
+    with pytest.raises(UserError, match=r"cider_df.parquet: not a CIDEr-D df table written by `pipeline build`"):
+        load_df(out / "cider_df.parquet")
+
+
+def test_resume_from_a_checkpoint_without_training_state(built_small, tmp_path, capsys):
+    last = tmp_path / "run" / "stage1" / "last.pt"
+    save_checkpoint(last, Captioner(make_config("tiny", 12)), [f"w{i}" for i in range(12)], ["a"] * 16, {"epoch": "x"})
+    err = train_cli(capsys, ["--stage", "1", "--data", str(built_small), "--run", str(tmp_path / "run"), "--preset",
+                             "tiny", "--resume", "--quiet"])
+    assert err == [f"train: error: {last}: not a checkpoint to resume from (KeyError: 'optimizer')"]
+    torch.save({"config": {}, "vocab": [1, 2], "attributes": [], "model": {}, "extra": {}}, tmp_path / "ints.pt")
+    with pytest.raises(CheckpointError, match=r"ints.pt: not a vidcap checkpoint: 'vocab' holds something other than words"):
+        load_checkpoint(tmp_path / "ints.pt")

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     stderr, the others captioned), 2 on a user error (bad checkpoint, bad argument)."""
     with cli_errors("caption", also=(CheckpointError,)):
         a = parser().parse_args(argv)
-        if a.beam < 1 or a.timeout <= 0:
-            raise UserError(f"--beam {a.beam} / --timeout {a.timeout:g}: must be >= 1 / > 0")
+        if not (1 <= a.beam <= 100 and 0 < a.timeout <= 86400):
+            raise UserError(f"--beam {a.beam} / --timeout {a.timeout:g}: must be 1..100 / > 0 and <= 86400 (s)")
         results = caption_files(a.videos, a.ckpt, a.beam, a.timeout)
     for path, r in results.items():
         if isinstance(r, ClipFailed):

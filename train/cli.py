@@ -23,8 +23,8 @@ def _eval_main(argv: list[str]) -> None:
     p.add_argument("--max-clips", type=int, default=None)
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~8 s of Java start-up)")
     a = p.parse_args(argv)
-    if a.beam < 1 or (a.max_clips is not None and a.max_clips < 1):
-        raise UserError(f"--beam {a.beam} / --max-clips {a.max_clips}: must be >= 1")
+    if not 1 <= a.beam <= 100 or (a.max_clips is not None and a.max_clips < 1):
+        raise UserError(f"--beam {a.beam} / --max-clips {a.max_clips}: must be 1..100 / >= 1")
     r = evaluate_checkpoint(a.ckpt, a.data, a.split, a.beam, a.out, max_clips=a.max_clips, meteor=not a.no_meteor)
     from evalkit.cli import format_table
     from train.evaluate import format_grounded

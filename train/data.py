@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from evalkit.errors import UserError
-from pipeline.shards import Expect, iter_samples, load_manifest, read_metadata, shard_urls
+from pipeline.shards import Expect, ShardError, iter_samples, load_manifest, read_metadata, shard_urls
 from pipeline.vocab import encode, load_vocab
 
 
@@ -47,8 +47,13 @@ class DataInfo:
             if not (root / name).exists():
                 raise UserError(f"{root / name}: missing; is {root} a complete `pipeline build` output?")
         itos = load_vocab(root / "vocab.json")["itos"]
-        attr_rows = pq.read_table(root / "attributes.parquet").to_pylist()
-        labels = {r["clip_id"]: r["attribute_ids"] for r in pq.read_table(root / "clip_attributes.parquet").to_pylist()}
+        attr_rows = _rows(root / "attributes.parquet", {"word": str, "pos": str})
+        n = len(attr_rows)
+        label_rows = _rows(root / "clip_attributes.parquet", {"clip_id": str, "attribute_ids": list})
+        if any(not (isinstance(a, int) and 0 <= a < n) for r in label_rows for a in r["attribute_ids"]):
+            raise UserError(f"{root / 'clip_attributes.parquet'}: attribute ids outside 0..{n - 1}; rebuild with "
+                            "`pipeline build`")
+        labels = {r["clip_id"]: r["attribute_ids"] for r in label_rows}
         manifest = load_manifest(root / "shards", "train")
         return cls(root, itos, {w: i for i, w in enumerate(itos)}, [r["word"] for r in attr_rows],
                    [r["pos"] for r in attr_rows], labels, manifest["frames"], manifest["size"], skip_bad_shards)
@@ -69,6 +74,17 @@ class DataInfo:
         v = np.zeros(len(self.attributes), dtype=np.float32)
         v[self.labels.get(clip_id, [])] = 1.0
         return v
+
+
+def _rows(path: Path, columns: dict[str, type]) -> list[dict]:
+    """A Parquet table of a build as rows, checked for the columns and types the trainer uses."""
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # not Parquet, or damaged: the message names the file, not pyarrow's internals
+        raise UserError(f"{path}: not a Parquet table ({type(e).__name__}); rebuild with `pipeline build`") from None
+    if not all(isinstance(r.get(c), t) for r in rows for c, t in columns.items()):
+        raise UserError(f"{path}: expected columns {', '.join(columns)}; rebuild with `pipeline build`")
+    return rows
 
 
 def decode_frames(jpegs: list[bytes], size: int) -> np.ndarray:
@@ -142,7 +158,10 @@ class ShardDataset(IterableDataset):
 
     def _decode(self, s: dict) -> dict:
         meta = s["json"]
-        frames = decode_frames([s["frames"][k] for k in sorted(s["frames"])], self.image_size)
+        try:
+            frames = decode_frames([s["frames"][k] for k in sorted(s["frames"])], self.image_size)
+        except Exception as e:  # a header that looked right over a broken body
+            raise ShardError(f"{s['shard']}: sample {s['key']}: a frame does not decode ({e})") from None
         return {"clip_id": meta["clip_id"], "frames": torch.from_numpy(frames), "captions": meta["captions"],
                 "attrs": torch.from_numpy(self.info.attr_vector(meta["clip_id"])), "objects": meta.get("objects")}
 

@@ -123,13 +123,15 @@ class Trainer:
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.resume:
             extra = ckpt["extra"]
-            if not all(k in extra for k in ("optimizer", "rng", "epoch", "best", "history")):
-                raise UserError(f"{self.dir / 'last.pt'}: not a checkpoint to resume from (no optimiser state)")
-            self.opt.load_state_dict(extra["optimizer"])
-            torch.set_rng_state(extra["rng"])
+            try:  # a checkpoint that passed load_checkpoint but holds no usable training state
+                self.opt.load_state_dict(extra["optimizer"])
+                torch.set_rng_state(extra["rng"])
+                self.start_epoch, self.best, self.history = int(extra["epoch"]) + 1, float(extra["best"]), list(extra["history"])
+            except (KeyError, ValueError, TypeError, RuntimeError) as e:
+                raise UserError(f"{self.dir / 'last.pt'}: not a checkpoint to resume from ({type(e).__name__}: "
+                                f"{str(e)[:100]})") from None
             if self.device.type == "cuda" and extra.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state_all(extra["cuda_rng"])
-            self.start_epoch, self.best, self.history = extra["epoch"] + 1, extra["best"], extra["history"]
         self.train_refs, _ = split_metadata(self.info, "train", cfg.max_clips)
         self.val_refs, self.val_objects = split_metadata(self.info, "val", cfg.max_clips)
         self.reward = None
