@@ -4,6 +4,7 @@ interrupted epoch -- each one line naming the key, file or holder, nothing stale
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,7 +20,8 @@ from test_bad_build_input import with_file_size_limit
 
 from evalkit.atomic import write_bytes_atomic
 from evalkit.errors import UserError
-from model import Captioner, make_config, save_checkpoint
+from model import BACKBONES, Captioner, make_config, save_checkpoint
+from model.captioner import ModelConfig
 from model.checkpoint import CheckpointError, load_checkpoint
 from train.cli import main as train_main
 from train.config import make_train_config
@@ -40,24 +42,23 @@ def train_cli(capsys, argv: list[str]) -> list[str]:
     ("lr=1e38", "lr=1e+38: must be > 0 and <= 1"),
     ("model.hidden=abc", "model.hidden=abc: expected an integer"),
     ("model.hidden=0", "model.hidden=0: must be between 1 and 65536"),
-    ("model.nosuch=1", "model.nosuch: unknown model setting; known: backbone, backbone_weights, dropout, embed, "
-                       "feature_norm, frame_dropout, hidden, image_size, init_range, max_len, motion, n_attributes, "
-                       "n_frames, pretrained"),
+    ("model.nosuch=1", "model.nosuch: unknown model setting; known: {model_fields}"),
     ("batch_size=0", "batch_size=0: must be >= 1"),
     ("eval_every=0", "eval_every=0: must be >= 1"),
     ("max_clips=0", "max_clips=0: must be >= 1 (or none)"),
     ("samples=0", "samples=0: must be between 1 and 1024"),
     ("epochs=0", "epochs=0: must be >= 1"),
     ("skip_bad_shards=maybe", "skip_bad_shards=maybe: expected true or false"),
-    ("model.backbone=resnet9000", "unknown backbone 'resnet9000'; choose from ['inception_resnet_v2', "
-                                  "'tf_efficientnet_lite0', 'tiny']"),
+    ("model.backbone=resnet9000", "unknown backbone 'resnet9000'; choose from {backbones}"),
     ("model.frame_dropout=some", "model.frame_dropout='some': must be independent or shared"),
 ])
 def test_every_train_argument_is_checked_naming_the_key(built_small, tmp_path, capsys, override, line):
     run = tmp_path / "run"
     err = train_cli(capsys, ["--stage", "1", "--data", str(built_small), "--run", str(run), "--preset", "tiny", "--quiet",
                              override])
-    assert err == [f"train: error: {line}"]
+    known = {"model_fields": ", ".join(sorted(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")),
+             "backbones": str(sorted(BACKBONES))}
+    assert err == [f"train: error: {line.format(**known)}"]
     assert not (run / "stage1" / "metrics.jsonl").exists() and not (run / "stage1" / "config.json").exists()
 
 
