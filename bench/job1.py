@@ -5,7 +5,7 @@ real videos in ../shared/data/videos; without ../shared, larger synthetic clips 
 Every method produces the same thing: 5 frames at segment centres, 224x224, JPEG q90.
 
   bare       decord open + get_batch(5) + 5 JPEG encodes, in one process (the floor per core)
-  job1       pipeline.shards.build_shard over all clips in one process: the same work plus the
+  job1       pipeline.shard_writer.build_shard over all clips in one process: the same work plus the
              decoder subprocess, tar writing and sha256 (job1 / bare = job 1's overhead)
   job1_dask  job 1 as `pipeline build` runs it: shard tasks (10 clips) on a 2-process LocalCluster
              (cluster start-up, ~3 s once per build, excluded)
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.frames import encode_jpeg, sample_frames, segment_centres  # noqa: E402
-from pipeline.shards import ShardTask, build_shard  # noqa: E402
+from pipeline.shard_writer import ShardTask, build_shard  # noqa: E402
 
 SIZE, K = 224, 5
 

@@ -10,26 +10,31 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import sys
+import io
 from pathlib import Path
 
+from evalkit.atomic import write_bytes_atomic, write_json_atomic
 from evalkit.coco import METRICS, score
+from evalkit.errors import ArgumentParser, UserError, cli_errors
+from evalkit.jsonfile import read_json
 
 
 def load_predictions(path: Path) -> dict[str, str]:
-    data = json.loads(Path(path).read_text())
+    data = read_json(path, "predictions file")
     if isinstance(data, dict):
-        return {str(k): str(v) for k, v in data.items()}
+        bad = next((k for k, v in data.items() if not isinstance(v, str)), None)
+        if bad is not None:
+            raise UserError(f"{path}: {bad!r}: expected a caption string, got {type(data[bad]).__name__}")
+        return dict(data)
     if isinstance(data, list):
         out = {}
         for i, r in enumerate(data):
             key = r.get("image_id", r.get("video_id")) if isinstance(r, dict) else None
-            if key is None or "caption" not in r:
-                raise ValueError(f"{path}: item {i}: expected {{'image_id': ..., 'caption': ...}}")
-            out[str(key)] = str(r["caption"])
+            if key is None or not isinstance(r.get("caption"), str) or isinstance(key, (dict, list)):
+                raise UserError(f"{path}: item {i}: expected {{'image_id': ..., 'caption': '...'}}")
+            out[str(key)] = r["caption"]
         return out
-    raise ValueError(f"{path}: expected a {{clip_id: caption}} object or a COCO results list")
+    raise UserError(f"{path}: expected a {{clip_id: caption}} object or a COCO results list")
 
 
 def load_references(path: Path, split: str) -> dict[str, list[str]]:
@@ -39,10 +44,13 @@ def load_references(path: Path, split: str) -> dict[str, list[str]]:
 
         shard_dir = path / "shards" if (path / "shards").is_dir() else path
         return {m["clip_id"]: m["captions"] for m in read_metadata(shard_dir, split)}
-    data = json.loads(path.read_text())
+    data = read_json(path, "references file")
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected {{clip_id: [captions]}}")
-    return {str(k): list(v) for k, v in data.items()}
+        raise UserError(f"{path}: expected {{clip_id: [captions]}}")
+    for k, v in data.items():
+        if not (isinstance(v, list) and all(isinstance(c, str) for c in v)):
+            raise UserError(f"{path}: {k!r}: expected a list of caption strings")
+    return data
 
 
 def format_table(metrics: dict) -> str:
@@ -56,20 +64,21 @@ def _score(a: argparse.Namespace) -> None:
     per_clip = result.pop("per_clip", None)
     print(format_table(result))
     out = Path(a.out) if a.out else Path(a.pred).with_suffix(".metrics.json")
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(out, result)
     print(f"metrics (0..1 scale) written to {out}")
     if per_clip is not None:
         names = [m for m in METRICS if m in result]
-        with open(a.per_clip, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["clip_id", "prediction", *names])
-            for clip, vals in per_clip.items():
-                w.writerow([clip, preds[clip], *(f"{vals[n]:.6f}" for n in names)])
+        text = io.StringIO(newline="")
+        w = csv.writer(text)
+        w.writerow(["clip_id", "prediction", *names])
+        for clip, vals in per_clip.items():
+            w.writerow([clip, preds[clip], *(f"{vals[n]:.6f}" for n in names)])
+        write_bytes_atomic(a.per_clip, text.getvalue().encode("utf-8"))
         print(f"per-clip scores written to {a.per_clip}")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="evalkit", description="caption metrics (pycocoevalcap: BLEU, METEOR, ROUGE-L, CIDEr)")
+    p = ArgumentParser(prog="evalkit", description="caption metrics (pycocoevalcap: BLEU, METEOR, ROUGE-L, CIDEr)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("score", help="score predictions against references")
     s.add_argument("--pred", required=True, help="predictions JSON ({clip_id: caption} or COCO results list)")
@@ -83,12 +92,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    try:
+    with cli_errors("evalkit") as ctx:
+        args = parser().parse_args(argv)
+        ctx.prog = f"evalkit {args.cmd}"
         args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"evalkit {args.cmd}: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,15 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
 
+from evalkit.errors import UserError
+
 METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 
 def require_java() -> str:
     java = shutil.which("java")
     if java is None:
-        raise RuntimeError(
+        raise UserError(
             "java not found: pycocoevalcap's PTB tokenizer and METEOR need a Java runtime "
             "(Debian/Ubuntu: `apt-get install -y default-jre-headless`, or run `make setup`)"
         )
@@ -118,14 +120,14 @@ class _ClosedMeteor:
 
 def check_inputs(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> None:
     if not predictions:
-        raise ValueError("no predictions to score")
+        raise UserError("no predictions to score")
     missing = [k for k in predictions if k not in references]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise ValueError(f"{len(missing)} prediction ids have no references: {missing[:5]}{more}")
+        raise UserError(f"{len(missing)} prediction ids have no references: {missing[:5]}{more}")
     for k in predictions:
         if not [c for c in references[k] if c.strip()]:
-            raise ValueError(f"clip {k!r} has no reference captions")
+            raise UserError(f"clip {k!r} has no reference captions")
 
 
 def score(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]], meteor: bool = True,

@@ -1,24 +1,76 @@
 """Checkpoints hold the model config, the vocabulary, the attribute words and the weights as plain
-types and tensors, so loading uses ``torch.load(weights_only=True)`` and never unpickles code."""
+types and tensors, so loading uses ``torch.load(weights_only=True)`` and never unpickles code.
+
+A file that is not such a checkpoint -- a pickle with code in it, a truncated file, another
+program's torch file, a text file -- is a CheckpointError naming the file and what is wrong with
+it, never torch's own message (which may advise ``weights_only=False``: exactly what one must not
+do with an untrusted file). The console scripts print it as a one-line user error.
+
+Saving writes to a path or to any binary file object; train places checkpoints atomically with
+``evalkit.atomic`` (model imports nothing of the project, so it has no writer policy of its own).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
 from model.captioner import Captioner, ModelConfig
 
+CHECKPOINT_KEYS = ("config", "vocab", "attributes", "model", "extra")
 
-def save_checkpoint(path: str | Path, model: Captioner, vocab: list[str], attributes: list[str],
+
+class CheckpointError(Exception):
+    """A missing or unusable checkpoint file; the message names it."""
+
+
+def save_checkpoint(target: str | Path | BinaryIO, model: Captioner, vocab: list[str], attributes: list[str],
                     extra: dict | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    """torch.save the checkpoint to `target` (a path, written in place, or a binary file object)."""
+    if isinstance(target, (str, Path)):
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": model.config_dict(), "vocab": list(vocab), "attributes": list(attributes),
-                "model": model.state_dict(), "extra": extra or {}}, tmp)
-    tmp.replace(path)
+                "model": model.state_dict(), "extra": extra or {}}, target)
+
+
+def _unreadable(path: Path, e: Exception) -> CheckpointError:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    zipped = head.startswith(b"PK\x03\x04")  # torch's format; b"\x80\x02\x8a\x0a" opens the legacy one
+    if not (zipped or head.startswith(b"\x80\x02\x8a\x0a")):
+        why = "not a torch checkpoint file"
+    elif isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():
+        why = "it holds Python objects besides tensors and plain types; refusing to unpickle them"
+    else:
+        why = "truncated or corrupt" + (" (its zip archive cannot be read)" if zipped else "")
+    return CheckpointError(f"{path}: not a vidcap checkpoint: {why}")
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """The checkpoint dict, checked to be one of ours (the keys and types save_checkpoint writes)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, KeyError, EOFError... on bad files
+        raise _unreadable(path, e) from None
+    if not (isinstance(ckpt, dict) and all(k in ckpt for k in CHECKPOINT_KEYS)):
+        raise CheckpointError(f"{path}: not a vidcap checkpoint: a torch file without {', '.join(CHECKPOINT_KEYS)}")
+    types = {"config": dict, "vocab": list, "attributes": list, "model": dict, "extra": dict}
+    for key, kind in types.items():
+        if not isinstance(ckpt[key], kind):
+            raise CheckpointError(f"{path}: not a vidcap checkpoint: {key!r} is a {type(ckpt[key]).__name__}")
+    for key in ("vocab", "attributes"):
+        if not all(isinstance(w, str) for w in ckpt[key]):
+            raise CheckpointError(f"{path}: not a vidcap checkpoint: {key!r} holds something other than words")
+    return ckpt
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
@@ -28,12 +80,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     The backbone is built without fetching pretrained weights: the checkpoint's own weights replace them.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    cfg = ModelConfig.from_dict(ckpt["config"])
-    cfg.pretrained = pretrained_backbone
-    model = Captioner(cfg)
-    model.load_state_dict(ckpt["model"])
+    ckpt = read_checkpoint(path, map_location)
+    try:
+        cfg = ModelConfig.from_dict(ckpt["config"])
+        cfg.pretrained = pretrained_backbone
+        with torch.device("meta"):  # shapes first, allocating nothing: a config may claim any size
+            shapes = {k: tuple(v.shape) for k, v in Captioner(cfg).state_dict().items()}
+        got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in ckpt["model"].items()}
+        if shapes != got:
+            wrong = sorted(set(shapes) ^ set(got)) or sorted(k for k in shapes if shapes[k] != got[k])
+            raise CheckpointError(f"{path}: not a vidcap checkpoint: its weights do not match its model config "
+                                  f"({len(wrong)} tensors differ, e.g. {wrong[0]!r})")
+        model = Captioner(cfg)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: its model config or weights do not fit a Captioner ({first})") from None
     model.backbone_info = dataclasses.replace(model.backbone_info, weights=f"checkpoint {path}")
     return model.eval(), ckpt

@@ -1,19 +1,23 @@
 """Dataset adapters: each turns one on-disk annotation layout into a list of Clip records.
 
-Splits are normalised to ``train`` / ``val`` / ``test``. Empty captions are dropped and counted.
-Annotation files that are not UTF-8 or not valid JSON/CSV raise a UserError naming the file and
-the position.
+Splits are normalised to ``train`` / ``val`` / ``test``. The schema is checked here, in the driver,
+before any Dask task runs: a field of the wrong type is a UserError naming the file and the field
+(``videos[3].video_id: expected a string, got int``), as are files that are not UTF-8 or not valid
+JSON/CSV (with the position). Captions that are empty or punctuation only (no word survives
+``evalkit.text.tokenize``: they would train toward an empty sentence) are dropped and counted.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.errors import UserError
+from evalkit.errors import UserError
+from evalkit.jsonfile import read_json as _read_json
+from evalkit.jsonfile import read_text as _read_text
+from evalkit.text import tokenize
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
@@ -33,35 +37,51 @@ class Clip:
 @dataclass
 class AdapterResult:
     clips: list[Clip]
-    empty_captions_dropped: int = 0
+    empty_captions_dropped: int = 0  # empty or punctuation-only
     notes: list[str] = field(default_factory=list)
 
 
 def read_text(path: Path) -> str:
-    try:
-        return Path(path).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: annotation file not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    return _read_text(path, "annotation file")
 
 
 def read_json(path: Path):
-    try:
-        return json.loads(read_text(path))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    return _read_json(path, "annotation file")
+
+
+def _type_name(value) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _string(value, path: Path, where: str, allow_int: bool = False, allow_empty: bool = False) -> str:
+    """A non-empty string field (or an integer where `allow_int`, as a string)."""
+    if allow_int and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise UserError(f"{path}: {where}: expected a string, got {_type_name(value)}")
+    if not allow_empty and not value.strip():
+        raise UserError(f"{path}: {where}: empty")
+    return value
 
 
 def _split(value, path: Path, where: str) -> str:
-    split = _SPLIT_ALIASES.get(str(value).lower())
+    split = _SPLIT_ALIASES.get(value.lower()) if isinstance(value, str) else None
     if split is None:
         raise UserError(f"{path}: {where}: unknown split {value!r} (expected train/val/test)")
     return split
 
 
-def _clean(captions, stats: AdapterResult) -> list[str]:
-    kept = [c.strip() for c in captions if isinstance(c, str) and c.strip()]
+def _captions(value, path: Path, where: str) -> list[str]:
+    if not isinstance(value, list):
+        raise UserError(f"{path}: {where}: expected a list of strings, got {_type_name(value)}")
+    for j, c in enumerate(value):
+        if not isinstance(c, str):
+            raise UserError(f"{path}: {where}[{j}]: expected a string, got {_type_name(c)}")
+    return value
+
+
+def _clean(captions: list[str], stats: AdapterResult) -> list[str]:
+    kept = [c.strip() for c in captions if tokenize(c)]
     stats.empty_captions_dropped += len(captions) - len(kept)
     return kept
 
@@ -75,14 +95,22 @@ def _objects(value, path: Path, where: str) -> list[dict] | None:
         return None
     if not (isinstance(value, list) and all(isinstance(o, dict) and all(isinstance(o.get(k), str) for k in OBJECT_FIELDS)
                                             for o in value)):
-        raise UserError(f"{path}: {where}: 'objects' must be a list of {{{', '.join(OBJECT_FIELDS)}}} strings")
+        raise UserError(f"{path}: {where}.objects: must be a list of {{{', '.join(OBJECT_FIELDS)}}} strings")
     return [{k: o[k] for k in OBJECT_FIELDS} for o in value]
 
 
 def _require(obj, key: str, path: Path, where: str):
-    if not isinstance(obj, dict) or key not in obj:
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: {where}: expected an object, got {_type_name(obj)}")
+    if key not in obj:
         raise UserError(f"{path}: {where}: missing field {key!r}")
     return obj[key]
+
+
+def _list(value, path: Path, where: str) -> list:
+    if not isinstance(value, list):
+        raise UserError(f"{path}: {where}: expected a list, got {_type_name(value)}")
+    return value
 
 
 # ---- MSR-VTT --------------------------------------------------------------------------------
@@ -102,18 +130,21 @@ def msrvtt(root: Path) -> AdapterResult:
     result = AdapterResult([])
     for f in files:
         data = read_json(f)
-        videos = _require(data, "videos", f, "top level")
+        videos = _list(_require(data, "videos", f, "top level"), f, "videos")
         caps: dict[str, list[str]] = {}
-        for i, s in enumerate(_require(data, "sentences", f, "top level")):
-            caps.setdefault(_require(s, "video_id", f, f"sentences[{i}]"), []).append(
-                _require(s, "caption", f, f"sentences[{i}]"))
+        for i, s in enumerate(_list(_require(data, "sentences", f, "top level"), f, "sentences")):
+            where = f"sentences[{i}]"
+            vid = _string(_require(s, "video_id", f, where), f, f"{where}.video_id")
+            caps.setdefault(vid, []).append(_string(_require(s, "caption", f, where), f, f"{where}.caption",
+                                                    allow_empty=True))
         for i, v in enumerate(videos):
-            vid = _require(v, "video_id", f, f"videos[{i}]")
-            split = _split(_require(v, "split", f, f"videos[{i}]"), f, f"videos[{i}]")
+            where = f"videos[{i}]"
+            vid = _string(_require(v, "video_id", f, where), f, f"{where}.video_id")
+            split = _split(_require(v, "split", f, where), f, f"{where}.split")
             path = next((d / f"{vid}.mp4" for d in dirs if (d / f"{vid}.mp4").exists()),
                         (dirs[0] if dirs else root) / f"{vid}.mp4")
             result.clips.append(Clip(vid, path, split, _clean(caps.get(vid, []), result),
-                                     _objects(v.get("objects"), f, f"videos[{i}]")))
+                                     _objects(v.get("objects"), f, where)))
     return result
 
 
@@ -150,11 +181,12 @@ def msvd(root: Path) -> AdapterResult:
             if not f.exists():
                 result.notes.append(f"{f.name} absent: no {split} clips")
                 continue
-            for i, item in enumerate(read_json(f)):
-                if not (isinstance(item, list) and len(item) == 3 and isinstance(item[2], list)):
+            for i, item in enumerate(_list(read_json(f), f, "top level")):
+                if not (isinstance(item, list) and len(item) == 3):
                     raise UserError(f"{f}: item {i}: expected [file, n, [captions]]")
-                clip_id = Path(str(item[0])).stem
-                result.clips.append(Clip(clip_id, _msvd_video(root, clip_id), split, _clean(item[2], result)))
+                clip_id = Path(_string(item[0], f, f"item {i}[0] (file)")).stem
+                caps = _captions(item[2], f, f"item {i}[2] (captions)")
+                result.clips.append(Clip(clip_id, _msvd_video(root, clip_id), split, _clean(caps, result)))
         return result
     csv_path = root / "AllVideoDescriptionDataEnglish.csv"
     if not csv_path.exists():
@@ -187,15 +219,14 @@ def generic_json(root: Path) -> AdapterResult:
         f = f / "dataset.json"
     data = read_json(f)
     result = AdapterResult([])
-    for i, v in enumerate(_require(data, "videos", f, "top level")):
+    for i, v in enumerate(_list(_require(data, "videos", f, "top level"), f, "videos")):
         where = f"videos[{i}]"
-        path = Path(str(_require(v, "path", f, where)))
-        caps = _require(v, "captions", f, where)
-        if not isinstance(caps, list):
-            raise UserError(f"{f}: {where}: 'captions' must be a list of strings")
-        result.clips.append(Clip(str(_require(v, "id", f, where)), path if path.is_absolute() else f.parent / path,
-                                 _split(_require(v, "split", f, where), f, where), _clean(caps, result),
-                                 _objects(v.get("objects"), f, where)))
+        clip_id = _string(_require(v, "id", f, where), f, f"{where}.id", allow_int=True)
+        path = Path(_string(_require(v, "path", f, where), f, f"{where}.path"))
+        split = _split(_require(v, "split", f, where), f, f"{where}.split")
+        caps = _captions(_require(v, "captions", f, where), f, f"{where}.captions")
+        result.clips.append(Clip(clip_id, path if path.is_absolute() else f.parent / path, split,
+                                 _clean(caps, result), _objects(v.get("objects"), f, where)))
     return result
 
 

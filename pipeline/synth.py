@@ -9,6 +9,7 @@ attributes mined from the captions are real labels. Output is the official MSR-V
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -20,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from evalkit.atomic import write_json_atomic
+from evalkit.errors import UserError
 from evalkit.grammar import (
     ACTIONS,
     BACKGROUND_PHRASE,
@@ -35,8 +38,6 @@ from evalkit.grammar import (
     TEMPLATES,
     action_phrases,
 )
-from pipeline.atomic import write_json_atomic
-from pipeline.errors import UserError
 from pipeline.ffmpeg_check import require_ffmpeg
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -283,8 +284,11 @@ def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int]
         raise UserError(f"--clips {clips}: must be between 1 and 100000")
     if not 0.5 <= seconds <= 30:
         raise UserError(f"--seconds {seconds}: must be between 0.5 and 30")
+    for name, value, lo, hi in (("--fps", fps, 1, 120), ("--seed", seed, 0, 2**32 - 1), ("--workers", workers, 1, 64)):
+        if not lo <= value <= hi:
+            raise UserError(f"{name} {value}: must be between {lo} and {hi}")
     require_ffmpeg()
-    out = Path(out)
+    out = Path(os.path.abspath(out))  # a folder named like an option (-x) must never reach ffmpeg as one
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out}: directory is not empty; pass --overwrite to replace it")

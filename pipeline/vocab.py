@@ -7,11 +7,12 @@ captions (default 2: drops one-off typos, which MSVD and MSR-VTT are full of). C
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from evalkit.errors import UserError
+from evalkit.jsonfile import read_json
 from evalkit.ngrams import reference_tokens
 from evalkit.text import tokenize
 
@@ -29,9 +30,11 @@ def build_vocab(captions: Iterable[str], min_count: int = DEFAULT_MIN_COUNT, max
 
 
 def load_vocab(path: str | Path) -> dict:
-    vocab = json.loads(Path(path).read_text())
-    if vocab.get("itos", [])[:4] != list(SPECIALS):
-        raise ValueError(f"{path}: not a vidcap vocabulary (must start with {SPECIALS})")
+    vocab = read_json(path, "vocabulary")
+    itos = vocab.get("itos") if isinstance(vocab, dict) else None
+    if not (isinstance(itos, list) and itos[:4] == list(SPECIALS) and all(isinstance(w, str) for w in itos)
+            and len(set(itos)) == len(itos)):
+        raise UserError(f"{path}: not a vidcap vocabulary (distinct words, starting with {', '.join(SPECIALS)})")
     return vocab
 
 

@@ -45,3 +45,18 @@ def built_small(synth_small, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("build") / "out"
     build(BuildConfig(dataset="msrvtt", root=str(synth_small), out=str(out), workers=2, **SMALL_BUILD))
     return out
+
+
+def one_line_error(r, prog: str) -> str:
+    """The message of a console script's user error, after checking the one user-error path:
+    exit status 2 and exactly one line ``PROG: error: ...`` on stderr, no traceback."""
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{prog}: error: "), r.stderr[-3000:]
+    return lines[0][len(f"{prog}: error: "):]
+
+
+def copy_build(src: Path, dst: Path) -> Path:
+    """A private copy of a pipeline output (tests must never mutate the session fixtures)."""
+    shutil.copytree(src, dst)
+    return dst

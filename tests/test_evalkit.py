@@ -22,6 +22,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 import evalkit
 from evalkit.cider import CiderD, load_df
 from evalkit.coco import ptb_tokenize
+from evalkit.errors import UserError
 from evalkit.ngrams import document_frequencies, reference_tokens
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -165,9 +166,9 @@ def test_ptb_tokenize_matches_and_leaves_the_package_directory_alone(coco_refere
 def test_empty_prediction_scores_zero_and_bad_ids_are_listed():
     r = evalkit.score({"v1": "", "v2": PREDS["v2"]}, REFS, meteor=False, per_clip=True)
     assert r["per_clip"]["v1"]["CIDEr"] == 0 and r["per_clip"]["v1"]["ROUGE_L"] == 0 and r["per_clip"]["v1"]["Bleu_4"] < 1e-6
-    with pytest.raises(ValueError, match=r"7 prediction ids have no references: \['x0', 'x1', 'x2', 'x3', 'x4'\] \(and 2 more\)"):
+    with pytest.raises(UserError, match=r"7 prediction ids have no references: \['x0', 'x1', 'x2', 'x3', 'x4'\] \(and 2 more\)"):
         evalkit.score({f"x{i}": "a" for i in range(7)}, REFS, meteor=False)
-    with pytest.raises(ValueError, match="clip 'v1' has no reference captions"):
+    with pytest.raises(UserError, match="clip 'v1' has no reference captions"):
         evalkit.score({"v1": "a"}, {"v1": ["", " "]}, meteor=False)
 
 
@@ -203,5 +204,5 @@ def test_evalkit_cli(tmp_path, built_small):
 
 def test_missing_java_is_explained(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(RuntimeError, match="apt-get install -y default-jre-headless"):
+    with pytest.raises(UserError, match="apt-get install -y default-jre-headless"):
         evalkit.score(PREDS, REFS)

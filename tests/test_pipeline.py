@@ -18,9 +18,9 @@ import webdataset as wds
 from conftest import SMALL_BUILD, shared_path, tool
 
 from evalkit.cider import load_df
+from evalkit.errors import UserError
 from pipeline.adapters import load_dataset
 from pipeline.build import BuildConfig, build
-from pipeline.errors import UserError
 from pipeline.frames import segment_centres
 
 
@@ -101,23 +101,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_build_on_an_existing_dask_cluster(built_small, synth_small, tmp_path):
+def test_build_on_an_existing_dask_cluster(built_small, synth_small, tmp_path, monkeypatch):
+    """Relative --root/--out, as in the README, with workers started in another folder (issue 10, item 6)."""
     port = _free_port()
     addr = f"tcp://127.0.0.1:{port}"
     dask = tool("dask")
+    (tmp_path / "driver").mkdir()
+    (tmp_path / "workers").mkdir()
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
         for _ in range(2):
             procs.append(subprocess.Popen([dask, "worker", addr, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path))
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path / "workers"))
         from distributed import Client
 
         with Client(addr, timeout="30s") as c:
             c.wait_for_workers(2, timeout=60)
+        monkeypatch.chdir(tmp_path / "driver")
         cfg = {**SMALL_BUILD, "workers": None}
-        build(BuildConfig(dataset="msrvtt", root=str(synth_small), out=str(tmp_path / "tcp"), scheduler=addr, **cfg))
-        assert shard_digests(tmp_path / "tcp") == shard_digests(built_small)
+        build(BuildConfig(dataset="msrvtt", root=os.path.relpath(synth_small), out="tcp", scheduler=addr, **cfg))
+        assert shard_digests(tmp_path / "driver" / "tcp") == shard_digests(built_small)
+        assert not [p for p in (tmp_path / "workers").rglob("*") if "dask-scratch-space" not in p.parts]
     finally:
         for p in procs:
             p.terminate()
@@ -175,6 +180,18 @@ def test_bad_clips_are_logged_not_fatal(messy_dataset):
     assert "lying" in metas and set(metas) | set(failures) == {"carphone", "bikes", "bunny", "gradio", "good", "missing", "empty", "text",
                                           "truncated", "lying", "three", "hang"}
     assert summary["empty_captions_dropped"] == 12
+    reasons = {"missing": 1, "empty": 1, "timeout": 1, "undecodable": 2}
+    assert summary["failures_by_reason"] == reasons
+    assert {k: failures[k]["reason"] for k in ("missing", "empty", "hang")} == {"missing": "missing", "empty": "empty",
+                                                                               "hang": "timeout"}
+    stats = [json.loads(p.read_text()) for p in sorted((out / "shards").glob("*_stats.json"))]
+    assert sum(s["count"] for s in stats) == 12 and sum(s["successes"] for s in stats) == 7
+    assert all(s["count"] == s["successes"] + s["failed"] == s["successes"] + sum(s["failures_by_reason"].values())
+               for s in stats)
+    r = subprocess.run([tool("pipeline"), "inspect", str(out), "--png", str(out / "sheet.png")], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "  per-shard stats: 3 shards, 12 clips, 7 ok, 5 failed (empty 1, missing 1, timeout 1, undecodable 2)" in r.stdout
 
 
 def test_real_clips_shard_correctly(messy_dataset):
@@ -252,6 +269,7 @@ def test_inspect_writes_a_contact_sheet(built_small, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "attributes:" in r.stdout and "samples in" in r.stdout
+    assert "  per-shard stats: 8 shards, 24 clips, 24 ok, 0 failed\n" in r.stdout
     from PIL import Image
 
     assert Image.open(tmp_path / "sheet.png").size[0] == 5 * 112

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import tool
 
+from evalkit.errors import UserError
 from model.checkpoint import load_checkpoint
 from train.config import make_train_config
 from train.data import DataInfo, ShardDataset, torch_loader
@@ -142,7 +143,7 @@ def test_dali_on_cuda_without_a_gpu_fails_loudly(built_small):
         pytest.skip("this machine has a GPU")
     from train.dali_loader import DaliLoader
 
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
+    with pytest.raises(UserError, match="CUDA is not available"):
         DaliLoader(DataInfo.load(built_small), "train", 64, 4, False, device="cuda")
 
 
@@ -154,9 +155,9 @@ def test_config_errors_are_clear(built_small, tmp_path):
     assert make_train_config(2, "paper", []).lr == 1e-6 and make_train_config(1, "paper", []).batch_size == 64
     assert make_train_config(3, "paper", []).batch_size == 16 and make_train_config(2, "paper", []).batch_size == 256
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="cuda"):
+        with pytest.raises(UserError, match="cuda"):
             Trainer(cfg_for(1, built_small, tmp_path, "device=cuda"), progress=False)
-    with pytest.raises(RuntimeError, match="amp=true needs device=cuda"):
+    with pytest.raises(UserError, match="amp=true needs device=cuda"):
         Trainer(cfg_for(1, built_small, tmp_path, "amp=true"), progress=False)
     r = subprocess.run([tool("train"), "--stage", "2", "--data", str(built_small), "--run", str(tmp_path / "none"), "--quiet"],
                        capture_output=True, text=True)

@@ -17,8 +17,9 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from evalkit.atomic import write_bytes_atomic, write_json_atomic
 from evalkit.coco import Scorer
-from pipeline.atomic import write_bytes_atomic, write_json_atomic
+from evalkit.errors import UserError
 from train.config import make_train_config
 from train.evaluate import evaluate_checkpoint
 from train.loop import run_stage
@@ -52,11 +53,14 @@ def ablate(data: str, run: str, preset: str = "cpu-small", seeds: int = 1, overr
            rows: Sequence[str] = TABLE3_ORDER, beam: int = 1, progress: bool = True) -> dict:
     """Train and score every row for seeds 0..seeds-1; write RUN/ablation.json and RUN/ablation.md."""
     if seeds < 1:
-        raise ValueError(f"--seeds {seeds}: must be >= 1")
+        raise UserError(f"--seeds {seeds}: must be >= 1")
     unknown = [r for r in rows if r not in RECIPES]
     if unknown:
-        raise ValueError(f"unknown rows {unknown}; choose from {', '.join(TABLE3_ORDER)}")
-    make_train_config(TABLE3_ORDER[0], preset, list(overrides), data=data, run=run)  # bad overrides fail now
+        raise UserError(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(TABLE3_ORDER)}")
+    try:  # bad overrides fail now, not after hours of training
+        make_train_config(TABLE3_ORDER[0], preset, list(overrides), data=data, run=run)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     run_dir = Path(run)
     per_seed: dict[str, list[dict]] = {r: [] for r in rows}
     with Scorer() as scorer:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from evalkit.errors import ArgumentParser, UserError, cli_errors
+from model.checkpoint import CheckpointError
 from train.recipes import TABLE3_ORDER
 
 
 def _eval_main(argv: list[str]) -> None:
     from train.evaluate import evaluate_checkpoint
 
-    p = argparse.ArgumentParser(prog="train eval", description="score a checkpoint on a split (all four metrics)")
+    p = ArgumentParser(prog="train eval", description="score a checkpoint on a split (all four metrics)")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--data", required=True, help="pipeline build output")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -21,6 +23,8 @@ def _eval_main(argv: list[str]) -> None:
     p.add_argument("--max-clips", type=int, default=None)
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~8 s of Java start-up)")
     a = p.parse_args(argv)
+    if not 1 <= a.beam <= 100 or (a.max_clips is not None and a.max_clips < 1):
+        raise UserError(f"--beam {a.beam} / --max-clips {a.max_clips}: must be 1..100 / >= 1")
     r = evaluate_checkpoint(a.ckpt, a.data, a.split, a.beam, a.out, max_clips=a.max_clips, meteor=not a.no_meteor)
     from evalkit.cli import format_table
     from train.evaluate import format_grounded
@@ -36,7 +40,7 @@ def _probe_main(argv: list[str]) -> None:
 
     from train.probe import format_probes, probe_checkpoint
 
-    p = argparse.ArgumentParser(prog="train probe", description="linear probes of checkpoints' CNN features "
+    p = ArgumentParser(prog="train probe", description="linear probes of checkpoints' CNN features "
                                 "(action / colour / shape of the built-in dataset), e.g. before and after stage 3")
     p.add_argument("--ckpt", required=True, action="append", help="checkpoint (repeat to compare several)")
     p.add_argument("--data", required=True, help="pipeline build output (built-in dataset)")
@@ -53,7 +57,7 @@ def _probe_main(argv: list[str]) -> None:
 def _ablate_main(argv: list[str]) -> None:
     from train.ablate import ablate, format_markdown
 
-    p = argparse.ArgumentParser(prog="train ablate", description="the paper's Table 3: train the eight rows "
+    p = ArgumentParser(prog="train ablate", description="the paper's Table 3: train the eight rows "
                                 "(shared prefixes trained once per seed), score each on the test split, write "
                                 "RUN/ablation.md and RUN/ablation.json; a re-run resumes",
                                 epilog="key=value overrides apply to every row (e.g. max_clips=100)")
@@ -72,7 +76,7 @@ def _ablate_main(argv: list[str]) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="train", description="train the captioner: stage 1 (XE), 2 (REINFORCE+), 3 (end-to-end multitask); "
         "or `train eval|probe|ablate --help`",
         epilog="key=value overrides any TrainConfig field (e.g. epochs=3 lr=1e-5 samples=4) or model field "
@@ -94,27 +98,30 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+    with cli_errors("train", also=(CheckpointError,)) as ctx:
         if argv[:1] == ["eval"]:
+            ctx.prog = "train eval"
             _eval_main(argv[1:])
             return
         if argv[:1] == ["probe"]:
+            ctx.prog = "train probe"
             _probe_main(argv[1:])
             return
         if argv[:1] == ["ablate"]:
+            ctx.prog = "train ablate"
             _ablate_main(argv[1:])
             return
         a = parser().parse_args(argv)
         from train.config import make_train_config
         from train.loop import run_stage
 
-        cfg = make_train_config(a.stage if a.stage else a.recipe, a.preset, a.overrides, data=a.data, run=a.run,
-                                init=a.init, resume=a.resume or None, device=a.device, loader=a.loader)
+        try:
+            cfg = make_train_config(a.stage if a.stage else a.recipe, a.preset, a.overrides, data=a.data, run=a.run,
+                                    init=a.init, resume=a.resume or None, device=a.device, loader=a.loader)
+        except ValueError as e:  # make_train_config only parses and checks the arguments
+            raise UserError(str(e)) from None
         r = run_stage(cfg, progress=not a.quiet)
         print(f"{cfg.recipe} done: best val CIDEr {100 * r['best_val_CIDEr']:.2f}; checkpoints in {r['dir']}")
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"train: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

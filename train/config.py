@@ -47,6 +47,7 @@ class TrainConfig:
     num_workers: int = 2  # DataLoader workers for streamed batches
     shuffle_buffer: int = 256
     max_clips: int | None = None  # cap clips per split (smoke tests, quick looks)
+    skip_bad_shards: bool = False  # leave out shards that fail their manifest check, with a warning
     backbone_weights: str | None = None
     model_overrides: dict = field(default_factory=dict)  # e.g. model.hidden=256
 
@@ -88,18 +89,18 @@ SCHEDULES: dict[str, dict[str, dict]] = {
 _RANGES = {
     "epochs": (lambda v: v >= 1, "must be >= 1"),
     "batch_size": (lambda v: v >= 1, "must be >= 1"),
-    "lr": (lambda v: v > 0, "must be > 0"),
-    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "lr": (lambda v: 0 < v <= 1, "must be > 0 and <= 1"),
+    "weight_decay": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
     "grad_clip": (lambda v: v >= 0, "must be >= 0 (0: no clipping)"),
     "xe_weight": (lambda v: v >= 0, "must be >= 0"),
     "rl_weight": (lambda v: v >= 0, "must be >= 0"),
     "attr_weight": (lambda v: v >= 0, "must be >= 0"),
-    "captions_per_clip": (lambda v: v >= 1, "must be >= 1"),
-    "samples": (lambda v: v >= 1, "must be >= 1"),
-    "temperature": (lambda v: v > 0, "must be > 0"),
+    "captions_per_clip": (lambda v: 1 <= v <= 1024, "must be between 1 and 1024"),
+    "samples": (lambda v: 1 <= v <= 1024, "must be between 1 and 1024"),
+    "temperature": (lambda v: 0.01 <= v <= 100, "must be between 0.01 and 100"),
     "eval_every": (lambda v: v >= 1, "must be >= 1"),
-    "eval_beam": (lambda v: v >= 1, "must be >= 1"),
-    "num_workers": (lambda v: v >= 0, "must be >= 0"),
+    "eval_beam": (lambda v: 1 <= v <= 100, "must be between 1 and 100"),
+    "num_workers": (lambda v: 0 <= v <= 64, "must be between 0 and 64"),
     "shuffle_buffer": (lambda v: v >= 1, "must be >= 1"),
     "max_clips": (lambda v: v is None or v >= 1, "must be >= 1 (or none)"),
     "device": (lambda v: v in ("cpu", "cuda"), "must be cpu or cuda"),
@@ -145,14 +146,23 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise ValueError(f"baseline=mean needs samples >= 2 (the other samples' mean); got samples={cfg.samples}")
 
 
+# (lowest, highest) of the numeric model settings: beyond them a model cannot be built or trained here.
+_MODEL_RANGES = {"image_size": (16, 1024), "n_frames": (1, 64), "embed": (1, 65536), "hidden": (1, 65536),
+                 "dropout": (0.0, 0.99), "max_len": (2, 1000), "n_attributes": (1, 100_000), "init_range": (0.0, 10.0)}
+
+
 def model_override(key: str, text: str) -> object:
-    """model.KEY=VALUE, checked against the model config's fields and types."""
+    """model.KEY=VALUE, checked against the model config's fields, types and ranges."""
     from model.captioner import ModelConfig
 
     types = {f.name: f.type for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}
     if key not in types:
         raise ValueError(f"model.{key}: unknown model setting; known: {', '.join(sorted(types))}")
-    return coerce(f"model.{key}", text, types[key])
+    value = coerce(f"model.{key}", text, types[key])
+    lo, hi = _MODEL_RANGES.get(key, (None, None))
+    if lo is not None and value is not None and not lo <= value <= hi:
+        raise ValueError(f"model.{key}={text}: must be between {lo} and {hi}")
+    return value
 
 
 def make_train_config(recipe: str | int, preset: str, overrides: list[str], **fixed) -> TrainConfig:

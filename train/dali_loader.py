@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
+from evalkit.errors import UserError
 from train.data import DataInfo
 
 DALI_HINT = "NVIDIA DALI is not installed: `pip install 'vidcap[dali]'` (nvidia-dali-cuda120) or use loader=torch"
@@ -26,7 +27,7 @@ def _dali():
         from nvidia.dali import pipeline_def
         from nvidia.dali.plugin.pytorch import feed_ndarray
     except ImportError:
-        raise RuntimeError(DALI_HINT) from None
+        raise UserError(DALI_HINT) from None
     return fn, types, pipeline_def, feed_ndarray
 
 
@@ -37,7 +38,7 @@ class DaliLoader:
                  seed: int = 0, device: str = "cpu", num_threads: int = 2):
         fn, types, pipeline_def, self._feed = _dali()
         if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("loader=dali with device=cuda, but CUDA is not available on this machine")
+            raise UserError("loader=dali with device=cuda, but CUDA is not available on this machine")
         self.info, self.device, self.k = info, device, info.n_frames
         self.urls = info.urls(split)
         device_id = torch.cuda.current_device() if device == "cuda" else None

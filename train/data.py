@@ -10,7 +10,6 @@ downscaling via ``draft``) in the workers.
 from __future__ import annotations
 
 import io
-import json
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.shards import iter_samples, shard_urls
+from evalkit.errors import UserError
+from pipeline.shards import Expect, ShardError, iter_samples, load_manifest, read_metadata, shard_urls
 from pipeline.vocab import encode, load_vocab
 
 
@@ -38,27 +38,53 @@ class DataInfo:
     labels: dict[str, list[int]]  # clip id -> attribute ids
     n_frames: int
     shard_size: int  # frame side in the shards
+    skip_bad_shards: bool = False  # leave out (with a warning) shards that fail their manifest check
 
     @classmethod
-    def load(cls, root: str | Path) -> DataInfo:
+    def load(cls, root: str | Path, skip_bad_shards: bool = False) -> DataInfo:
         root = Path(root)
         for name in ("vocab.json", "attributes.parquet", "clip_attributes.parquet", "cider_df.parquet"):
             if not (root / name).exists():
-                raise FileNotFoundError(f"{root / name}: missing; is {root} a `pipeline build` output?")
+                raise UserError(f"{root / name}: missing; is {root} a complete `pipeline build` output?")
         itos = load_vocab(root / "vocab.json")["itos"]
-        attr_rows = pq.read_table(root / "attributes.parquet").to_pylist()
-        labels = {r["clip_id"]: r["attribute_ids"] for r in pq.read_table(root / "clip_attributes.parquet").to_pylist()}
-        manifest = json.loads((root / "shards" / "manifest-train.json").read_text())
+        attr_rows = _rows(root / "attributes.parquet", {"word": str, "pos": str})
+        n = len(attr_rows)
+        label_rows = _rows(root / "clip_attributes.parquet", {"clip_id": str, "attribute_ids": list})
+        if any(not (isinstance(a, int) and 0 <= a < n) for r in label_rows for a in r["attribute_ids"]):
+            raise UserError(f"{root / 'clip_attributes.parquet'}: attribute ids outside 0..{n - 1}; rebuild with "
+                            "`pipeline build`")
+        labels = {r["clip_id"]: r["attribute_ids"] for r in label_rows}
+        manifest = load_manifest(root / "shards", "train")
         return cls(root, itos, {w: i for i, w in enumerate(itos)}, [r["word"] for r in attr_rows],
-                   [r["pos"] for r in attr_rows], labels, manifest["frames"], manifest["size"])
+                   [r["pos"] for r in attr_rows], labels, manifest["frames"], manifest["size"], skip_bad_shards)
 
     def urls(self, split: str) -> list[str]:
-        return shard_urls(self.root / "shards", split)
+        """The split's shards, each checked against its manifest (once per process)."""
+        return shard_urls(self.root / "shards", split, self.skip_bad_shards)
+
+    def metadata(self, split: str) -> list[dict]:
+        """Every sample's json of the split (from the same checked shards)."""
+        return read_metadata(self.root / "shards", split, self.skip_bad_shards)
+
+    @property
+    def expect(self) -> Expect:
+        return Expect(self.n_frames, self.shard_size)
 
     def attr_vector(self, clip_id: str) -> np.ndarray:
         v = np.zeros(len(self.attributes), dtype=np.float32)
         v[self.labels.get(clip_id, [])] = 1.0
         return v
+
+
+def _rows(path: Path, columns: dict[str, type]) -> list[dict]:
+    """A Parquet table of a build as rows, checked for the columns and types the trainer uses."""
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # not Parquet, or damaged: the message names the file, not pyarrow's internals
+        raise UserError(f"{path}: not a Parquet table ({type(e).__name__}); rebuild with `pipeline build`") from None
+    if not all(isinstance(r.get(c), t) for r in rows for c, t in columns.items()):
+        raise UserError(f"{path}: expected columns {', '.join(columns)}; rebuild with `pipeline build`")
+    return rows
 
 
 def decode_frames(jpegs: list[bytes], size: int) -> np.ndarray:
@@ -122,7 +148,7 @@ class ShardDataset(IterableDataset):
         for s, url in enumerate(urls):
             if by_shard and s % readers != me:
                 continue
-            for sample in iter_samples(url):
+            for sample in iter_samples(url, self.info.expect):
                 if self.max_clips is not None and index >= self.max_clips:
                     return
                 mine = by_shard or index % readers == me
@@ -132,7 +158,10 @@ class ShardDataset(IterableDataset):
 
     def _decode(self, s: dict) -> dict:
         meta = s["json"]
-        frames = decode_frames([s["frames"][k] for k in sorted(s["frames"])], self.image_size)
+        try:
+            frames = decode_frames([s["frames"][k] for k in sorted(s["frames"])], self.image_size)
+        except Exception as e:  # a header that looked right over a broken body
+            raise ShardError(f"{s['shard']}: sample {s['key']}: a frame does not decode ({e})") from None
         return {"clip_id": meta["clip_id"], "frames": torch.from_numpy(frames), "captions": meta["captions"],
                 "attrs": torch.from_numpy(self.info.attr_vector(meta["clip_id"])), "objects": meta.get("objects")}
 

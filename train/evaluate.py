@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evalkit.atomic import write_json_atomic
 from evalkit.coco import Scorer, score
+from evalkit.errors import UserError
 from evalkit.grounding import attribute_map, per_clip_correct, slot_accuracy
 from model.checkpoint import load_checkpoint
 from pipeline.shards import iter_samples
@@ -33,7 +35,7 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
     model, ckpt = load_checkpoint(ckpt_path)
     info = DataInfo.load(data)
     if ckpt["vocab"] != info.itos:
-        raise ValueError(f"{ckpt_path}: its vocabulary differs from {data}/vocab.json")
+        raise UserError(f"{ckpt_path}: its vocabulary differs from {data}/vocab.json")
     ds = ShardDataset(info, split, model.cfg.image_size, shuffle=False, max_clips=max_clips)
     preds, refs, objects, attr_scores, attr_labels = {}, {}, {}, [], []
     for batch in torch_loader(ds, batch_size, 0):
@@ -54,11 +56,11 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
         metrics.update({f"attribute_{k}": v for k, v in attrs.items()})
     out_dir = Path(out) if out else Path(ckpt_path).parent / f"eval-{split}-beam{beam}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "predictions.json").write_text(json.dumps(preds, indent=1) + "\n")
-    (out_dir / "metrics.json").write_text(json.dumps({"split": split, "beam": beam, "checkpoint": str(ckpt_path),
-                                                      "clips": len(preds), **metrics}, indent=1) + "\n")
+    write_json_atomic(out_dir / "predictions.json", preds)
+    write_json_atomic(out_dir / "metrics.json", {"split": split, "beam": beam, "checkpoint": str(ckpt_path),
+                                                 "clips": len(preds), **metrics})
     if grounded is not None:
-        (out_dir / "action_confusion.json").write_text(json.dumps(grounded["confusion"], indent=1) + "\n")
+        write_json_atomic(out_dir / "action_confusion.json", grounded["confusion"])
         plot_confusion(grounded["confusion"], out_dir / "action_confusion.png",
                        f"{Path(ckpt_path).parent.name}: action on {split} ({100 * grounded['action_acc']:.1f}% right)")
     step = sum(h.get("steps", 0) for h in ckpt["extra"].get("history", []))
@@ -66,7 +68,7 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
     correct = per_clip_correct(preds, objects)
     rows = []
     for url in info.urls(split):
-        for s in iter_samples(url):
+        for s in iter_samples(url, info.expect):
             cid = s["json"]["clip_id"]
             if cid in preds and len(rows) < gallery_clips:
                 rows.append({"clip_id": cid, "jpegs": [s["frames"][k] for k in sorted(s["frames"])],

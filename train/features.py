@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from evalkit.atomic import write_atomic
 from model.captioner import Captioner
+from pipeline.shards import load_manifest
 from train.data import DataInfo
 
 
@@ -33,8 +35,9 @@ def _fingerprint(model: Captioner, info: DataInfo, split: str, image_size: int, 
     for k, v in model.backbone.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    manifest = json.loads((info.root / "shards" / f"manifest-{split}.json").read_text())
-    h.update(json.dumps([image_size, max_clips, [s["sha256"] for s in manifest["shards"]]]).encode())
+    manifest = load_manifest(info.root / "shards", split)
+    used = [Path(u).name for u in info.urls(split)]  # skip_bad_shards may leave some out
+    h.update(json.dumps([image_size, max_clips, [s["sha256"] for s in manifest["shards"]], used]).encode())
     return h.hexdigest()[:16]
 
 
@@ -57,13 +60,14 @@ def cached_features(model: Captioner, info: DataInfo, split: str, image_size: in
     """Load this split's features from cache_dir, or compute (via make_batches()) and store them."""
     path = Path(cache_dir) / f"{split}-{_fingerprint(model, info, split, image_size, max_clips)}.pt"
     if path.exists():
-        d = torch.load(path, weights_only=True)
-        return FeatureSet(d["clip_ids"], d["feats"], d["captions"], d["attrs"])
+        try:
+            d = torch.load(path, weights_only=True)
+            return FeatureSet(d["clip_ids"], d["feats"], d["captions"], d["attrs"])
+        except Exception:  # an unreadable cache file is recomputed, never trusted
+            pass
     fs = compute_features(model, make_batches(), device, f"features {split}", progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"clip_ids": fs.clip_ids, "feats": fs.feats, "captions": fs.captions, "attrs": fs.attrs}, tmp)
-    tmp.replace(path)
+    state = {"clip_ids": fs.clip_ids, "feats": fs.feats, "captions": fs.captions, "attrs": fs.attrs}
+    write_atomic(path, lambda f: torch.save(state, f))
     return fs
 
 

@@ -9,6 +9,7 @@ and curves.png.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -16,29 +17,31 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from evalkit.atomic import write_atomic, write_bytes_atomic
 from evalkit.cider import load_df
 from evalkit.coco import Scorer
+from evalkit.errors import UserError
 from evalkit.grounding import slot_accuracy
 from model.captioner import Captioner, make_config
 from model.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.shards import read_metadata
 from pipeline.vocab import MAX_LEN, decode
+from train import run_lock
 from train.config import TrainConfig
 from train.data import DataInfo, ShardDataset, caption_batch, pick_captions, torch_loader
 from train.features import FeatureSet, cached_features, feature_batches
 from train.losses import attr_loss, rl_loss, xe_loss
 from train.recipes import RECIPES, STAGES
-from train.reward import make_reward, sample_rewards
 from train.report import MetricsLog, plot_curves
+from train.reward import make_reward, sample_rewards
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device=cuda, but torch.cuda.is_available() is False (no GPU or a CPU-only torch)")
+            raise UserError("device=cuda, but torch.cuda.is_available() is False (no GPU or a CPU-only torch)")
         return torch.device("cuda")
     if cfg.amp:
-        raise RuntimeError("amp=true needs device=cuda (bf16 autocast is only used on the GPU)")
+        raise UserError("amp=true needs device=cuda (bf16 autocast is only used on the GPU)")
     return torch.device("cpu")
 
 
@@ -62,16 +65,19 @@ def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[Captioner, str | None
     if init is None and before is not None:
         init = str(Path(cfg.run) / RECIPES[before].dir / "best.pt")
         if not Path(init).exists():
-            raise FileNotFoundError(f"{init}: {recipe_label(cfg.recipe)} starts from {recipe_label(before)}'s best "
-                                    f"checkpoint; run `train {recipe_flag(before)}` first or pass --init")
+            raise UserError(f"{init}: {recipe_label(cfg.recipe)} starts from {recipe_label(before)}'s best "
+                            f"checkpoint; run `train {recipe_flag(before)}` first or pass --init")
     if init is not None:
         model, ckpt = load_checkpoint(init)
         if ckpt["vocab"] != info.itos:
-            raise ValueError(f"{init}: its vocabulary differs from {info.root}/vocab.json")
+            raise UserError(f"{init}: its vocabulary differs from {info.root}/vocab.json")
         return model, init
     overrides = {"backbone_weights": cfg.backbone_weights, "n_attributes": len(info.attributes),
                  "n_frames": info.n_frames, **cfg.model_overrides}
-    return Captioner(make_config(cfg.preset, len(info.itos), **overrides)), None
+    try:
+        return Captioner(make_config(cfg.preset, len(info.itos), **overrides)), None
+    except (ValueError, FileNotFoundError) as e:  # the model's own checks of the settings it was given
+        raise UserError(str(e)) from None
 
 
 def recipe_label(name: str) -> str:
@@ -86,7 +92,7 @@ def recipe_flag(name: str) -> str:
 
 def split_metadata(info: DataInfo, split: str, max_clips: int | None) -> tuple[dict[str, list[str]], dict[str, list]]:
     """The split's reference captions and (where the shards carry them) ground-truth objects."""
-    metas = read_metadata(info.root / "shards", split)
+    metas = info.metadata(split)
     if max_clips is not None:
         metas = metas[:max_clips]
     return {m["clip_id"]: m["captions"] for m in metas}, {m["clip_id"]: m["objects"] for m in metas if m.get("objects")}
@@ -96,16 +102,16 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, progress: bool = True):
         self.cfg, self.progress = cfg, progress
         self.device = resolve_device(cfg)
-        self.info = DataInfo.load(cfg.data)
+        self.info = DataInfo.load(cfg.data, cfg.skip_bad_shards)
         self.dir = Path(cfg.run) / cfg.recipe_dir
-        self.dir.mkdir(parents=True, exist_ok=True)
+        run_lock.acquire(self.dir)  # before anything in the run folder is read or written
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.start_epoch, self.best, self.history = 0, float("-inf"), []
         if cfg.resume:
             last = self.dir / "last.pt"
             if not last.exists():
-                raise FileNotFoundError(f"{last}: nothing to resume")
+                raise UserError(f"{last}: nothing to resume")
             self.model, ckpt = load_checkpoint(last)
             self.init_from = ckpt["extra"].get("init_from")
         else:
@@ -117,11 +123,15 @@ class Trainer:
         self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.resume:
             extra = ckpt["extra"]
-            self.opt.load_state_dict(extra["optimizer"])
-            torch.set_rng_state(extra["rng"])
+            try:  # a checkpoint that passed load_checkpoint but holds no usable training state
+                self.opt.load_state_dict(extra["optimizer"])
+                torch.set_rng_state(extra["rng"])
+                self.start_epoch, self.best, self.history = int(extra["epoch"]) + 1, float(extra["best"]), list(extra["history"])
+            except (KeyError, ValueError, TypeError, RuntimeError) as e:
+                raise UserError(f"{self.dir / 'last.pt'}: not a checkpoint to resume from ({type(e).__name__}: "
+                                f"{str(e)[:100]})") from None
             if self.device.type == "cuda" and extra.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state_all(extra["cuda_rng"])
-            self.start_epoch, self.best, self.history = extra["epoch"] + 1, extra["best"], extra["history"]
         self.train_refs, _ = split_metadata(self.info, "train", cfg.max_clips)
         self.val_refs, self.val_objects = split_metadata(self.info, "val", cfg.max_clips)
         self.reward = None
@@ -132,7 +142,7 @@ class Trainer:
         self.use_cache = cfg.feature_cache and not cfg.train_cnn
         self.cache: dict[str, FeatureSet] = {}
         cfg.save(self.dir / "config.json")
-        self.log = MetricsLog(self.dir, append=cfg.resume)
+        self.log = MetricsLog(self.dir, resume_epoch=self.start_epoch - 1 if cfg.resume else None)
         if self.model.cfg.feature_norm and self.init_from is None and not cfg.resume:
             feats = self.features("train").feats
             self.model.set_feature_stats(feats.to(self.device))
@@ -196,6 +206,10 @@ class Trainer:
                 stats["attr_loss"] = la.item()
         loss = torch.stack(terms).sum()
         stats["loss"] = loss.item()
+        if not math.isfinite(stats["loss"]):  # never train on, or log, a NaN
+            terms_text = ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
+            raise UserError(f"epoch {epoch + 1}: the loss is not finite ({terms_text}); training diverged: "
+                            "lower lr, or check the data")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -235,7 +249,8 @@ class Trainer:
         extra = {"recipe": self.cfg.recipe, "epoch": epoch, "best": self.best, "history": self.history,
                  "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(), "init_from": self.init_from,
                  "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}
-        save_checkpoint(self.dir / name, self.model, self.info.itos, self.info.attributes, extra)
+        write_atomic(self.dir / name,  # unique temp name, removed on failure, then renamed
+                     lambda f: save_checkpoint(f, self.model, self.info.itos, self.info.attributes, extra))
 
     def fit(self) -> dict:
         cfg = self.cfg
@@ -284,9 +299,10 @@ class Trainer:
                     print(f"{label} epoch {epoch + 1}/{cfg.epochs}: loss {record.get('train_loss', 0):.4f}, "
                           f"{record['clips_per_s']:.1f} clips/s{val}")
         if not (self.dir / "best.pt").exists() and (self.dir / "last.pt").exists():
-            (self.dir / "best.pt").write_bytes((self.dir / "last.pt").read_bytes())
+            write_bytes_atomic(self.dir / "best.pt", (self.dir / "last.pt").read_bytes())
         plot_curves(self.history, self.dir / "curves.png", label)
         self.log.close()
+        run_lock.release(self.dir)
         return {"best_val_CIDEr": self.best, "history": self.history, "dir": str(self.dir)}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from evalkit.errors import UserError
 from evalkit.grammar import ACTIONS, COLOUR_NAMES, SHAPES
 from model.checkpoint import load_checkpoint
 from train.data import DataInfo, ShardDataset, torch_loader
@@ -32,7 +33,7 @@ def split_features(model, info: DataInfo, split: str, batch_size: int = 32) -> t
     ds = ShardDataset(info, split, model.cfg.image_size, shuffle=False)
     for batch in torch_loader(ds, batch_size, 0):
         if not all(batch["objects"]):
-            raise ValueError(f"{info.root}: split {split!r} has clips without ground-truth objects; "
+            raise UserError(f"{info.root}: split {split!r} has clips without ground-truth objects; "
                              "`train probe` needs the built-in dataset (pipeline synth)")
         feats.append(model.frame_features(batch["frames"]).float())
         objects += [o[0] for o in batch["objects"]]

@@ -6,17 +6,28 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
+from evalkit.atomic import write_bytes_atomic
+
 
 class MetricsLog:
-    """Appends one JSON object per line to metrics.jsonl and mirrors numbers to TensorBoard."""
+    """Appends one JSON object per line to metrics.jsonl and mirrors numbers to TensorBoard.
 
-    def __init__(self, run_dir: Path, append: bool = False):
+    On ``--resume`` (`resume_epoch`: the epoch of the checkpoint resumed from) the records written
+    after that checkpoint -- the steps of an epoch that was interrupted, or finished without its
+    checkpoint -- are dropped first (the file is rewritten atomically), so the resumed run does not
+    log a second copy of them. Non-finite numbers are refused: NaN is not JSON.
+    """
+
+    def __init__(self, run_dir: Path, resume_epoch: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.file = open(self.path, "a" if append else "w")
+        if resume_epoch is not None and self.path.exists():
+            write_bytes_atomic(self.path, records_until_epoch(self.path.read_bytes(), resume_epoch))
+        self.file = open(self.path, "a" if resume_epoch is not None else "w")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -25,8 +36,16 @@ class MetricsLog:
             self.tb = None
 
     def write(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        try:
+            line = json.dumps(record, allow_nan=False)
+        except ValueError:
+            bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+            raise ValueError(f"{self.path}: refusing to log non-finite {', '.join(bad)}: {record}") from None
+        try:
+            self.file.write(line + "\n")
+            self.file.flush()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         if self.tb is not None:
             x = record.get("step", record.get("epoch", 0))
             prefix = "epoch" if record.get("event") == "epoch" else record.get("event", "misc")
@@ -38,6 +57,27 @@ class MetricsLog:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def records_until_epoch(data: bytes, epoch: int) -> bytes:
+    """The lines of a metrics.jsonl up to and including the record of `epoch`'s end (the point a
+    checkpoint of that epoch was written); without that record, every record of a later epoch is
+    dropped. Torn or unparseable lines are dropped."""
+    kept: list[bytes] = []
+    cut = None
+    for line in data.splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not (line.endswith(b"\n") and isinstance(rec, dict)):
+            continue  # a torn last line
+        kept.append(line)
+        if rec.get("event") == "epoch" and rec.get("epoch") == epoch:
+            cut = len(kept)
+    if cut is None:
+        return b"".join(x for x in kept if not isinstance(e := json.loads(x).get("epoch"), int) or e <= epoch)
+    return b"".join(kept[:cut])
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
