@@ -7,7 +7,6 @@ metrics.json, action_confusion.{json,png}, gallery.html, and the numbers to the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
