@@ -17,31 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
-from evalkit.errors import UserError
 from evalkit.ngrams import EOS, MAX_N, document_frequencies, ngram_counts, reference_tokens
 
 _MAX_KEY = np.iinfo(np.int64).max
-
-
-def load_df(path: str | Path) -> tuple[dict[tuple[str, ...], float], int]:
-    """Document frequencies written by ``pipeline build`` (cider_df.parquet) and the document count."""
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-        meta = table.schema.metadata or {}
-        grams = table.column("ngram").to_pylist()
-        dfs = table.column("df").to_pylist()
-        df = {tuple(g.split(" ")): float(d) for g, d in zip(grams, dfs, strict=True)}
-        n_docs = int(meta[b"n_docs"])
-    except Exception as e:  # not Parquet, other columns, no n_docs: whatever it is, it is not ours
-        raise UserError(f"{path}: not a CIDEr-D df table written by `pipeline build` ({type(e).__name__}); "
-                        "rebuild with `pipeline build`") from None
-    return df, n_docs
 
 
 class CiderD:

@@ -2,8 +2,9 @@
 
 Predictions: ``{"clip_id": "caption", ...}`` or the COCO results list
 ``[{"image_id": "clip_id", "caption": "..."}, ...]`` ("video_id" is accepted for "image_id").
-References: a `pipeline build` output (or its shards/ directory; captions of --split are read
-from the shard json) or ``{"clip_id": ["caption", ...], ...}``.
+References: a `pipeline build` output -- a folder (or its shards/ folder) or a URL (evalkit.store) --
+whose shard json give the captions of --split (read through evalkit.layout), or
+``{"clip_id": ["caption", ...], ...}``.
 """
 
 from __future__ import annotations
@@ -37,13 +38,18 @@ def load_predictions(path: Path) -> dict[str, str]:
     raise UserError(f"{path}: expected a {{clip_id: caption}} object or a COCO results list")
 
 
-def load_references(path: Path, split: str) -> dict[str, list[str]]:
+def load_references(path: str | Path, split: str) -> dict[str, list[str]]:
+    """References from a JSON file, or from a build (a folder, its shards/ folder, or a URL)."""
+    from evalkit.layout import SHARDS, Build
+    from evalkit.store import LocalStore, open_store
+
+    text = str(path)
+    if not isinstance(open_store(text), LocalStore):
+        return Build(text).references(split)
     path = Path(path)
     if path.is_dir():
-        from pipeline.shards import read_metadata
-
-        shard_dir = path / "shards" if (path / "shards").is_dir() else path
-        return {m["clip_id"]: m["captions"] for m in read_metadata(shard_dir, split)}
+        root = path.parent if path.name == SHARDS and not (path / SHARDS).is_dir() else path
+        return Build(root).references(split)
     data = read_json(path, "references file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected {{clip_id: [captions]}}")

@@ -17,22 +17,35 @@ def read_text(path: str | Path, what: str = "file") -> str:
     if path.exists() and not path.is_dir() and not path.is_file():  # a FIFO would block, /dev/zero never end
         raise UserError(f"{path}: {what} is not a regular file")
     try:
-        return path.read_bytes().decode("utf-8")
+        return decode_text(path.read_bytes(), path)
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
     except IsADirectoryError:
         raise UserError(f"{path}: {what} is a directory, expected a file") from None
+
+
+def decode_text(data: bytes, where: str | Path) -> str:
+    """Bytes as UTF-8 text; `where` (a path or URL) names them in the error."""
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        raise UserError(f"{where}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
     """The parsed JSON; invalid JSON, NaN/Infinity and nesting too deep for the parser are errors."""
+    return parse_json(read_text(path, what), path)
+
+
+def parse_json(text: str | bytes, where: str | Path) -> Any:
+    """`text` (a file's content; bytes must be UTF-8) parsed as JSON; errors name `where`."""
 
     def no_constants(name: str):
         raise ValueError(f"{name} is not JSON")
 
-    text = read_text(path, what)
+    path = where
+    if isinstance(text, bytes):
+        text = decode_text(text, where)
     try:
         return json.loads(text, parse_constant=no_constants)
     except json.JSONDecodeError as e:

@@ -17,9 +17,10 @@ from pathlib import Path
 from evalkit.errors import UserError
 from evalkit.jsonfile import read_json as _read_json
 from evalkit.jsonfile import read_text as _read_text
+from evalkit.layout import SPLITS
+from evalkit.shards import OBJECT_FIELDS
 from evalkit.text import tokenize
 
-SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
                   "validation": "val", "test": "test", "testing": "test"}
 MSVD_SPLIT_SIZES = (1200, 100, 670)
@@ -84,9 +85,6 @@ def _clean(captions: list[str], stats: AdapterResult) -> list[str]:
     kept = [c.strip() for c in captions if tokenize(c)]
     stats.empty_captions_dropped += len(captions) - len(kept)
     return kept
-
-
-OBJECT_FIELDS = ("shape", "colour", "size", "action")
 
 
 def _objects(value, path: Path, where: str) -> list[dict] | None:

@@ -15,7 +15,6 @@ What the driver guarantees about OUT:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -23,16 +22,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from evalkit.atomic import write_bytes_atomic, write_json_atomic
+from evalkit import layout
 from evalkit.errors import UserError
-from evalkit.jsonfile import read_json
+from evalkit.layout import BUILD_OUTPUTS, SPLITS
 from evalkit.ngrams import document_frequencies, reference_tokens
 from pipeline import attributes as attr
-from pipeline.adapters import SPLITS, load_dataset
+from pipeline.adapters import load_dataset
 from pipeline.clip_worker import DEFAULT_MEMORY_MB
 from pipeline.cluster import as_finished, check_scheduler_url, dask_client
 from pipeline.ffmpeg_check import require_ffmpeg
@@ -95,26 +92,21 @@ def plan_shards(clips, cfg: BuildConfig) -> list[ShardTask]:
             group = [{"clip_id": c.clip_id, "path": os.path.abspath(c.path), "captions": c.captions,
                       **({"objects": c.objects} if c.objects is not None else {})}
                      for c in members[i : i + cfg.shard_size]]
-            tasks.append(ShardTask(f"{split}-{i // cfg.shard_size:06d}", split, group, cfg.frames, cfg.size,
+            tasks.append(ShardTask(layout.shard_stem(split, i // cfg.shard_size), split, group, cfg.frames, cfg.size,
                                    cfg.quality, cfg.timeout, cfg.decoder_memory_mb))
     return tasks
-
-
-# What a finished build writes besides shards; removed when a build starts, written when it ends.
-BUILD_OUTPUTS = ("build.json", "failures.jsonl", "vocab.json", "attributes.parquet", "clip_attributes.parquet",
-                 "cider_df.parquet")
 
 
 def _prepare_out(out: Path, overwrite: bool, tasks: list[ShardTask]) -> Path:
     """Make OUT ready for `tasks`: invalidate a previous build's outputs before any shard is rewritten."""
     if overwrite and out.exists():  # BuildConfig.validate refused folders that are not pipeline outputs
         shutil.rmtree(out)
-    shard_dir = out / "shards"
+    shard_dir = out / layout.SHARDS
     (shard_dir / ".state").mkdir(parents=True, exist_ok=True)
     for name in BUILD_OUTPUTS:  # build.json first: from here on OUT is not a finished build
         (out / name).unlink(missing_ok=True)
-    for manifest in shard_dir.glob("manifest-*.json"):
-        manifest.unlink()
+    for split in SPLITS:
+        (out / layout.manifest_rel(split)).unlink(missing_ok=True)
     planned = {t.name for t in tasks}
     for path in [*shard_dir.glob("*.tar"), *shard_dir.glob("*_stats.json"), *(shard_dir / ".state").glob("*.json")]:
         if path.name.removesuffix(".tar").removesuffix("_stats.json").removesuffix(".json") not in planned:
@@ -150,18 +142,14 @@ def check_splits(results: list[ShardResult], tasks: list[ShardTask], out: Path) 
             (reason, n), = Counter(f["reason"] for f in fails).most_common(1)
             example = next(f for f in fails if f["reason"] == reason)
             raise UserError(f"every clip of split {split} failed ({n_in} clips; {n} {reason}, e.g. {example['path']}: "
-                            f"{example['error']}); see {out / 'failures.jsonl'}")
+                            f"{example['error']}); see {out / layout.FAILURES}")
 
 
-def write_manifests(shard_dir: Path, results: list[ShardResult], cfg: BuildConfig) -> None:
+def write_manifests(out: Path, results: list[ShardResult], cfg: BuildConfig) -> None:
     for split in SPLITS:
-        rows = [r for r in results if r.split == split]
-        write_json_atomic(shard_dir / f"manifest-{split}.json", {
-            "split": split, "samples": sum(r.samples for r in rows), "frames": cfg.frames, "size": cfg.size,
-            "quality": cfg.quality,
-            "shards": [{"name": f"{r.name}.tar", "samples": r.samples, "sha256": r.sha256, "bytes": r.bytes}
-                       for r in rows],
-        })
+        layout.write_manifest(out, split, [{"name": f"{r.name}.tar", "samples": r.samples, "sha256": r.sha256,
+                                            "bytes": r.bytes} for r in results if r.split == split],
+                              cfg.frames, cfg.size, cfg.quality)
 
 
 def run_job2(client, clips, cfg: BuildConfig, model: str, out: Path, progress: bool) -> dict:
@@ -183,33 +171,19 @@ def run_job2(client, clips, cfg: BuildConfig, model: str, out: Path, progress: b
     if not ranked:
         raise UserError("no attributes found: the training captions have no nouns, verbs or adjectives")
     word_to_id = {r["word"]: r["attribute_id"] for r in ranked}
-    _write_parquet(out / "attributes.parquet", pa.Table.from_pylist(
-        ranked, schema=pa.schema([("attribute_id", pa.int32()), ("word", pa.string()), ("pos", pa.string()),
-                                  ("clip_count", pa.int64())], metadata={"spacy_model": model})))
-    _write_parquet(out / "clip_attributes.parquet", pa.table({
-        "clip_id": [c.clip_id for c in clips], "split": [c.split for c in clips],
-        "attribute_ids": pa.array([attr.clip_labels(t, word_to_id) for t in per_clip], pa.list_(pa.int32())),
-    }))
+    layout.write_attributes(out, ranked, model)
+    layout.write_clip_attributes(out, [c.clip_id for c in clips], [c.split for c in clips],
+                                 [attr.clip_labels(t, word_to_id) for t in per_clip])
     return {"attributes": len(ranked), "spacy_model": model, "top": [r["word"] for r in ranked[:10]]}
 
 
 def run_job3(clips, cfg: BuildConfig, out: Path) -> dict:
     train = [c for c in clips if c.split == "train"]
     df, n_docs = document_frequencies([[reference_tokens(c, MAX_LEN) for c in clip.captions] for clip in train])
-    grams = sorted(df, key=lambda g: (len(g), g))
-    table = pa.table({"ngram": [" ".join(g) for g in grams], "n": pa.array([len(g) for g in grams], pa.int8()),
-                      "df": pa.array([df[g] for g in grams], pa.int32())},
-                     metadata={"n_docs": str(n_docs), "max_len": str(MAX_LEN)})
-    _write_parquet(out / "cider_df.parquet", table)
+    layout.write_cider_df(out, df, n_docs, MAX_LEN)
     vocab = build_vocab((c for clip in train for c in clip.captions), cfg.min_count, MAX_LEN)
-    write_json_atomic(out / "vocab.json", vocab)
-    return {"ngrams": len(grams), "documents": n_docs, "vocab": len(vocab["itos"])}
-
-
-def _write_parquet(path: Path, table: pa.Table) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    write_bytes_atomic(path, sink.getvalue().to_pybytes())
+    layout.write_vocab(out, vocab)
+    return {"ngrams": len(df), "documents": n_docs, "vocab": len(vocab["itos"])}
 
 
 def build(cfg: BuildConfig) -> dict:
@@ -229,11 +203,11 @@ def build(cfg: BuildConfig) -> dict:
         shard_dir = _prepare_out(out, cfg.overwrite, tasks)
         results = run_job1(client, tasks, shard_dir, cfg.progress, cfg.worker_timeout)
         failures = [f for r in results for f in r.failures]
-        write_bytes_atomic(out / "failures.jsonl", "".join(json.dumps(f) + "\n" for f in failures).encode())
+        layout.write_failures(out, failures)
         check_splits(results, tasks, out)
         job2 = run_job2(client, clips, cfg, model, out, cfg.progress)
     job3 = run_job3(clips, cfg, out)
-    write_manifests(shard_dir, results, cfg)
+    write_manifests(out, results, cfg)
     elapsed = time.perf_counter() - t0
     summary = {
         "config": asdict(cfg),
@@ -252,7 +226,7 @@ def build(cfg: BuildConfig) -> dict:
         "clips_per_s": round(sum(r.samples for r in results) / max(elapsed, 1e-9), 2),
         "notes": data.notes,
     }
-    write_json_atomic(out / "build.json", summary)
+    layout.write_summary(out, summary)
     return summary
 
 
@@ -271,19 +245,7 @@ def format_summary(s: dict, out: str) -> str:
     lines.append(f"vocabulary: {s['cider_df']['vocab']} tokens; CIDEr-D df: {s['cider_df']['ngrams']} n-grams over "
                  f"{s['cider_df']['documents']} clips")
     lines.append(f"elapsed {s['elapsed_s']:.1f} s, {s['clips_per_s']:.1f} clips/s"
-                 + (f"; failures listed in {out}/failures.jsonl" if any(v["failures"] for v in s["splits"].values())
+                 + (f"; failures listed in {out}/{layout.FAILURES}" if any(v["failures"] for v in s["splits"].values())
                     else ""))
     return "\n".join(lines)
 
-
-def load_build(out: Path) -> dict:
-    path = Path(out) / "build.json"
-    if not path.exists():
-        if (Path(out) / "shards").is_dir():
-            raise UserError(f"{out}: the build is incomplete (no build.json: killed, failed or still running); "
-                            "run `pipeline build` again")
-        raise UserError(f"{out}: not a pipeline output (no build.json); run `pipeline build` first")
-    build = read_json(path, "build summary")
-    if not (isinstance(build, dict) and isinstance(build.get("config"), dict)):
-        raise UserError(f"{path}: not a build summary")
-    return build

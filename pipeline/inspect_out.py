@@ -1,4 +1,4 @@
-"""`pipeline inspect OUT`: what a build made -- manifest summary (every shard checked against it),
+"""`pipeline inspect OUT` (a folder or URL): what a build made -- manifest summary (every shard checked against it),
 the per-shard stats (clips, successes, failures by reason), one sample's captions and attributes,
 and a contact sheet PNG of a few samples' frames."""
 
@@ -8,24 +8,21 @@ import io
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from evalkit.errors import UserError
-from evalkit.jsonfile import read_json
-from pipeline.adapters import SPLITS
-from pipeline.build import load_build
-from pipeline.shard_writer import stats_path
-from pipeline.shards import Expect, ShardError, iter_samples, load_manifest, verified_shards
+from evalkit.layout import SPLITS, Build
+from evalkit.shards import ShardError, iter_samples
 
 
-def _first_samples(shard: str, n: int, expect: Expect) -> list[tuple[dict, list[Image.Image]]]:
+def _first_samples(build: Build, split: str, n: int) -> list[tuple[dict, list[Image.Image]]]:
+    refs, expect = build.split(split).refs, build.split(split).expect
     out = []
-    for s in iter_samples(shard, expect):
+    for s in iter_samples(build.store, refs[0], expect):
         try:
-            frames = [Image.open(io.BytesIO(s["frames"][k])).convert("RGB") for k in sorted(s["frames"])]
+            frames = [Image.open(io.BytesIO(jpeg)).convert("RGB") for jpeg in s["frames"]]
         except Exception as e:  # a header that looked right over a broken body
-            raise ShardError(f"{shard}: sample {s['key']}: a frame does not decode ({e})") from None
+            raise ShardError(f"{s['shard']}: sample {s['key']}: a frame does not decode ({e})") from None
         out.append((s["json"], frames))
         if len(out) == n:
             break
@@ -44,20 +41,10 @@ def contact_sheet(samples: list[tuple[dict, list[Image.Image]]], thumb: int = 11
     return sheet
 
 
-def _table(path: Path) -> list[dict]:
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as e:  # not Parquet, or damaged: name the file, not pyarrow's internals
-        raise UserError(f"{path}: not a Parquet table ({type(e).__name__}); rebuild with `pipeline build`") from None
-
-
-def stats_summary(shard_dir: Path, manifests: dict[str, dict]) -> list[str]:
+def stats_summary(build: Build, manifests: dict[str, dict]) -> list[str]:
     """Lines summarising the per-shard stats files of the shards the manifests list."""
     names = [sh["name"].removesuffix(".tar") for m in manifests.values() for sh in m["shards"]]
-    stats = {n: read_json(stats_path(shard_dir, n), "stats file") for n in names if stats_path(shard_dir, n).exists()}
-    stats = {n: st for n, st in stats.items() if isinstance(st, dict)
-             and all(isinstance(st.get(k), int) for k in ("count", "successes", "failed"))
-             and isinstance(st.get("failures_by_reason", {}), dict)}
+    stats = {n: st for n in names if (st := build.shard_stats(n)) is not None}
     if not stats:
         return ["  per-shard stats: none (built before stats files existed)"]
     reasons: Counter = Counter()
@@ -75,38 +62,35 @@ def stats_summary(shard_dir: Path, manifests: dict[str, dict]) -> list[str]:
     return lines
 
 
-def inspect(out: Path, n_samples: int = 4, png: Path | None = None) -> str:
+def inspect(out: str | Path, n_samples: int = 4, png: Path | None = None) -> str:
+    """`out`: a build folder or URL. The contact sheet goes to `png` (default OUT/contact_sheet.png for a
+    local build, ./contact_sheet.png for a remote one)."""
     if not 1 <= n_samples <= 64:
         raise UserError(f"--samples {n_samples}: must be 1..64")
-    out = Path(out)
-    build = load_build(out)
-    shard_dir = out / "shards"
-    lines = [f"{out}: built from {build['config']['dataset']} at {build['config']['root']}"]
-    first_shard, manifests = None, {}
+    build = Build(out)
+    summary = build.summary()
+    lines = [f"{out}: built from {summary['config']['dataset']} at {summary['config']['root']}"]
+    first_split, manifests = None, {}
     for split in SPLITS:
-        m = manifests[split] = load_manifest(shard_dir, split)
-        shards = verified_shards(shard_dir, split)  # every shard checked: size, sha256, samples, members
+        m = manifests[split] = build.manifest(split)
+        data = build.split(split)  # every shard checked: size, sha256, samples, members
         lines.append(f"  {split:<5} {m['samples']:>6} samples in {len(m['shards'])} shards "
                      f"({sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB), {m['frames']} frames at {m['size']}px")
-        if first_shard is None and shards:
-            first_shard, expect = shards[0].path, Expect(m["frames"], m["size"])
-    lines += stats_summary(shard_dir, manifests)
-    if first_shard is None:
+        if first_split is None and data.refs:
+            first_split = split
+    lines += stats_summary(build, manifests)
+    if first_split is None:
         return "\n".join(lines + ["  no samples"])
-    samples = _first_samples(first_shard, n_samples, expect)
+    samples = _first_samples(build, first_split, n_samples)
     meta = samples[0][0]
-    attrs, labels = _table(out / "attributes.parquet"), _table(out / "clip_attributes.parquet")
-    try:
-        ids = next((r["attribute_ids"] for r in labels if r["clip_id"] == meta["clip_id"]), [])
-        words = [attrs[i]["word"] for i in ids]
-    except (KeyError, IndexError, TypeError):
-        raise UserError(f"{out / 'clip_attributes.parquet'}: does not match attributes.parquet; rebuild with "
-                        "`pipeline build`") from None
+    attrs = build.attributes()
+    labels = build.clip_attributes(len(attrs))
+    words = [attrs[i]["word"] for i in labels.get(meta["clip_id"], [])]
     lines += [f"sample {meta['clip_id']} ({meta.get('split')}, decoder {meta.get('decoder')}, "
               f"frames {meta.get('frame_indices')}):"]
     lines += [f"  - {c}" for c in meta["captions"][:5]]
     lines.append(f"  attributes: {' '.join(words)}")
-    png = Path(png) if png else out / "contact_sheet.png"
+    png = Path(png) if png else (build.store.local_path("contact_sheet.png") if build.is_local else Path("contact_sheet.png"))
     contact_sheet(samples).save(png)
     lines.append(f"contact sheet: {png}")
     return "\n".join(lines)

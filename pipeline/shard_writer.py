@@ -1,6 +1,6 @@
 """Job 1's unit of work: one WebDataset shard from a fixed, ordered group of clips.
 
-A shard is a plain tar (format and reader: ``pipeline.shards``), written deterministically (sorted
+A shard is a plain tar (format and reader: ``evalkit.shards``; file names: ``evalkit.layout``), written deterministically (sorted
 members, mtime 0, uid/gid 0) so the same clips and settings give the same bytes however many
 workers run. It is written to a temporary name and renamed. Beside it, ``NAME_stats.json`` counts
 its clips, successes and failures by reason (like video2dataset's per-shard stats), and a sidecar
@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evalkit.atomic import write_bytes_atomic, write_json_atomic
+from evalkit.layout import state_rel, stats_rel
+from evalkit.shards import sample_key
 from pipeline.clip_worker import DEFAULT_MEMORY_MB, ClipDecoder, ClipFailed
-from pipeline.shards import sample_key
 
 # Bumped when the bytes a task writes change for the same clips and settings (2: percent-encoded keys).
 LAYOUT_VERSION = 2
@@ -76,11 +77,11 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def state_path(shard_dir: Path, name: str) -> Path:
-    return shard_dir / ".state" / f"{name}.json"
+    return shard_dir.parent / state_rel(name)
 
 
 def stats_path(shard_dir: Path, name: str) -> Path:
-    return shard_dir / f"{name}_stats.json"
+    return shard_dir.parent / stats_rel(name)
 
 
 def completed(shard_dir: Path, task: ShardTask) -> ShardResult | None:

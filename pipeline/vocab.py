@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 
-from evalkit.errors import UserError
-from evalkit.jsonfile import read_json
+from evalkit.layout import SPECIALS
 from evalkit.ngrams import reference_tokens
 from evalkit.text import tokenize
 
-SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD, BOS, EOS, UNK = range(4)
 DEFAULT_MIN_COUNT = 2
 MAX_LEN = 35
@@ -27,15 +24,6 @@ def build_vocab(captions: Iterable[str], min_count: int = DEFAULT_MIN_COUNT, max
     words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
     return {"itos": list(SPECIALS) + words, "min_count": min_count, "max_len": max_len,
             "counts": {w: counts[w] for w in words}}
-
-
-def load_vocab(path: str | Path) -> dict:
-    vocab = read_json(path, "vocabulary")
-    itos = vocab.get("itos") if isinstance(vocab, dict) else None
-    if not (isinstance(itos, list) and itos[:4] == list(SPECIALS) and all(isinstance(w, str) for w in itos)
-            and len(set(itos)) == len(itos)):
-        raise UserError(f"{path}: not a vidcap vocabulary (distinct words, starting with {', '.join(SPECIALS)})")
-    return vocab
 
 
 def encode(caption: str, stoi: dict[str, int], max_len: int = MAX_LEN) -> list[int]:

@@ -20,10 +20,10 @@ import webdataset as wds
 from conftest import SMALL_BUILD, one_line_error, tool
 
 from evalkit.errors import UserError
+from evalkit.shards import sample_key
 from pipeline.adapters import load_dataset
 from pipeline.build import BuildConfig, build
 from pipeline.cli import main as pipeline_main
-from pipeline.shards import iter_samples, sample_key
 
 
 @pytest.mark.parametrize("layout, text, problem", [
@@ -102,7 +102,7 @@ def test_hostile_ids_paths_and_captions(synth_small, tmp_path, monkeypatch):
     assert not (d / "out" / "build.json").exists() and not list((d / "out" / "shards").glob("manifest-*"))
     # the train shards: one sample per id, keys reversible and distinct, member names flat
     shards = sorted((d / "out" / "shards").glob("train-*.tar"))
-    metas = {s["key"]: s["json"]["clip_id"] for p in shards for s in iter_samples(p)}
+    metas = {s["__key__"]: json.loads(s["json"])["clip_id"] for p in shards for s in wds.WebDataset(str(p), shardshuffle=False)}
     assert metas == {sample_key(c): c for c in HOSTILE_IDS}
     assert sample_key("clip.1") == "clip%2E1" and sample_key("../up/vidcap-evil") == "%2E%2E%2Fup%2Fvidcap-evil"
     keys = {s["__key__"] for p in shards for s in wds.WebDataset(str(p), shardshuffle=False)}

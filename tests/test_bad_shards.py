@@ -22,9 +22,15 @@ import pytest
 from conftest import SMALL_BUILD, copy_build, one_line_error, tool
 from PIL import Image
 
-from pipeline.shards import ShardError, read_metadata, shard_urls
+from evalkit.layout import Build
+from evalkit.shards import ShardError
 
 SHARD = "test-000000.tar"
+
+
+def read_split(out: Path, split: str):
+    """What every reader does first: one pass over the split, each shard checked (evalkit.layout)."""
+    return Build(out).split(split)
 
 
 def members(path: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
@@ -134,7 +140,7 @@ def test_malformed_shard_is_one_error_naming_shard_key_and_problem(bad_out, kind
     items, problem = craft(kind, members(shard))
     put_shard(bad_out, SHARD, tar_bytes(items))
     with pytest.raises(ShardError) as e:
-        read_metadata(bad_out / "shards", "test")
+        read_split(bad_out, "test")
     assert str(e.value) == f"{shard}: {problem}"
     assert not Path("/tmp/vidcap-hostile.0.jpg").exists() and not (bad_out / "evil.json").exists()
     assert not (tmp_path / "evil.json").exists()
@@ -149,16 +155,16 @@ def test_truncated_gzipped_and_missing_shards(bad_out):
     put_shard(bad_out, SHARD, cut)
     with pytest.raises(ShardError, match=rf"^{shard}: sample {second.name.split('.')[0]}: truncated or not a tar file "
                                          r"\(unexpected end of data\)$"):
-        read_metadata(bad_out / "shards", "test")
+        read_split(bad_out, "test")
     put_shard(bad_out, SHARD, gzip.compress(data, mtime=0))  # transparent decompression would allow gzip bombs
     with pytest.raises(ShardError, match=rf"^{shard}: truncated or not a tar file \("):
-        read_metadata(bad_out / "shards", "test")
+        read_split(bad_out, "test")
     shard.unlink()
     with pytest.raises(ShardError, match=rf"^{shard}: missing \(listed in the manifest\)$"):
-        read_metadata(bad_out / "shards", "test")
+        read_split(bad_out, "test")
     os.mkfifo(shard)  # opening it to read would block forever
     with pytest.raises(ShardError, match=rf"^{shard}: not a regular file$"):
-        read_metadata(bad_out / "shards", "test")
+        read_split(bad_out, "test")
 
 
 def cut_at_sample_boundary(shard: Path, keep: int) -> bytes:
@@ -178,7 +184,7 @@ def test_a_shard_cut_at_a_sample_boundary_is_caught_by_the_manifest(bad_out):
     msg = (f"{shard}: 3 samples and {len(data)} bytes, but the manifest says 4 samples and {want['bytes']} bytes with "
            "another sha256 (truncated or rewritten since the build); run `pipeline build` again")
     with pytest.raises(ShardError) as e:
-        shard_urls(bad_out / "shards", "train")
+        read_split(bad_out, "train")
     assert str(e.value) == msg
     # one line, exit 2, from every command that reads shards
     r = subprocess.run([tool("pipeline"), "inspect", str(bad_out)], capture_output=True, text=True, timeout=300)
@@ -229,7 +235,7 @@ def test_a_killed_rebuild_with_other_settings_leaves_nothing_to_trust(synth_smal
     assert one_line_error(r, "pipeline inspect") == (f"{bad_out}: the build is incomplete (no build.json: killed, failed "
                                                      "or still running); run `pipeline build` again")
     with pytest.raises(ShardError, match=r"manifest-train.json: no manifest for split 'train' \(build incomplete"):
-        read_metadata(shards, "train")
+        read_split(bad_out, "train")
 
 
 def test_a_shard_error_raised_in_a_dataloader_worker_stays_one_line():
@@ -248,7 +254,8 @@ def test_a_shard_error_raised_in_a_dataloader_worker_stays_one_line():
 def test_a_broken_jpeg_body_is_one_line_from_a_dataloader_worker(bad_out):
     """A crafted shard whose JPEG headers are right but whose data is not: it passes the header
     check, fails where frames are decoded (a DataLoader worker), and still names shard and key."""
-    from train.data import DataInfo, ShardDataset, torch_loader
+    from evalkit.layout import DataInfo
+    from train.data import SplitStream, torch_loader
 
     shard = bad_out / "shards" / "train-000000.tar"
     items = members(shard)
@@ -259,7 +266,7 @@ def test_a_broken_jpeg_body_is_one_line_from_a_dataloader_worker(bad_out):
     put_shard(bad_out, shard.name, tar_bytes(items))
     info = DataInfo.load(bad_out)
     with pytest.raises(ShardError) as e:
-        for _ in torch_loader(ShardDataset(info, "train", 64, shuffle=False), 4, 1):
+        for _ in torch_loader(SplitStream(info, "train"), 64, 4, 1):
             pass
     assert re.fullmatch(rf"{shard}: sample {key}: a frame does not decode \(.+\)", str(e.value)), str(e.value)
 
@@ -269,7 +276,7 @@ def test_a_manifest_with_absurd_values_is_refused(bad_out):
     m = json.loads(mpath.read_text())
     mpath.write_text(json.dumps({**m, "frames": 10**9}))
     with pytest.raises(ShardError, match=rf"^{mpath}: not a shard manifest \(frames 1..64, size 16..1024, shards\); "):
-        read_metadata(bad_out / "shards", "test")
+        read_split(bad_out, "test")
     mpath.write_text(json.dumps({**m, "shards": [{**m["shards"][0], "name": "../../etc/passwd"}]}))
     with pytest.raises(ShardError, match=r"shards\[0\]: expected name test-NNNNNN.tar, samples, bytes, sha256"):
-        read_metadata(bad_out / "shards", "test")
+        read_split(bad_out, "test")

@@ -20,9 +20,10 @@ from pycocoevalcap.tokenizer import ptbtokenizer
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 import evalkit
-from evalkit.cider import CiderD, load_df
+from evalkit.cider import CiderD
 from evalkit.coco import ptb_tokenize
 from evalkit.errors import UserError
+from evalkit.layout import Build
 from evalkit.ngrams import document_frequencies, reference_tokens
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -102,11 +103,9 @@ def test_cider_d_matches_pycocoevalcap_on_a_random_corpus():
 
 
 def test_cider_d_loads_pipeline_document_frequencies(built_small):
-    df, n_docs = load_df(built_small / "cider_df.parquet")
+    df, n_docs = Build(built_small).cider_df()
     vocab = json.loads((built_small / "vocab.json").read_text())["itos"]
-    from pipeline.shards import read_metadata
-
-    metas = read_metadata(built_small / "shards", "train")
+    metas = Build(built_small).split("train").metas
     refs = {m["clip_id"]: [reference_tokens(c) for c in m["captions"][1:]] for m in metas}
     cands = {m["clip_id"]: _as_model_sees(reference_tokens(m["captions"][0]), vocab) for m in metas}
     cd = CiderD(vocab, refs, df, n_docs)
@@ -190,9 +189,7 @@ def test_evalkit_cli(tmp_path, built_small):
     assert "CIDEr" in r.stdout and len((tmp_path / "c.csv").read_text().splitlines()) == 4
     metrics = json.loads((tmp_path / "p.metrics.json").read_text())
     assert metrics["CIDEr"] == evalkit.score(PREDS, REFS, meteor=False)["CIDEr"]
-    from pipeline.shards import read_metadata
-
-    test_ids = [m["clip_id"] for m in read_metadata(built_small / "shards", "test")]
+    test_ids = list(Build(built_small).references("test"))
     (tmp_path / "s.json").write_text(json.dumps({i: "a red circle moves to the left" for i in test_ids}))
     r = subprocess.run([tool("evalkit"), "score", "--pred", str(tmp_path / "s.json"), "--refs", str(built_small),
                         "--no-meteor"], capture_output=True, text=True)

@@ -17,8 +17,8 @@ import pytest
 import webdataset as wds
 from conftest import SMALL_BUILD, shared_path, tool
 
-from evalkit.cider import load_df
 from evalkit.errors import UserError
+from evalkit.layout import Build
 from pipeline.adapters import load_dataset
 from pipeline.build import BuildConfig, build
 from pipeline.frames import segment_centres
@@ -54,7 +54,7 @@ def test_msrvtt_build_end_to_end(built_small, synth_small):
     assert [a["clip_count"] for a in attrs] == sorted((a["clip_count"] for a in attrs), reverse=True)
     labels = pq.read_table(built_small / "clip_attributes.parquet").to_pylist()
     assert len(labels) == len(info["videos"]) and all(r["attribute_ids"] for r in labels)
-    df, n_docs = load_df(built_small / "cider_df.parquet")
+    df, n_docs = Build(built_small).cider_df()
     assert n_docs == want["train"] and df[("<eos>",)] == n_docs
 
 
