@@ -28,13 +28,13 @@ from torch.utils.data import DataLoader, Dataset
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from evalkit.layout import DataInfo  # noqa: E402
 from model import Captioner, make_config, save_checkpoint  # noqa: E402
 from pipeline.build import BuildConfig, build  # noqa: E402
 from pipeline.frames import sample_frames  # noqa: E402
-from pipeline.shards import read_metadata  # noqa: E402
 from pipeline.synth import synthesize  # noqa: E402
 from train.config import make_train_config  # noqa: E402
-from train.data import DataInfo, ShardDataset, torch_loader  # noqa: E402
+from train.data import SplitStream, torch_loader  # noqa: E402
 from train.loop import Trainer  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def real_clip_loader(tmp: Path) -> dict:
     build(BuildConfig(dataset="json", root=str(tmp / "real.json"), out=str(tmp / "real"), size=112, shard_size=25,
                       min_count=1, progress=False))
     info = DataInfo.load(tmp / "real")
-    shard = epoch_clips_per_s(torch_loader(ShardDataset(info, "train", 112, shuffle=True), 16, 2))
+    shard = epoch_clips_per_s(torch_loader(SplitStream(info, "train", shuffle=True), 112, 16, 2))
     raw = epoch_clips_per_s(DataLoader(RawVideos([str(c) for c in clips], 112), batch_size=16, num_workers=2))
     return {"clips": len(clips), "shards_clips_per_s": round(shard, 1), "raw_decord_clips_per_s": round(raw, 1),
             "speedup": round(shard / raw, 1)}
@@ -117,8 +117,8 @@ def main() -> None:
         build(BuildConfig(dataset="msrvtt", root=str(tmp / "synth"), out=str(tmp / "data"), size=112, shard_size=64,
                           progress=False))
         info = DataInfo.load(tmp / "data")
-        paths = [m["source"] for m in read_metadata(tmp / "data" / "shards", "train")]
-        shard = epoch_clips_per_s(torch_loader(ShardDataset(info, "train", 112, shuffle=True), 32, 2))
+        paths = [m["source"] for m in info.metadata("train")]
+        shard = epoch_clips_per_s(torch_loader(SplitStream(info, "train", shuffle=True), 112, 32, 2))
         raw = epoch_clips_per_s(DataLoader(RawVideos(paths, 112), batch_size=32, num_workers=2))
         report["loader_builtin_clips"] = {"shards_clips_per_s": round(shard, 1), "raw_decord_clips_per_s": round(raw, 1),
                                           "speedup": round(shard / raw, 2)}

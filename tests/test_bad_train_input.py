@@ -232,8 +232,7 @@ def test_every_cli_shares_the_user_error_path(tmp_path, built_small):
 
 
 def test_damaged_build_outputs_are_one_line_naming_the_file(built_small, tmp_path):
-    from evalkit.cider import load_df
-    from train.data import DataInfo
+    from evalkit.layout import Build, DataInfo
 
     out = copy_build(built_small, tmp_path / "out")
     (out / "vocab.json").write_text('{"itos": ["<pad>", 1')
@@ -263,7 +262,7 @@ def test_damaged_build_outputs_are_one_line_naming_the_file(built_small, tmp_pat
         DataInfo.load(out)
     (out / "cider_df.parquet").write_bytes(b"PAR1garbage")
     with pytest.raises(UserError, match=r"cider_df.parquet: not a CIDEr-D df table written by `pipeline build`"):
-        load_df(out / "cider_df.parquet")
+        Build(out).cider_df()
 
 
 def test_resume_from_a_checkpoint_without_training_state(built_small, tmp_path, capsys):

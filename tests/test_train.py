@@ -11,9 +11,10 @@ import torch
 from conftest import tool
 
 from evalkit.errors import UserError
+from evalkit.layout import DataInfo
 from model.checkpoint import load_checkpoint
 from train.config import make_train_config
-from train.data import DataInfo, ShardDataset, torch_loader
+from train.data import SplitStream, torch_loader
 from train.loop import Trainer, run_stage
 from train.losses import rl_loss, sequence_mask
 from train.recipes import STAGES
@@ -100,8 +101,7 @@ def test_resume_continues_exactly(built_small, tmp_path):
 def test_feature_cache_is_exact(built_small, tmp_path):
     t = Trainer(cfg_for(1, built_small, tmp_path), progress=False)
     fs = t.features("val")
-    ds = ShardDataset(t.info, "val", t.image_size, shuffle=False)
-    batch = next(iter(torch_loader(ds, 64, 0)))
+    batch = next(iter(torch_loader(SplitStream(t.info, "val"), t.image_size, 64, 0)))
     t.model.eval()
     with torch.no_grad():
         direct = t.model.frame_features(batch["frames"])
@@ -111,14 +111,18 @@ def test_feature_cache_is_exact(built_small, tmp_path):
     assert len(list((tmp_path / "features").glob("val-*.pt"))) == 1
 
 
-def test_loader_splits_shards_across_workers_without_overlap(built_small):
+def test_loader_order_is_a_function_of_seed_and_epoch_whatever_the_workers(built_small):
     info = DataInfo.load(built_small)
-    ds = ShardDataset(info, "train", 32, shuffle=True, seed=5, shuffle_buffer=8)
-    one = [c for b in torch_loader(ds, 3, 0) for c in b["clip_id"]]
-    two = [c for b in torch_loader(ds, 3, 2) for c in b["clip_id"]]
-    assert sorted(one) == sorted(two) and len(set(one)) == len(one)
-    ds.set_epoch(1)
-    assert [c for b in torch_loader(ds, 3, 0) for c in b["clip_id"]] != one
+
+    def order(workers, epoch=0, skip=0):
+        stream = SplitStream(info, "train", shuffle=True, seed=5, epoch=epoch, shuffle_buffer=8)
+        return [c for b in torch_loader(stream, 32, 3, workers, skip) for c in b["clip_id"]]
+
+    one = order(0)
+    assert sorted(one) == sorted(m["clip_id"] for m in info.metadata("train")) and len(set(one)) == len(one)
+    assert order(1) == one and order(2) == one  # workers decode whole batches, in order
+    assert order(2, skip=2) == one[6:]  # a resumed epoch: the first batches skipped, the rest unchanged
+    assert order(0, epoch=1) != one
 
 
 def test_dali_cpu_loader_yields_the_default_loaders_frames(built_small):
@@ -126,10 +130,10 @@ def test_dali_cpu_loader_yields_the_default_loaders_frames(built_small):
     from train.dali_loader import DaliLoader
 
     info = DataInfo.load(built_small)
-    ref = {c: f for b in torch_loader(ShardDataset(info, "train", info.shard_size, shuffle=False), 4, 0)
+    ref = {c: f for b in torch_loader(SplitStream(info, "train"), info.frame_size, 4, 0)
            for c, f in zip(b["clip_id"], b["frames"], strict=True)}
     got = {}
-    for b in DaliLoader(info, "train", info.shard_size, batch_size=4, shuffle=False, device="cpu"):
+    for b in DaliLoader(info, "train", info.frame_size, batch_size=4, shuffle=False, device="cpu"):
         assert b["frames"].dtype == torch.uint8 and b["frames"].shape[1:] == (5, 3, 64, 64)
         got.update(zip(b["clip_id"], b["frames"], strict=True))
     assert list(got) == list(ref)

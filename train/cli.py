@@ -1,9 +1,14 @@
 """`train` console script: `train --stage N --data OUT --run RUN [key=value ...]` and
-`train eval --ckpt CKPT --data OUT [--split test] [--beam 3]`."""
+`train eval --ckpt CKPT --data OUT [--split test] [--beam 3]`.
+
+Under torchrun: ``torchrun --standalone --nproc_per_node N $(which train) -- --stage 1 --data OUT --run RUN``
+(the ``--`` keeps torchrun from reading ``--run`` as its own ``--run-path``). Exit status: 0 done,
+2 a user error (one line), 143 / 130 stopped by SIGTERM / SIGINT after saving last.pt."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from evalkit.errors import ArgumentParser, UserError, cli_errors
@@ -84,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--stage", type=int, choices=[1, 2, 3], help="the paper's stages: 1 = s2vt, 2 = rfc+, 3 = e2e")
     which.add_argument("--recipe", choices=TABLE3_ORDER, help="any recipe of the paper's Table 3 (train/recipes.py)")
-    p.add_argument("--data", required=True, help="pipeline build output directory")
+    p.add_argument("--data", required=True, help="pipeline build output: a folder, file://, http(s)://, s3://, "
+                                                 "gs:// URL or pipe:COMMAND")
     p.add_argument("--run", required=True, help="run directory (stage N writes RUN/stageN/)")
     p.add_argument("--preset", default="cpu-small", choices=["paper", "cpu-small", "tiny"])
     p.add_argument("--init", default=None, help="start from this checkpoint (default: previous stage's best.pt)")
@@ -114,14 +120,21 @@ def main(argv: list[str] | None = None) -> None:
         a = parser().parse_args(argv)
         from train.config import make_train_config
         from train.loop import run_stage
+        from train.preempt import Preempted
 
         try:
             cfg = make_train_config(a.stage if a.stage else a.recipe, a.preset, a.overrides, data=a.data, run=a.run,
                                     init=a.init, resume=a.resume or None, device=a.device, loader=a.loader)
         except ValueError as e:  # make_train_config only parses and checks the arguments
             raise UserError(str(e)) from None
-        r = run_stage(cfg, progress=not a.quiet)
-        print(f"{cfg.recipe} done: best val CIDEr {100 * r['best_val_CIDEr']:.2f}; checkpoints in {r['dir']}")
+        try:
+            r = run_stage(cfg, progress=not a.quiet)
+        except Preempted as stop:  # last.pt saved: one line (from rank 0 under torchrun), exit 128 + signal
+            if os.environ.get("RANK", "0") == "0":
+                print(f"train: {stop}", file=sys.stderr)
+            sys.exit(stop.exit_status)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{cfg.recipe} done: best val CIDEr {100 * r['best_val_CIDEr']:.2f}; checkpoints in {r['dir']}")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ class TrainConfig:
     shuffle_buffer: int = 256
     max_clips: int | None = None  # cap clips per split (smoke tests, quick looks)
     skip_bad_shards: bool = False  # leave out shards that fail their manifest check, with a warning
+    save_every: int = 100  # steps between last.pt checkpoints (0: epoch ends only); see README "Resume"
+    dist_timeout: float = 1800.0  # seconds a torchrun rank waits in a collective before giving up
     backbone_weights: str | None = None
     model_overrides: dict = field(default_factory=dict)  # e.g. model.hidden=256
 
@@ -103,6 +105,8 @@ _RANGES = {
     "num_workers": (lambda v: 0 <= v <= 64, "must be between 0 and 64"),
     "shuffle_buffer": (lambda v: v >= 1, "must be >= 1"),
     "max_clips": (lambda v: v is None or v >= 1, "must be >= 1 (or none)"),
+    "save_every": (lambda v: v >= 0, "must be >= 0 (0: at epoch ends only)"),
+    "dist_timeout": (lambda v: 10 <= v <= 86400, "must be between 10 and 86400 (seconds)"),
     "device": (lambda v: v in ("cpu", "cuda"), "must be cpu or cuda"),
     "loader": (lambda v: v in ("torch", "dali"), "must be torch or dali"),
     "reward": (lambda v: v in REWARDS, f"must be one of {', '.join(sorted(REWARDS))}"),

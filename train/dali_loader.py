@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from evalkit.errors import UserError
-from train.data import DataInfo
+from evalkit.layout import DataInfo
 
 DALI_HINT = "NVIDIA DALI is not installed: `pip install 'vidcap[dali]'` (nvidia-dali-cuda120) or use loader=torch"
 
@@ -40,11 +40,13 @@ class DaliLoader:
         if device == "cuda" and not torch.cuda.is_available():
             raise UserError("loader=dali with device=cuda, but CUDA is not available on this machine")
         self.info, self.device, self.k = info, device, info.n_frames
-        self.urls = info.urls(split)
+        if not info.build.is_local:
+            raise UserError(f"loader=dali reads local shards only; {info.root} is remote: use loader=torch")
+        self.urls = [str(info.build.store.local_path(f"shards/{r.name}")) for r in info.shards(split)]
         device_id = torch.cuda.current_device() if device == "cuda" else None
         decode_device = "mixed" if device == "cuda" else "cpu"
         exts = [f"{i}.jpg" for i in range(self.k)] + ["json"]
-        resize = image_size != info.shard_size
+        resize = image_size != info.frame_size
 
         @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=device_id, seed=seed,
                       prefetch_queue_depth=2)

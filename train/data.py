@@ -1,103 +1,180 @@
-"""Streaming the pipeline's shards into training batches (the default, CPU loader).
+"""Streaming the pipeline's shards into training batches (the default, CPU-decoding loader).
 
-Shards are read sequentially as plain tars; samples are shuffled through a buffer whose order is
-a pure function of (seed, epoch), so a resumed run sees exactly the batches an uninterrupted run
-would. Work is split across DataLoader workers and distributed ranks by shard, or by sample when
-there are fewer shards than readers. JPEGs are decoded with PIL (libjpeg-turbo, DCT-domain
-downscaling via ``draft``) in the workers.
+One rank's epoch is a webdataset pipeline run in the main process, and DataLoader workers decode:
+
+  shard order (seed, epoch) -> this rank's slice -> open + verify, tar_file_expander, group_by_keys,
+  check (evalkit.shards) -> wds.shuffle (rng from seed, epoch, rank) -> wds.batched -> [skip]
+  -> DataLoader workers: JPEG decode (webdataset's Decoder, PIL with DCT-domain downscaling)
+
+Decisions, and why:
+
+- **Ranks get equal, contiguous slices of the epoch's sample sequence**, not whole shards
+  (webdataset's ``split_by_node``): with a few shards per rank, whole shards leave ranks unequal
+  by a shard (a quarter of the data with 4 shards over 2 ranks), and DDP needs every rank to run
+  the same number of steps. Each rank reads ceil(N / world) samples -- the last rank's slice wraps
+  around to the sequence's first samples, so at most world - 1 samples are seen twice per epoch --
+  and only the shards its slice touches (at most two are shared with a neighbour).
+- **Workers split batches, not shards**: the DataLoader hands each worker whole batches of raw
+  samples to decode, in order. The order is therefore a pure function of (seed, epoch, rank,
+  world) -- the same for 0, 1 or 8 workers -- and a shard is read once per rank, not once per
+  worker. Reading, verifying and shuffling are cheap next to decoding; decoding is parallel.
+- **Resuming mid-epoch** replays the pipeline and drops the first k batches before they are
+  decoded (``skip``): no step sees another batch than in the uninterrupted run.
+
+The DataLoader gets its own generator, so starting an epoch does not draw from torch's global RNG
+(which dropout and caption sampling use, and which a resume restores).
 """
 
 from __future__ import annotations
 
 import io
+import random
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
+from itertools import islice
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
+import webdataset as wds
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
+from webdataset.autodecode import Decoder
 
-from evalkit.errors import UserError
-from pipeline.shards import Expect, ShardError, iter_samples, load_manifest, read_metadata, shard_urls
-from pipeline.vocab import encode, load_vocab
-
-
-@dataclass
-class DataInfo:
-    """What the trainer needs from a `pipeline build` output besides the frames."""
-
-    root: Path
-    itos: list[str]
-    stoi: dict[str, int]
-    attributes: list[str]
-    attribute_pos: list[str]  # NOUN / VERB / ADJ of each attribute
-    labels: dict[str, list[int]]  # clip id -> attribute ids
-    n_frames: int
-    shard_size: int  # frame side in the shards
-    skip_bad_shards: bool = False  # leave out (with a warning) shards that fail their manifest check
-
-    @classmethod
-    def load(cls, root: str | Path, skip_bad_shards: bool = False) -> DataInfo:
-        root = Path(root)
-        for name in ("vocab.json", "attributes.parquet", "clip_attributes.parquet", "cider_df.parquet"):
-            if not (root / name).exists():
-                raise UserError(f"{root / name}: missing; is {root} a complete `pipeline build` output?")
-        itos = load_vocab(root / "vocab.json")["itos"]
-        attr_rows = _rows(root / "attributes.parquet", {"word": str, "pos": str})
-        n = len(attr_rows)
-        label_rows = _rows(root / "clip_attributes.parquet", {"clip_id": str, "attribute_ids": list})
-        if any(not (isinstance(a, int) and 0 <= a < n) for r in label_rows for a in r["attribute_ids"]):
-            raise UserError(f"{root / 'clip_attributes.parquet'}: attribute ids outside 0..{n - 1}; rebuild with "
-                            "`pipeline build`")
-        labels = {r["clip_id"]: r["attribute_ids"] for r in label_rows}
-        manifest = load_manifest(root / "shards", "train")
-        return cls(root, itos, {w: i for i, w in enumerate(itos)}, [r["word"] for r in attr_rows],
-                   [r["pos"] for r in attr_rows], labels, manifest["frames"], manifest["size"], skip_bad_shards)
-
-    def urls(self, split: str) -> list[str]:
-        """The split's shards, each checked against its manifest (once per process)."""
-        return shard_urls(self.root / "shards", split, self.skip_bad_shards)
-
-    def metadata(self, split: str) -> list[dict]:
-        """Every sample's json of the split (from the same checked shards)."""
-        return read_metadata(self.root / "shards", split, self.skip_bad_shards)
-
-    @property
-    def expect(self) -> Expect:
-        return Expect(self.n_frames, self.shard_size)
-
-    def attr_vector(self, clip_id: str) -> np.ndarray:
-        v = np.zeros(len(self.attributes), dtype=np.float32)
-        v[self.labels.get(clip_id, [])] = 1.0
-        return v
+from evalkit.layout import DataInfo
+from evalkit.shards import ShardError, Slice, checked_samples
+from pipeline.vocab import encode
+from train.preempt import detach_worker
 
 
-def _rows(path: Path, columns: dict[str, type]) -> list[dict]:
-    """A Parquet table of a build as rows, checked for the columns and types the trainer uses."""
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as e:  # not Parquet, or damaged: the message names the file, not pyarrow's internals
-        raise UserError(f"{path}: not a Parquet table ({type(e).__name__}); rebuild with `pipeline build`") from None
-    if not all(isinstance(r.get(c), t) for r in rows for c, t in columns.items()):
-        raise UserError(f"{path}: expected columns {', '.join(columns)}; rebuild with `pipeline build`")
-    return rows
+def rank_range(n: int, rank: int, world: int, pad: bool) -> tuple[int, int]:
+    """[start, stop) of this rank in a sequence of n samples. pad: every rank gets ceil(n / world)
+    (stop may pass n: the slice wraps around); else floor split, every sample exactly once."""
+    if pad:
+        per = -(-n // world)
+        return rank * per, (rank + 1) * per
+    return rank * n // world, (rank + 1) * n // world
+
+
+def slices_for(counts: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
+    """(shard position, first, end) pieces covering global samples [start, stop) of the shards
+    with sample `counts` in order; positions past the total wrap around to the beginning."""
+    total = sum(counts)
+    out: list[tuple[int, int, int]] = []
+    pos = start
+    while pos < stop and total:
+        g, base = pos % total, 0
+        for i, c in enumerate(counts):
+            if g < base + c:
+                take = min(c - (g - base), stop - pos)
+                out.append((i, g - base, g - base + take))
+                pos += take
+                break
+            base += c
+    return out
+
+
+class SplitStream:
+    """One rank's samples of a split for one epoch (see the module docstring)."""
+
+    def __init__(self, info: DataInfo, split: str, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                 rank: int = 0, world: int = 1, pad: bool = False, shuffle_buffer: int = 256,
+                 max_clips: int | None = None):
+        self.info, self.split, self.shuffle = info, split, shuffle
+        self.seed, self.epoch, self.rank, self.world, self.buffer = seed, epoch, rank, world, shuffle_buffer
+        refs = info.shards(split)
+        if shuffle and max_clips is None:  # with max_clips the first max_clips clips in manifest order are the ones used
+            refs = [refs[i] for i in np.random.default_rng([seed, epoch]).permutation(len(refs))]
+        counts = [r.samples for r in refs]
+        if max_clips is not None:  # cut the sequence after max_clips samples
+            kept, left = [], max_clips
+            for c in counts:
+                kept.append(min(c, left))
+                left -= kept[-1]
+            counts = kept
+        start, stop = rank_range(sum(counts), rank, world, pad)
+        self.n_samples = stop - start if sum(counts) else 0
+        self.slices = [Slice(refs[i], a, b) for i, a, b in slices_for(counts, start, stop)]
+
+    def samples(self) -> Iterator[dict]:
+        """Checked raw samples (JPEG bytes), in this epoch's order."""
+        stages: list = [lambda: checked_samples(self.slices, self.info.build.store, self.info.expect)]
+        if self.shuffle:
+            rng = random.Random(f"vidcap/{self.seed}/{self.epoch}/{self.rank}")
+            stages.append(wds.shuffle(self.buffer, initial=self.buffer, rng=rng))
+        return iter(wds.DataPipeline(*stages))
+
+    def n_batches(self, batch_size: int) -> int:
+        return -(-self.n_samples // batch_size)
+
+    def batches(self, batch_size: int, skip: int = 0) -> RawBatches:
+        return RawBatches(self, batch_size, skip)
+
+
+class RawBatches:
+    """Lists of raw samples, skipping the first `skip` batches undecoded: the DataLoader's batch
+    sampler, so the main process reads and each worker decodes whole batches."""
+
+    def __init__(self, stream: SplitStream, batch_size: int, skip: int = 0):
+        self.stream, self.batch_size, self.skip = stream, batch_size, skip
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        batches = wds.DataPipeline(self.stream.samples, wds.batched(self.batch_size, collation_fn=None, partial=True))
+        return islice(iter(batches), self.skip, None)
+
+    def __len__(self) -> int:
+        return max(0, self.stream.n_batches(self.batch_size) - self.skip)
+
+
+def decode_jpeg(data: bytes, size: int) -> np.ndarray:
+    """JPEG bytes -> (3, size, size) uint8, with PIL's DCT-domain downscaling (``draft``)."""
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (size, size))
+    img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img).transpose(2, 0, 1)
 
 
 def decode_frames(jpegs: list[bytes], size: int) -> np.ndarray:
     """JPEG bytes -> (K, 3, size, size) uint8."""
-    out = []
-    for data in jpegs:
-        img = Image.open(io.BytesIO(data))
-        img.draft("RGB", (size, size))
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        out.append(np.asarray(img).transpose(2, 0, 1))
-    return np.stack(out)
+    return np.stack([decode_jpeg(j, size) for j in jpegs])
+
+
+class FrameDecoder(Dataset):
+    """Turns one raw sample (the DataLoader's "index") into tensors, in a DataLoader worker."""
+
+    def __init__(self, info: DataInfo, image_size: int):
+        self.size, self.labels, self.n_attr = image_size, info.labels, len(info.attributes)
+        self.decoder = Decoder([wds.handle_extension("jpg", partial(decode_jpeg, size=image_size))])
+
+    def __getitem__(self, s: dict) -> dict:
+        meta = s["json"]
+        try:
+            decoded = self.decoder({f"{i}.jpg": j for i, j in enumerate(s["frames"])})
+        except Exception as e:  # a header that looked right over a broken body
+            why = e.__cause__ or e  # webdataset's DecodingError wraps the decoder's own
+            raise ShardError(f"{s['shard']}: sample {s['key']}: a frame does not decode ({why})") from None
+        frames = np.stack([decoded[f"{i}.jpg"] for i in range(len(s["frames"]))])
+        attrs = np.zeros(self.n_attr, dtype=np.float32)
+        attrs[self.labels.get(meta["clip_id"], [])] = 1.0
+        return {"clip_id": meta["clip_id"], "frames": torch.from_numpy(frames), "captions": meta["captions"],
+                "attrs": torch.from_numpy(attrs), "objects": meta.get("objects")}
+
+
+def collate(samples: list[dict]) -> dict:
+    return {"clip_id": [s["clip_id"] for s in samples], "frames": torch.stack([s["frames"] for s in samples]),
+            "captions": [s["captions"] for s in samples], "attrs": torch.stack([s["attrs"] for s in samples]),
+            "objects": [s["objects"] for s in samples]}
+
+
+def torch_loader(stream: SplitStream, image_size: int, batch_size: int, num_workers: int, skip: int = 0
+                 ) -> DataLoader:
+    """Decoded batches of `stream` (the first `skip` dropped before decoding)."""
+    return DataLoader(FrameDecoder(stream.info, image_size), batch_sampler=stream.batches(batch_size, skip),
+                      num_workers=num_workers, collate_fn=collate, prefetch_factor=4 if num_workers else None,
+                      worker_init_fn=detach_worker if num_workers else None, generator=torch.Generator(),
+                      persistent_workers=False)
 
 
 def pick_captions(captions: list[str], n: int, seed: int, epoch: int, clip_id: str) -> list[str]:
@@ -114,80 +191,3 @@ def caption_batch(captions: list[str], stoi: dict[str, int], max_len: int) -> to
     for i, x in enumerate(ids):
         out[i, : len(x)] = torch.tensor(x)
     return out
-
-
-class ShardDataset(IterableDataset):
-    def __init__(self, info: DataInfo, split: str, image_size: int, shuffle: bool, seed: int = 0,
-                 shuffle_buffer: int = 256, max_clips: int | None = None):
-        self.info, self.split, self.image_size = info, split, image_size
-        self.urls = info.urls(split)
-        self.shuffle, self.seed, self.buffer, self.max_clips = shuffle, seed, shuffle_buffer, max_clips
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _reader(self) -> tuple[int, int]:
-        w = get_worker_info()
-        wid, nw = (w.id, w.num_workers) if w else (0, 1)
-        rank, world = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return rank * nw + wid, nw * world
-
-    def _samples(self) -> Iterator[dict]:
-        """This reader's share of the raw samples. With max_clips, the cap applies to the first
-        max_clips clips in manifest order (the clips whose references the trainer loads), so shard
-        order is not shuffled and the split is by sample; the shuffle buffer still shuffles."""
-        me, readers = self._reader()
-        urls = list(self.urls)
-        if self.shuffle and self.max_clips is None:
-            urls = [urls[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(urls))]
-        by_shard = len(urls) >= readers and self.max_clips is None
-        index = 0
-        for s, url in enumerate(urls):
-            if by_shard and s % readers != me:
-                continue
-            for sample in iter_samples(url, self.info.expect):
-                if self.max_clips is not None and index >= self.max_clips:
-                    return
-                mine = by_shard or index % readers == me
-                index += 1
-                if mine:
-                    yield sample
-
-    def _decode(self, s: dict) -> dict:
-        meta = s["json"]
-        try:
-            frames = decode_frames([s["frames"][k] for k in sorted(s["frames"])], self.image_size)
-        except Exception as e:  # a header that looked right over a broken body
-            raise ShardError(f"{s['shard']}: sample {s['key']}: a frame does not decode ({e})") from None
-        return {"clip_id": meta["clip_id"], "frames": torch.from_numpy(frames), "captions": meta["captions"],
-                "attrs": torch.from_numpy(self.info.attr_vector(meta["clip_id"])), "objects": meta.get("objects")}
-
-    def __iter__(self) -> Iterator[dict]:
-        if not self.shuffle:
-            for s in self._samples():
-                yield self._decode(s)
-            return
-        me, _ = self._reader()
-        rng = np.random.default_rng([self.seed, self.epoch, me, 7])
-        buf: list[dict] = []
-        for s in self._samples():
-            buf.append(s)
-            if len(buf) >= self.buffer:
-                yield self._decode(buf.pop(int(rng.integers(len(buf)))))
-        while buf:
-            yield self._decode(buf.pop(int(rng.integers(len(buf)))))
-
-
-def collate(samples: list[dict]) -> dict:
-    return {"clip_id": [s["clip_id"] for s in samples], "frames": torch.stack([s["frames"] for s in samples]),
-            "captions": [s["captions"] for s in samples], "attrs": torch.stack([s["attrs"] for s in samples]),
-            "objects": [s["objects"] for s in samples]}
-
-
-def torch_loader(ds: ShardDataset, batch_size: int, num_workers: int) -> DataLoader:
-    # Each worker reads whole shards (or every n-th sample), so more workers than readers is waste.
-    return DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate,
-                      persistent_workers=False, prefetch_factor=4 if num_workers else None)

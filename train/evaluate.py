@@ -16,10 +16,11 @@ from evalkit.atomic import write_json_atomic
 from evalkit.coco import Scorer, score
 from evalkit.errors import UserError
 from evalkit.grounding import attribute_map, per_clip_correct, slot_accuracy
+from evalkit.layout import DataInfo
+from evalkit.shards import checked_samples
 from model.checkpoint import load_checkpoint
-from pipeline.shards import iter_samples
 from pipeline.vocab import decode
-from train.data import DataInfo, ShardDataset, torch_loader
+from train.data import SplitStream, torch_loader
 from train.report import gallery, plot_confusion, write_scalars
 
 GROUNDED_KEYS = ("action_acc", "colour_acc", "shape_acc", "size_acc", "size_named")
@@ -34,10 +35,10 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
     model, ckpt = load_checkpoint(ckpt_path)
     info = DataInfo.load(data)
     if ckpt["vocab"] != info.itos:
-        raise UserError(f"{ckpt_path}: its vocabulary differs from {data}/vocab.json")
-    ds = ShardDataset(info, split, model.cfg.image_size, shuffle=False, max_clips=max_clips)
+        raise UserError(f"{ckpt_path}: its vocabulary differs from {info.build.url('vocab.json')}")
+    stream = SplitStream(info, split, max_clips=max_clips)
     preds, refs, objects, attr_scores, attr_labels = {}, {}, {}, [], []
-    for batch in torch_loader(ds, batch_size, 0):
+    for batch in torch_loader(stream, model.cfg.image_size, batch_size, 0):
         feats = model.frame_features(batch["frames"])
         seqs = model.greedy(feats) if beam <= 1 else model.beam(feats, beam)
         attr_scores.append(model.attribute_logits(feats).float())
@@ -66,12 +67,13 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
     write_scalars(Path(ckpt_path).parent / "tb", f"{split}_beam{beam}", metrics, step)
     correct = per_clip_correct(preds, objects)
     rows = []
-    for url in info.urls(split):
-        for s in iter_samples(url, info.expect):
-            cid = s["json"]["clip_id"]
-            if cid in preds and len(rows) < gallery_clips:
-                rows.append({"clip_id": cid, "jpegs": [s["frames"][k] for k in sorted(s["frames"])],
-                             "prediction": preds[cid], "references": refs[cid], "correct": correct.get(cid)})
+    for s in checked_samples(stream.slices, info.build.store, info.expect):
+        cid = s["json"]["clip_id"]
+        if len(rows) == gallery_clips:
+            break
+        if cid in preds:
+            rows.append({"clip_id": cid, "jpegs": s["frames"], "prediction": preds[cid], "references": refs[cid],
+                         "correct": correct.get(cid)})
     gallery(out_dir / "gallery.html", rows, metrics, f"{Path(ckpt_path).name} on {split} (beam {beam})")
     return {"metrics": metrics, "dir": str(out_dir), "clips": len(preds), "grounded": grounded,
             "per_clip": correct, "predictions": preds}

@@ -4,12 +4,20 @@ With the CNN frozen and no augmentation, a clip's pooled features are the same e
 they are computed once per split and reused: exactly equivalent to recomputing them. The cache is
 keyed by a hash of the backbone weights, the input size and the split's shard checksums, and kept
 on disk under RUN/features/ so stage 2 reuses stage 1's.
+
+Under torchrun the cache is built once, by all ranks together: each computes the features of its
+contiguous share of the split and all_gather puts them back in split order on every rank (every
+rank needs all of them: each epoch's permutation spans the whole split). Splitting beats "rank 0
+builds, the others wait at a barrier" by the number of ranks, on the one pass that costs as much
+as many cached epochs. Only rank 0 reads and writes the file, and hands a cache hit to the others,
+so RUN/ need exist on rank 0's machine only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +25,9 @@ import torch
 from tqdm import tqdm
 
 from evalkit.atomic import write_atomic
+from evalkit.layout import DataInfo
 from model.captioner import Captioner
-from pipeline.shards import load_manifest
-from train.data import DataInfo
+from train.distributed import Dist
 
 
 @dataclass
@@ -35,14 +43,15 @@ def _fingerprint(model: Captioner, info: DataInfo, split: str, image_size: int, 
     for k, v in model.backbone.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    manifest = load_manifest(info.root / "shards", split)
-    used = [Path(u).name for u in info.urls(split)]  # skip_bad_shards may leave some out
+    manifest = info.build.manifest(split)
+    used = [r.name for r in info.shards(split)]  # skip_bad_shards may leave some out
     h.update(json.dumps([image_size, max_clips, [s["sha256"] for s in manifest["shards"]], used]).encode())
     return h.hexdigest()[:16]
 
 
 @torch.no_grad()
-def compute_features(model: Captioner, batches, device: torch.device, desc: str, progress: bool) -> FeatureSet:
+def compute_features(model: Captioner, batches: Iterable[dict], device: torch.device, desc: str,
+                     progress: bool) -> FeatureSet:
     was_training = model.training
     model.eval()
     ids, feats, caps, attrs = [], [], [], []
@@ -52,29 +61,49 @@ def compute_features(model: Captioner, batches, device: torch.device, desc: str,
         caps += batch["captions"]
         attrs.append(batch["attrs"])
     model.train(was_training)
+    if not feats:  # a rank whose share is empty
+        return FeatureSet([], torch.zeros(0), [], torch.zeros(0))
     return FeatureSet(ids, torch.cat(feats), caps, torch.cat(attrs))
 
 
+def _concat(parts: list[FeatureSet]) -> FeatureSet:
+    parts = [p for p in parts if p.clip_ids]
+    return FeatureSet([c for p in parts for c in p.clip_ids], torch.cat([p.feats for p in parts]),
+                      [c for p in parts for c in p.captions], torch.cat([p.attrs for p in parts]))
+
+
 def cached_features(model: Captioner, info: DataInfo, split: str, image_size: int, cache_dir: Path,
-                    make_batches, device: torch.device, max_clips: int | None, progress: bool) -> FeatureSet:
-    """Load this split's features from cache_dir, or compute (via make_batches()) and store them."""
+                    batches_for: Callable[[int, int], Iterable[dict]], dist: Dist, max_clips: int | None,
+                    progress: bool) -> FeatureSet:
+    """This split's features from cache_dir, or computed -- `batches_for(rank, world)` gives a rank's
+    share of the split, unshuffled -- and stored. Collective under torchrun (see the module docstring)."""
     path = Path(cache_dir) / f"{split}-{_fingerprint(model, info, split, image_size, max_clips)}.pt"
-    if path.exists():
+
+    def load() -> FeatureSet | None:
+        if not path.exists():
+            return None
         try:
             d = torch.load(path, weights_only=True)
             return FeatureSet(d["clip_ids"], d["feats"], d["captions"], d["attrs"])
         except Exception:  # an unreadable cache file is recomputed, never trusted
-            pass
-    fs = compute_features(model, make_batches(), device, f"features {split}", progress)
-    state = {"clip_ids": fs.clip_ids, "feats": fs.feats, "captions": fs.captions, "attrs": fs.attrs}
-    write_atomic(path, lambda f: torch.save(state, f))
+            return None
+
+    fs = dist.on_main(load)
+    if fs is not None:
+        return fs
+    mine = compute_features(model, batches_for(dist.rank, dist.world), dist.device, f"features {split}", progress)
+    fs = _concat(dist.gather(mine))
+    if dist.is_main:
+        state = {"clip_ids": fs.clip_ids, "feats": fs.feats, "captions": fs.captions, "attrs": fs.attrs}
+        write_atomic(path, lambda f: torch.save(state, f))
     return fs
 
 
-def feature_batches(fs: FeatureSet, batch_size: int, order: torch.Tensor | None = None):
-    """Batches from a FeatureSet in `order` (default: stored order), shaped like the streamed ones."""
+def feature_batches(fs: FeatureSet, batch_size: int, order: torch.Tensor | None = None, skip: int = 0):
+    """Batches from a FeatureSet in `order` (default: stored order), shaped like the streamed ones;
+    the first `skip` batches are left out (a resumed epoch)."""
     idx = order if order is not None else torch.arange(len(fs.clip_ids))
-    for i in range(0, len(idx), batch_size):
+    for i in range(skip * batch_size, len(idx), batch_size):
         sel = idx[i : i + batch_size]
         yield {"clip_id": [fs.clip_ids[j] for j in sel], "feats": fs.feats[sel],
                "captions": [fs.captions[j] for j in sel], "attrs": fs.attrs[sel]}

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 from evalkit.errors import UserError
 from evalkit.grammar import ACTIONS, COLOUR_NAMES, SHAPES
+from evalkit.layout import DataInfo
 from model.checkpoint import load_checkpoint
-from train.data import DataInfo, ShardDataset, torch_loader
+from train.data import SplitStream, torch_loader
 
 SLOT_LABELS = {"action": ACTIONS, "colour": COLOUR_NAMES, "shape": SHAPES}
 VIEWS = {
@@ -30,8 +31,7 @@ VIEWS = {
 def split_features(model, info: DataInfo, split: str, batch_size: int = 32) -> tuple[torch.Tensor, list[dict]]:
     """Pooled CNN features (N, K, D) of a split and each clip's main object."""
     feats, objects = [], []
-    ds = ShardDataset(info, split, model.cfg.image_size, shuffle=False)
-    for batch in torch_loader(ds, batch_size, 0):
+    for batch in torch_loader(SplitStream(info, split), model.cfg.image_size, batch_size, 0):
         if not all(batch["objects"]):
             raise UserError(f"{info.root}: split {split!r} has clips without ground-truth objects; "
                              "`train probe` needs the built-in dataset (pipeline synth)")

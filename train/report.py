@@ -17,17 +17,17 @@ from evalkit.atomic import write_bytes_atomic
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl and mirrors numbers to TensorBoard.
 
-    On ``--resume`` (`resume_epoch`: the epoch of the checkpoint resumed from) the records written
-    after that checkpoint -- the steps of an epoch that was interrupted, or finished without its
-    checkpoint -- are dropped first (the file is rewritten atomically), so the resumed run does not
-    log a second copy of them. Non-finite numbers are refused: NaN is not JSON.
+    On ``--resume`` from a checkpoint taken after `resume_at` = (epochs done, optimiser steps done)
+    the records written after that checkpoint -- the steps of an epoch that was interrupted, or
+    finished without its checkpoint -- are dropped first (the file is rewritten atomically), so
+    the resumed run does not log a second copy of them. Non-finite numbers are refused: NaN is not JSON.
     """
 
-    def __init__(self, run_dir: Path, resume_epoch: int | None = None):
+    def __init__(self, run_dir: Path, resume_at: tuple[int, int] | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
-        if resume_epoch is not None and self.path.exists():
-            write_bytes_atomic(self.path, records_until_epoch(self.path.read_bytes(), resume_epoch))
-        self.file = open(self.path, "a" if resume_epoch is not None else "w")
+        if resume_at is not None and self.path.exists():
+            write_bytes_atomic(self.path, records_until(self.path.read_bytes(), *resume_at))
+        self.file = open(self.path, "a" if resume_at is not None else "w")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -59,10 +59,11 @@ class MetricsLog:
             self.tb.close()
 
 
-def records_until_epoch(data: bytes, epoch: int) -> bytes:
-    """The lines of a metrics.jsonl up to and including the record of `epoch`'s end (the point a
-    checkpoint of that epoch was written); without that record, every record of a later epoch is
-    dropped. Torn or unparseable lines are dropped."""
+def records_until(data: bytes, epochs_done: int, steps_done: int) -> bytes:
+    """The lines of a metrics.jsonl that a checkpoint taken after `epochs_done` whole epochs and
+    `steps_done` optimiser steps had seen: everything up to the record of the last step it
+    includes and, when it was taken at an epoch end, that epoch's record. Step records after it,
+    and records of later epochs, are dropped; so are torn or unparseable lines."""
     kept: list[bytes] = []
     cut = None
     for line in data.splitlines(keepends=True):
@@ -73,11 +74,31 @@ def records_until_epoch(data: bytes, epoch: int) -> bytes:
         if not (line.endswith(b"\n") and isinstance(rec, dict)):
             continue  # a torn last line
         kept.append(line)
-        if rec.get("event") == "epoch" and rec.get("epoch") == epoch:
-            cut = len(kept)
-    if cut is None:
-        return b"".join(x for x in kept if not isinstance(e := json.loads(x).get("epoch"), int) or e <= epoch)
-    return b"".join(kept[:cut])
+        event, epoch, step = rec.get("event"), rec.get("epoch"), rec.get("step")
+        if (event == "step" and step == steps_done and isinstance(epoch, int) and epoch >= epochs_done) or (
+                event == "epoch" and epoch == epochs_done - 1):
+            cut = len(kept)  # the checkpoint came after this record
+    if cut is not None:
+        return b"".join(kept[:cut])
+
+    def before(line: bytes) -> bool:
+        rec = json.loads(line)
+        epoch, step = rec.get("epoch"), rec.get("step")
+        if rec.get("event") == "step":
+            return isinstance(step, int) and step <= steps_done
+        return not isinstance(epoch, int) or epoch < epochs_done
+
+    return b"".join(x for x in kept if before(x))
+
+
+class NullLog:
+    """What ranks other than 0 log: nothing (only rank 0 writes metrics.jsonl and TensorBoard)."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def plot_curves(history: list[dict], path: Path, title: str) -> None:
