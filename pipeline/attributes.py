@@ -44,30 +44,38 @@ def _load(model: str):
     return _NLP[model]
 
 
-def tag_captions(captions: list[str], model: str, batch_size: int = 512) -> list[list[tuple[str, str]]]:
-    """(word, POS) of every kept token of every caption; one Dask task per chunk of captions."""
+def tag_clips(clip_captions: list[list[str]], train: list[bool], model: str, batch_size: int = 512
+              ) -> tuple[list[str], Counter, Counter]:
+    """One Dask task of job 2, over a chunk of clips: each clip's distinct kept words (one
+    space-separated string: what its labels are made of, and all the driver keeps per clip); over
+    the chunk's training clips, the number of clips containing each word and the (word, POS) counts.
+    Kept: NOUN/VERB/ADJ tokens, alphabetic, not stop words."""
     nlp = _load(model)
-    out = []
-    for doc in nlp.pipe((normalize(c) for c in captions), batch_size=batch_size):
-        out.append([(t.text, t.pos_) for t in doc if t.pos_ in KEEP_POS and not t.is_stop and t.text.isalpha()])
-    return out
+    docs = nlp.pipe((normalize(c) for caps in clip_captions for c in caps), batch_size=batch_size)
+    words_per_clip, clip_count, pos_count = [], Counter(), Counter()
+    for caps, is_train in zip(clip_captions, train, strict=True):
+        words: set[str] = set()
+        for _ in caps:
+            for t in next(docs):
+                if t.pos_ in KEEP_POS and not t.is_stop and t.text.isalpha():
+                    words.add(t.text)
+                    if is_train:
+                        pos_count[(t.text, t.pos_)] += 1
+        words_per_clip.append(" ".join(sorted(words)))
+        if is_train:
+            clip_count.update(words)
+    return words_per_clip, clip_count, pos_count
 
 
-def rank_attributes(train_clip_tags: list[list[list[tuple[str, str]]]], top_k: int) -> list[dict]:
+def rank_attributes(clip_count: Counter, pos_count: Counter, top_k: int) -> list[dict]:
     """Top-k words by number of training clips containing them; each with its majority POS."""
-    clip_count: Counter = Counter()
-    pos_count: dict[str, Counter] = {}
-    for caps in train_clip_tags:
-        words = set()
-        for cap in caps:
-            for word, pos in cap:
-                words.add(word)
-                pos_count.setdefault(word, Counter())[pos] += 1
-        clip_count.update(words)
+    pos_of: dict[str, tuple[int, str]] = {}
+    for (word, pos), n in pos_count.items():
+        pos_of[word] = min(pos_of.get(word, (0, "~")), (-n, pos))
     ranked = sorted(clip_count.items(), key=lambda kv: (-kv[1], kv[0]))[:top_k]
-    return [{"attribute_id": i, "word": w, "pos": min(pos_count[w].items(), key=lambda kv: (-kv[1], kv[0]))[0],
-             "clip_count": n} for i, (w, n) in enumerate(ranked)]
+    return [{"attribute_id": i, "word": w, "pos": pos_of[w][1], "clip_count": n} for i, (w, n) in enumerate(ranked)]
 
 
-def clip_labels(clip_tags: list[list[tuple[str, str]]], word_to_id: dict[str, int]) -> list[int]:
-    return sorted({word_to_id[w] for cap in clip_tags for w, _ in cap if w in word_to_id})
+def clip_labels(words: str, word_to_id: dict[str, int]) -> list[int]:
+    """A clip's attribute ids from its distinct kept words (tag_clips)."""
+    return sorted({word_to_id[w] for w in words.split() if w in word_to_id})

@@ -153,27 +153,39 @@ def write_manifests(out: Path, results: list[ShardResult], cfg: BuildConfig) -> 
 
 
 def run_job2(client, clips, cfg: BuildConfig, model: str, out: Path, progress: bool) -> dict:
-    caps = [c for clip in clips for c in clip.captions]
-    owner = [i for i, clip in enumerate(clips) for _ in clip.captions]
-    chunks = [caps[i : i + CAPTIONS_PER_TAG_TASK] for i in range(0, len(caps), CAPTIONS_PER_TAG_TASK)]
-    futures = [client.submit(attr.tag_captions, ch, model, pure=False) for ch in chunks]
-    done: dict = {}
-    with tqdm(total=len(caps), desc="job 2: spaCy tagging", unit="caption", disable=not progress) as bar:
-        for fut in as_finished(client, futures, cfg.worker_timeout, "job 2 (spaCy tagging)"):
-            done[fut] = fut.result()
-            bar.update(len(done[fut]))
-    tagged = [tags for fut in futures for tags in done[fut]]
-    per_clip: list[list] = [[] for _ in clips]
-    for i, tags in zip(owner, tagged, strict=True):
-        per_clip[i].append(tags)
-    train_tags = [t for t, c in zip(per_clip, clips, strict=True) if c.split == "train"]
-    ranked = attr.rank_attributes(train_tags, cfg.attributes)
+    """spaCy over every caption, one Dask task per ~4,000 captions' worth of clips. A task returns,
+    per clip, one string of its distinct kept words, and word counts over its training clips: the
+    driver never holds per-caption tags (which grow with captions x tokens)."""
+    chunks, size = [[]], 0
+    for i, clip in enumerate(clips):
+        if size >= CAPTIONS_PER_TAG_TASK:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(i)
+        size += len(clip.captions)
+    futures = {client.submit(attr.tag_clips, [clips[i].captions for i in ch], [clips[i].split == "train" for i in ch],
+                             model, pure=False): ch for ch in chunks}
+    words: list[str] = [""] * len(clips)
+    clip_count: Counter = Counter()
+    pos_count: Counter = Counter()
+    with tqdm(total=sum(len(c.captions) for c in clips), desc="job 2: spaCy tagging", unit="caption",
+              disable=not progress) as bar:
+        for fut in as_finished(client, list(futures), cfg.worker_timeout, "job 2 (spaCy tagging)"):
+            chunk = futures[fut]
+            chunk_words, counts, pos = fut.result()
+            for i, w in zip(chunk, chunk_words, strict=True):
+                words[i] = w
+            clip_count.update(counts)
+            pos_count.update(pos)
+            fut.release()
+            bar.update(sum(len(clips[i].captions) for i in chunk))
+    ranked = attr.rank_attributes(clip_count, pos_count, cfg.attributes)
     if not ranked:
         raise UserError("no attributes found: the training captions have no nouns, verbs or adjectives")
     word_to_id = {r["word"]: r["attribute_id"] for r in ranked}
     layout.write_attributes(out, ranked, model)
     layout.write_clip_attributes(out, [c.clip_id for c in clips], [c.split for c in clips],
-                                 [attr.clip_labels(t, word_to_id) for t in per_clip])
+                                 [attr.clip_labels(w, word_to_id) for w in words])
     return {"attributes": len(ranked), "spacy_model": model, "top": [r["word"] for r in ranked[:10]]}
 
 
@@ -199,14 +211,21 @@ def build(cfg: BuildConfig) -> dict:
         raise UserError(f"{cfg.root}: no training clips with captions")
     out = Path(os.path.abspath(cfg.out))
     tasks = plan_shards(clips, cfg)
+    seconds = {"read": time.perf_counter() - t0}
     with dask_client(cfg.workers, cfg.scheduler) as client:  # reachable: only now touch OUT
         shard_dir = _prepare_out(out, cfg.overwrite, tasks)
+        t1 = time.perf_counter()
         results = run_job1(client, tasks, shard_dir, cfg.progress, cfg.worker_timeout)
+        seconds["shards"] = time.perf_counter() - t1
         failures = [f for r in results for f in r.failures]
         layout.write_failures(out, failures)
         check_splits(results, tasks, out)
+        t1 = time.perf_counter()
         job2 = run_job2(client, clips, cfg, model, out, cfg.progress)
+        seconds["attributes"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     job3 = run_job3(clips, cfg, out)
+    seconds["df_vocab"] = time.perf_counter() - t1
     write_manifests(out, results, cfg)
     elapsed = time.perf_counter() - t0
     summary = {
@@ -223,6 +242,7 @@ def build(cfg: BuildConfig) -> dict:
         "shards_written": sum(not r.skipped for r in results),
         "attributes": job2, "cider_df": job3,
         "elapsed_s": round(elapsed, 2),
+        "job_seconds": {k: round(v, 2) for k, v in seconds.items()},  # read annotations, job 1, job 2, job 3
         "clips_per_s": round(sum(r.samples for r in results) / max(elapsed, 1e-9), 2),
         "notes": data.notes,
     }

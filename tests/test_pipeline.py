@@ -237,16 +237,11 @@ def test_msvd_json_adapter_and_attributes_on_real_captions(tmp_path):
     counts = {s: sum(c.split == s for c in data.clips) for s in ("train", "val", "test")}
     assert counts == {"train": 1200, "val": 100, "test": 670}
     assert data.clips[0].clip_id == "-4wsuPCjDBc_5_15"
-    from pipeline.attributes import rank_attributes, resolve_model, tag_captions
+    from pipeline.attributes import rank_attributes, resolve_model, tag_clips
 
     train = [c for c in data.clips if c.split == "train"]
-    caps = [x for c in train for x in c.captions]
-    tags = tag_captions(caps, resolve_model(None))
-    per_clip, i = [], 0
-    for c in train:
-        per_clip.append(tags[i : i + len(c.captions)])
-        i += len(c.captions)
-    words = {a["word"]: a for a in rank_attributes(per_clip, 400)}
+    _, clip_count, pos_count = tag_clips([c.captions for c in train], [True] * len(train), resolve_model(None))
+    words = {a["word"]: a for a in rank_attributes(clip_count, pos_count, 400)}
     assert len(words) == 400
     assert {"man", "woman", "playing", "dog"} <= set(words)
     assert words["man"]["pos"] == "NOUN" and words["playing"]["pos"] == "VERB"
