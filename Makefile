@@ -46,7 +46,7 @@ lint: setup
 	$(VENV)/bin/ruff check pipeline model train evalkit tests bench
 
 bench: setup
-	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py
+	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py && $(PY) bench/checkpoint.py && $(PY) bench/ddp.py && $(PY) bench/scale.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

@@ -7,8 +7,10 @@
             (with the in-process Dask scheduler), not the workers or the decoder subprocesses.
   workers   job 1 on the 1,200 clips with 1 and with 2 Dask worker processes.
 
-Flat means: ms per clip at 4,800 over ms per clip at 300 near 1, and driver RSS growing by no more
-than the clip records (a few KB per clip). The clips are rendered once by `pipeline synth`, 1 s
+Flat means: the marginal job-1 cost of a clip (between consecutive sizes) constant, and the driver's
+peak RSS growing by no more than what one clip's annotation costs (a build pays a fixed start, so
+whole-job ms per clip falls with size). `--compare-with DIR` also builds the largest size with
+another commit's tree (`git archive COMMIT | tar -x -C DIR`) for a before/after of the driver's RSS. The clips are rendered once by `pipeline synth`, 1 s
 long by default (`--seconds`): 4,800 2-second clips take ~7 min to render on 2 cores, and job 1
 decodes the same 5 frames whatever the length. Ratios come from one run.
 
@@ -54,15 +56,20 @@ def subset(synth: Path, n: int, dst: Path) -> Path:
     return dst
 
 
-def run_build(root: Path, out: Path, workers: int) -> dict:
+def driver(root: Path, out: Path, workers: int, source: Path = REPO) -> dict:
+    """`pipeline build` in a fresh Python importing vidcap from `source`: its summary and peak RSS."""
     cfg = {"dataset": "msrvtt", "root": str(root), "out": str(out), "size": 224, "shard_size": 64,
            "workers": workers, "progress": False}
-    t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cfg)], capture_output=True, text=True, cwd=REPO,
-                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    r = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cfg)], capture_output=True, text=True, cwd=source,
+                       env={**os.environ, "PYTHONPATH": str(source)})
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
-    got = json.loads(r.stdout.strip().splitlines()[-1])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_build(root: Path, out: Path, workers: int) -> dict:
+    t0 = time.perf_counter()
+    got = driver(root, out, workers)
     s = got["summary"]
     clips = sum(v["clips_out"] for v in s["splits"].values())
     job1 = s["job_seconds"]["shards"]
@@ -72,11 +79,31 @@ def run_build(root: Path, out: Path, workers: int) -> dict:
             "driver_peak_rss_mb": round(got["maxrss_mb"], 1)}
 
 
+def ratios(runs: list[dict]) -> dict:
+    """Flatness: whole-job and marginal (between consecutive sizes) ms per clip, and RSS growth.
+
+    A build pays a fixed start (each worker's imports, a decoder subprocess per shard), so whole-job
+    ms per clip falls with size; the marginal cost -- what each further clip adds -- is the flat one."""
+    small, big = runs[0], runs[-1]
+    marginal = [round(1000 * (b["job1_s"] - a["job1_s"]) / (b["clips"] - a["clips"]), 2)
+                for a, b in zip(runs, runs[1:], strict=False)]
+    return {
+        "ms_per_clip_largest_over_smallest": round(big["job1_ms_per_clip"] / small["job1_ms_per_clip"], 2),
+        "marginal_ms_per_clip": marginal,
+        "marginal_ms_per_clip_last_over_first": round(marginal[-1] / marginal[0], 2),
+        "driver_rss_growth_kb_per_clip": [round(1024 * (b["driver_peak_rss_mb"] - a["driver_peak_rss_mb"])
+                                                / (b["clips"] - a["clips"]), 1) for a, b in zip(runs, runs[1:], strict=False)],
+        "driver_rss_largest_over_smallest": round(big["driver_peak_rss_mb"] / small["driver_peak_rss_mb"], 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="300,1200,4800")
     ap.add_argument("--seconds", type=float, default=1.0, help="clip length for synth (default 1)")
     ap.add_argument("--out", default=str(REPO / "bench" / "scale_report.json"))
+    ap.add_argument("--compare-with", default=None, help="a source tree of another commit (git archive): its "
+                    "driver's peak RSS on the largest size, for a before/after")
     a = ap.parse_args()
     sizes = sorted(int(x) for x in a.sizes.split(","))
     report: dict = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0], "synth_seconds": a.seconds,
@@ -97,13 +124,14 @@ def main() -> None:
         print(one, flush=True)
         two = runs[sizes.index(mid)]
         report["workers"] = {"one": one, "two": two, "speedup_2_over_1": round(one["job1_s"] / two["job1_s"], 2)}
-        small, big = runs[0], runs[-1]
-        report["ratios"] = {
-            "ms_per_clip_largest_over_smallest": round(big["job1_ms_per_clip"] / small["job1_ms_per_clip"], 2),
-            "driver_rss_growth_kb_per_clip": round(1024 * (big["driver_peak_rss_mb"] - small["driver_peak_rss_mb"])
-                                                   / (big["clips"] - small["clips"]), 2),
-            "driver_rss_largest_over_smallest": round(big["driver_peak_rss_mb"] / small["driver_peak_rss_mb"], 2),
-        }
+        if a.compare_with:
+            other = driver(tmp / f"sub{sizes[-1]}", tmp / "out-other", 2, Path(a.compare_with).resolve())
+            report["compare_with"] = {"source": a.compare_with, "clips": sizes[-1],
+                                      "driver_peak_rss_mb": round(other["maxrss_mb"], 1),
+                                      "elapsed_s": other["summary"]["elapsed_s"]}
+            print(report["compare_with"], flush=True)
+        report["ratios"] = ratios(runs)
+    report["load_avg_at_end"] = os.getloadavg()[0]
     Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 
