@@ -2,8 +2,8 @@
 
 With the CNN frozen and no augmentation, a clip's pooled features are the same every epoch, so
 they are computed once per split and reused: exactly equivalent to recomputing them. The cache is
-keyed by a hash of the backbone weights, the input size and the split's shard checksums, and kept
-on disk under RUN/features/ so stage 2 reuses stage 1's.
+keyed by a hash of the backbone weights, its input normalisation, the input size and the split's
+shard checksums, and kept on disk under RUN/features/ so stage 2 reuses stage 1's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from evalkit.atomic import write_atomic
-from model.captioner import Captioner
+from model.base import VideoCaptioner
 from pipeline.shards import load_manifest
 from train.data import DataInfo
 
@@ -30,19 +30,20 @@ class FeatureSet:
     attrs: torch.Tensor  # (N, A)
 
 
-def _fingerprint(model: Captioner, info: DataInfo, split: str, image_size: int, max_clips: int | None) -> str:
+def _fingerprint(model: VideoCaptioner, info: DataInfo, split: str, image_size: int, max_clips: int | None) -> str:
     h = hashlib.sha256()
     for k, v in model.backbone.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     manifest = load_manifest(info.root / "shards", split)
     used = [Path(u).name for u in info.urls(split)]  # skip_bad_shards may leave some out
-    h.update(json.dumps([image_size, max_clips, [s["sha256"] for s in manifest["shards"]], used]).encode())
+    pixels = [model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()]  # the backbone's preprocessing
+    h.update(json.dumps([image_size, pixels, max_clips, [s["sha256"] for s in manifest["shards"]], used]).encode())
     return h.hexdigest()[:16]
 
 
 @torch.no_grad()
-def compute_features(model: Captioner, batches, device: torch.device, desc: str, progress: bool) -> FeatureSet:
+def compute_features(model: VideoCaptioner, batches, device: torch.device, desc: str, progress: bool) -> FeatureSet:
     was_training = model.training
     model.eval()
     ids, feats, caps, attrs = [], [], [], []
@@ -55,7 +56,7 @@ def compute_features(model: Captioner, batches, device: torch.device, desc: str,
     return FeatureSet(ids, torch.cat(feats), caps, torch.cat(attrs))
 
 
-def cached_features(model: Captioner, info: DataInfo, split: str, image_size: int, cache_dir: Path,
+def cached_features(model: VideoCaptioner, info: DataInfo, split: str, image_size: int, cache_dir: Path,
                     make_batches, device: torch.device, max_clips: int | None, progress: bool) -> FeatureSet:
     """Load this split's features from cache_dir, or compute (via make_batches()) and store them."""
     path = Path(cache_dir) / f"{split}-{_fingerprint(model, info, split, image_size, max_clips)}.pt"

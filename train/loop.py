@@ -22,8 +22,9 @@ from evalkit.cider import load_df
 from evalkit.coco import Scorer
 from evalkit.errors import UserError
 from evalkit.grounding import slot_accuracy
-from model.captioner import Captioner, make_config
+from model.base import VideoCaptioner
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.registry import create_model, make_config
 from pipeline.vocab import MAX_LEN, decode
 from train import run_lock
 from train.config import TrainConfig
@@ -58,8 +59,9 @@ def make_batches(cfg: TrainConfig, info: DataInfo, split: str, image_size: int, 
     return torch_loader(ds, bs, cfg.num_workers)
 
 
-def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[Captioner, str | None]:
-    """A fresh model, or the one to start from (--init, else the recipe's predecessor's best.pt)."""
+def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[VideoCaptioner, str | None]:
+    """A fresh model of architecture model.arch (default s2vt), built through the registry, or the one
+    to start from (--init, else the recipe's predecessor's best.pt; its checkpoint names its architecture)."""
     init = cfg.init
     before = RECIPES[cfg.recipe].init
     if init is None and before is not None:
@@ -75,7 +77,7 @@ def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[Captioner, str | None
     overrides = {"backbone_weights": cfg.backbone_weights, "n_attributes": len(info.attributes),
                  "n_frames": info.n_frames, **cfg.model_overrides}
     try:
-        return Captioner(make_config(cfg.preset, len(info.itos), **overrides)), None
+        return create_model(make_config(cfg.preset, len(info.itos), **overrides)), None
     except (ValueError, FileNotFoundError) as e:  # the model's own checks of the settings it was given
         raise UserError(str(e)) from None
 
