@@ -37,6 +37,7 @@ from pipeline.clip_worker import DEFAULT_MEMORY_MB
 from pipeline.cluster import as_finished, check_scheduler_url, dask_client
 from pipeline.ffmpeg_check import require_ffmpeg
 from pipeline.shard_writer import ShardResult, ShardTask, build_shard
+from pipeline.shards import FORMAT_VERSION, check_format_version
 from pipeline.vocab import DEFAULT_MIN_COUNT, MAX_LEN, build_vocab
 
 CAPTIONS_PER_TAG_TASK = 4000
@@ -157,7 +158,7 @@ def write_manifests(shard_dir: Path, results: list[ShardResult], cfg: BuildConfi
     for split in SPLITS:
         rows = [r for r in results if r.split == split]
         write_json_atomic(shard_dir / f"manifest-{split}.json", {
-            "split": split, "samples": sum(r.samples for r in rows), "frames": cfg.frames, "size": cfg.size,
+            "format_version": FORMAT_VERSION, "split": split, "samples": sum(r.samples for r in rows), "frames": cfg.frames, "size": cfg.size,
             "quality": cfg.quality,
             "shards": [{"name": f"{r.name}.tar", "samples": r.samples, "sha256": r.sha256, "bytes": r.bytes}
                        for r in rows],
@@ -236,6 +237,7 @@ def build(cfg: BuildConfig) -> dict:
     write_manifests(shard_dir, results, cfg)
     elapsed = time.perf_counter() - t0
     summary = {
+        "format_version": FORMAT_VERSION,
         "config": asdict(cfg),
         "splits": {s: {"clips_in": sum(c.split == s for c in clips),
                        "clips_out": sum(r.samples for r in results if r.split == s),
@@ -284,6 +286,8 @@ def load_build(out: Path) -> dict:
                             "run `pipeline build` again")
         raise UserError(f"{out}: not a pipeline output (no build.json); run `pipeline build` first")
     build = read_json(path, "build summary")
+    if isinstance(build, dict):
+        check_format_version(build.get("format_version"), path)
     if not (isinstance(build, dict) and isinstance(build.get("config"), dict)):
         raise UserError(f"{path}: not a build summary")
     return build

@@ -16,6 +16,10 @@ shard, the sample key and the problem, or, with ``skip_bad=True`` (train: ``skip
 a warning and the shard is left out. The check reads a shard once per process (sha256 and
 structure in one sequential pass) and is cached by the file's identity, so "once per shard per run".
 Nothing is ever extracted to disk: members are read into memory one at a time.
+
+The whole output's contract -- member names, json fields and types, manifests, stats, Parquet
+schemas -- is docs/shards.md; its ``format_version`` (MAJOR.MINOR, in every manifest and in
+build.json) is checked here: a reader refuses another major version with a one-line error.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ _SHARD_NAME = re.compile(r"^(train|val|test)-\d{6}\.tar$")
 _MEMBER = re.compile(r"^([A-Za-z0-9_%-]+)\.(json|\d{1,2}\.jpg)$")
 MAX_JSON_BYTES = 4 << 20
 MAX_JPEG_BYTES = 32 << 20
+# docs/shards.md. MINOR: additions a reader may ignore; MAJOR: anything else, refused by older readers.
+FORMAT_VERSION = "1.0"
 
 
 class ShardError(UserError):
@@ -211,6 +217,19 @@ def _manifest_error(path: Path, what: str) -> ShardError:
     return ShardError(f"{path}: {what}; run `pipeline build` again")
 
 
+def check_format_version(value: object, path: Path) -> None:
+    """Refuse a build whose format major version is not ours (absent: 1.0, builds made before the field)."""
+    if value is None:
+        return
+    found = re.fullmatch(r"(\d+)\.(\d+)", value) if isinstance(value, str) else None
+    if found is None:
+        raise _manifest_error(path, f"format_version {value!r} is not MAJOR.MINOR")
+    major = FORMAT_VERSION.split(".")[0]
+    if found.group(1) != major:
+        raise ShardError(f"{path}: shard format version {value}, but this vidcap reads version {major}.x "
+                         "(docs/shards.md); rebuild with this vidcap's `pipeline build`")
+
+
 def load_manifest(shard_dir: str | Path, split: str) -> dict:
     """A split's manifest, with its schema checked (shard names are plain names inside shard_dir)."""
     path = Path(shard_dir) / f"manifest-{split}.json"
@@ -221,6 +240,8 @@ def load_manifest(shard_dir: str | Path, split: str) -> dict:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError):
         raise _manifest_error(path, "not valid JSON") from None
+    if isinstance(m, dict):
+        check_format_version(m.get("format_version"), path)
     ok = (isinstance(m, dict) and isinstance(m.get("shards"), list) and isinstance(m.get("frames"), int)
           and isinstance(m.get("size"), int) and 1 <= m["frames"] <= 64 and 16 <= m["size"] <= 1024)
     if not ok:
