@@ -43,7 +43,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline model train evalkit tests bench
+	$(VENV)/bin/ruff check pipeline model train evalkit tests bench examples
 
 bench: setup
 	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py
