@@ -4,13 +4,14 @@ when", through the console scripts: a transformer trained by `train --stage 1/2`
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tool
+from conftest import REPO, tool
 
 from model import ARCHS, load_checkpoint
 from model.decoding import BOS, EOS, PAD
@@ -102,3 +103,26 @@ def test_done_when_a_transformer_trains_and_captions_through_the_console_scripts
     assert torch.load(ckpt, weights_only=True)["config"]["arch"] == "transformer"
     r = subprocess.run([tool("caption"), str(video), "--ckpt", str(ckpt)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.startswith(f"{video}: ") and r.stdout.count("\n") == 1, (r.stdout, r.stderr)
+
+
+def test_the_architecture_comparison_runs_at_tiny_scale_and_resumes(built_small, tmp_path):
+    """bench/arch_compare.py (the README's S2VT vs transformer table) end to end on the tiny build."""
+    spec = importlib.util.spec_from_file_location("arch_compare", REPO / "bench" / "arch_compare.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--data", str(built_small), "--work", str(tmp_path / "work"), "--seeds", "1", "--preset", "tiny",
+            "--out", str(tmp_path / "report.json"), "--quiet", "num_workers=0", "epochs=1"]
+    report = bench.main(argv)
+    assert [(e["arch"], e["stage"]) for e in report["table"]] == [(a, s) for a in ("s2vt", "transformer") for s in (1, 2, 3)]
+    for e in report["table"]:
+        assert e["seeds"] == 1 and e["captioner_params"] > 0
+        assert all(0 <= e[k]["mean"] <= 1 for k in ("action_acc", "colour_acc", "shape_acc"))
+        assert e["CIDEr"]["mean"] >= 0 and e["CIDEr"]["std"] == 0.0
+    assert json.loads((tmp_path / "report.json").read_text())["table"] == report["table"]
+    table = (tmp_path / "report.md").read_text()
+    assert table.count("| s2vt (") == 3 and table.count("| transformer (") == 3
+    logs = sorted((tmp_path / "work").glob("seed0/*/stage*/metrics.jsonl"))
+    assert len(logs) == 6
+    before = [p.stat().st_mtime_ns for p in logs]
+    assert bench.main(argv)["rows"] == report["rows"]  # a re-run reads the scored stages back
+    assert [p.stat().st_mtime_ns for p in logs] == before
