@@ -46,7 +46,7 @@ lint: setup
 	$(VENV)/bin/ruff check pipeline model train evalkit tests bench examples
 
 bench: setup
-	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py
+	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py && $(PY) bench/kv_cache.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache
