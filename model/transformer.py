@@ -142,8 +142,8 @@ class TransformerCaptioner(VideoCaptioner):
         for name, m in self.named_modules():
             if name.split(".")[0] == "backbone":
                 continue
-            if isinstance(m, nn.Linear):  # projections back into the residual stream: scaled down
-                residual = name.endswith(("attn.proj", "mlp.2"))
+            if isinstance(m, nn.Linear):
+                residual = name.endswith(("attn.proj", "mlp.2"))  # back into the residual stream: scaled down
                 nn.init.normal_(m.weight, 0.0, residual_std if residual else cfg.init_std)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Embedding):
