@@ -100,7 +100,9 @@ def format_markdown(report: dict) -> str:
             v = e.get(key)
             cells.append("—" if v is None else f"{scale * v['mean']:.1f} ± {scale * v['std']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Parameters: the captioner without its CNN (the CNN is the same for both)."]
+    lines += ["", "Parameters: the captioner without its CNN (the CNN is the same for both). train min: wall-clock "
+              "minutes of the stage where it ran (features cached in stages 1-2); on a shared machine they time the "
+              "load as much as the model, so compare speed with bench/train.py and bench/kv_cache.py instead."]
     return "\n".join(lines) + "\n"
 
 
