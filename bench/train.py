@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from evalkit.layout import DataInfo  # noqa: E402
-from model import Captioner, make_config, save_checkpoint  # noqa: E402
+from model import create_model, make_config, save_checkpoint  # noqa: E402
 from pipeline.build import BuildConfig, build  # noqa: E402
 from pipeline.frames import sample_frames  # noqa: E402
 from pipeline.synth import synthesize  # noqa: E402
@@ -152,7 +152,7 @@ def main() -> None:
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                paper = Captioner(make_config("paper", len(info.itos), n_attributes=len(info.attributes)))
+                paper = create_model(make_config("paper", len(info.itos), n_attributes=len(info.attributes)))
             save_checkpoint(tmp / "paper.pt", paper, info.itos, info.attributes)
             pc = make_train_config(3, "paper", ["batch_size=2", "num_workers=0", "max_clips=4"], data=str(tmp / "data"),
                                    run=str(tmp / "run_paper"), init=str(tmp / "paper.pt"))

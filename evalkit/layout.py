@@ -49,9 +49,25 @@ SHARDS = "shards"
 # What a finished build writes besides shards; removed when a build starts, written when it ends.
 BUILD_OUTPUTS = (BUILD_JSON, FAILURES, VOCAB, ATTRIBUTES, CLIP_ATTRIBUTES, CIDER_DF)
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")  # the first four words of every vocabulary
+# The contract of this layout is docs/shards.md; its format version (MAJOR.MINOR) is in every manifest
+# and in build.json. MINOR: additions a reader may ignore; MAJOR: anything else, refused by readers.
+FORMAT_VERSION = "1.0"
 
 ATTRIBUTES_SCHEMA = pa.schema([("attribute_id", pa.int32()), ("word", pa.string()), ("pos", pa.string()),
                                ("clip_count", pa.int64())])
+
+
+def check_format_version(value: object, where: str) -> None:
+    """Refuse a build whose format major version is not ours (absent: 1.0, builds made before the field)."""
+    if value is None:
+        return
+    found = re.fullmatch(r"(\d+)\.(\d+)", value) if isinstance(value, str) else None
+    if found is None:
+        raise ShardError(f"{where}: format_version {value!r} is not MAJOR.MINOR; run `pipeline build` again")
+    major = FORMAT_VERSION.split(".")[0]
+    if found.group(1) != major:
+        raise ShardError(f"{where}: shard format version {value}, but this vidcap reads version {major}.x "
+                         "(docs/shards.md); rebuild with this vidcap's `pipeline build`")
 
 
 def shard_stem(split: str, index: int) -> str:
@@ -80,7 +96,8 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
 
 def write_manifest(out: Path, split: str, shards: list[dict], frames: int, size: int, quality: int) -> None:
     """shards: [{"name": "train-000000.tar", "samples", "sha256", "bytes"}] in order."""
-    write_json_atomic(out / manifest_rel(split), {"split": split, "samples": sum(s["samples"] for s in shards),
+    write_json_atomic(out / manifest_rel(split), {"format_version": FORMAT_VERSION, "split": split,
+                                                  "samples": sum(s["samples"] for s in shards),
                                                   "frames": frames, "size": size, "quality": quality, "shards": shards})
 
 
@@ -188,6 +205,8 @@ class Build:
                                 "running); run `pipeline build` again")
             raise UserError(f"{self.root}: not a pipeline output (no build.json); run `pipeline build` first")
         build = self._json(BUILD_JSON, "build summary")
+        if isinstance(build, dict):
+            check_format_version(build.get("format_version"), self.url(BUILD_JSON))
         if not (isinstance(build, dict) and isinstance(build.get("config"), dict)):
             raise UserError(f"{self.url(BUILD_JSON)}: not a build summary")
         return build
@@ -247,6 +266,8 @@ class Build:
             m = json.loads(self._read(rel, "manifest"))
         except (ValueError, RecursionError):
             raise ShardError(f"{url}: not valid JSON; run `pipeline build` again") from None
+        if isinstance(m, dict):
+            check_format_version(m.get("format_version"), url)
         ok = (isinstance(m, dict) and isinstance(m.get("shards"), list) and isinstance(m.get("frames"), int)
               and isinstance(m.get("size"), int) and 1 <= m["frames"] <= 64 and 16 <= m["size"] <= 1024)
         if not ok:

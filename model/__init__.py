@@ -1,8 +1,13 @@
-"""The captioner: shared CNN over K frames -> FC -> S2VT LSTMs, attribute head, decoders."""
+"""Video captioners: a shared CNN over K frames with its own preprocessing, an attribute head, and a
+registered architecture -- ``s2vt`` (the paper's) or ``transformer`` -- behind one decoder interface."""
 
 from model.backbones import BACKBONES, create_backbone
-from model.captioner import PRESETS, Captioner, ModelConfig, make_config
+from model.base import CaptionConfig, VideoCaptioner
+from model.captioner import Captioner, ModelConfig
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.registry import ARCHS, create_model, make_config, register_model
+from model.transformer import TransformerCaptioner, TransformerConfig
 
-__all__ = ["BACKBONES", "PRESETS", "Captioner", "ModelConfig", "create_backbone", "load_checkpoint",
-           "make_config", "save_checkpoint"]
+__all__ = ["ARCHS", "BACKBONES", "CaptionConfig", "Captioner", "ModelConfig", "TransformerCaptioner",
+           "TransformerConfig", "VideoCaptioner", "create_backbone", "create_model", "load_checkpoint", "make_config",
+           "register_model", "save_checkpoint"]

@@ -1,5 +1,7 @@
-"""Checkpoints hold the model config, the vocabulary, the attribute words and the weights as plain
-types and tensors, so loading uses ``torch.load(weights_only=True)`` and never unpickles code.
+"""Checkpoints hold the model config (its architecture, sizes and the backbone's preprocessing), the
+vocabulary, the attribute words and the weights as plain types and tensors, so loading uses
+``torch.load(weights_only=True)`` and never unpickles code; the model is rebuilt through the
+architecture registry (``model.registry.create_model``).
 
 A file that is not such a checkpoint -- a pickle with code in it, a truncated file, another
 program's torch file, a text file -- is a CheckpointError naming the file and what is wrong with
@@ -19,7 +21,8 @@ from typing import BinaryIO
 
 import torch
 
-from model.captioner import Captioner, ModelConfig
+from model.base import VideoCaptioner
+from model.registry import ARCHS, create_model, upgrade_config
 
 CHECKPOINT_KEYS = ("config", "vocab", "attributes", "model", "extra")
 
@@ -28,7 +31,7 @@ class CheckpointError(Exception):
     """A missing or unusable checkpoint file; the message names it."""
 
 
-def save_checkpoint(target: str | Path | BinaryIO, model: Captioner, vocab: list[str], attributes: list[str],
+def save_checkpoint(target: str | Path | BinaryIO, model: VideoCaptioner, vocab: list[str], attributes: list[str],
                     extra: dict | None = None) -> None:
     """torch.save the checkpoint to `target` (a path, written in place, or a binary file object)."""
     if isinstance(target, (str, Path)):
@@ -74,27 +77,31 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
-                    pretrained_backbone: bool = False) -> tuple[Captioner, dict]:
+                    pretrained_backbone: bool = False) -> tuple[VideoCaptioner, dict]:
     """The model (weights loaded, eval mode) and the raw checkpoint dict (vocab, attributes, extra).
 
     The backbone is built without fetching pretrained weights: the checkpoint's own weights replace them.
     """
     path = Path(path)
     ckpt = read_checkpoint(path, map_location)
+    config = upgrade_config(ckpt["config"])
+    if not isinstance(config["arch"], str) or config["arch"] not in ARCHS:
+        raise CheckpointError(f"{path}: architecture {config['arch']!r} is not one this vidcap knows "
+                              f"({', '.join(sorted(ARCHS))})")
     try:
-        cfg = ModelConfig.from_dict(ckpt["config"])
-        cfg.pretrained = pretrained_backbone
+        config["pretrained"] = pretrained_backbone
         with torch.device("meta"):  # shapes first, allocating nothing: a config may claim any size
-            shapes = {k: tuple(v.shape) for k, v in Captioner(cfg).state_dict().items()}
+            shapes = {k: tuple(v.shape) for k, v in create_model(config).state_dict().items()}
         got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in ckpt["model"].items()}
         if shapes != got:
             wrong = sorted(set(shapes) ^ set(got)) or sorted(k for k in shapes if shapes[k] != got[k])
             raise CheckpointError(f"{path}: not a vidcap checkpoint: its weights do not match its model config "
                                   f"({len(wrong)} tensors differ, e.g. {wrong[0]!r})")
-        model = Captioner(cfg)
+        model = create_model(config)
         model.load_state_dict(ckpt["model"])
     except (TypeError, ValueError, KeyError, RuntimeError, AttributeError) as e:
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: its model config or weights do not fit a Captioner ({first})") from None
+        raise CheckpointError(f"{path}: its model config or weights do not fit its architecture "
+                              f"({config['arch']}: {first})") from None
     model.backbone_info = dataclasses.replace(model.backbone_info, weights=f"checkpoint {path}")
     return model.eval(), ckpt

@@ -229,6 +229,7 @@ def build(cfg: BuildConfig) -> dict:
     write_manifests(out, results, cfg)
     elapsed = time.perf_counter() - t0
     summary = {
+        "format_version": layout.FORMAT_VERSION,
         "config": asdict(cfg),
         "splits": {s: {"clips_in": sum(c.split == s for c in clips),
                        "clips_out": sum(r.samples for r in results if r.split == s),

@@ -4,7 +4,6 @@ interrupted epoch -- each one line naming the key, file or holder, nothing stale
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -20,9 +19,9 @@ from test_bad_build_input import with_file_size_limit
 
 from evalkit.atomic import write_bytes_atomic
 from evalkit.errors import UserError
-from model import BACKBONES, Captioner, make_config, save_checkpoint
-from model.captioner import ModelConfig
+from model import ARCHS, BACKBONES, Captioner, make_config, save_checkpoint
 from model.checkpoint import CheckpointError, load_checkpoint
+from model.registry import model_settings
 from train.cli import main as train_main
 from train.config import make_train_config
 from train.loop import run_stage
@@ -51,13 +50,14 @@ def train_cli(capsys, argv: list[str]) -> list[str]:
     ("skip_bad_shards=maybe", "skip_bad_shards=maybe: expected true or false"),
     ("model.backbone=resnet9000", "unknown backbone 'resnet9000'; choose from {backbones}"),
     ("model.frame_dropout=some", "model.frame_dropout='some': must be independent or shared"),
+    ("model.arch=lstm3", "model.arch=lstm3: unknown architecture; choose from {archs}"),
 ])
 def test_every_train_argument_is_checked_naming_the_key(built_small, tmp_path, capsys, override, line):
     run = tmp_path / "run"
     err = train_cli(capsys, ["--stage", "1", "--data", str(built_small), "--run", str(run), "--preset", "tiny", "--quiet",
                              override])
-    known = {"model_fields": ", ".join(sorted(f.name for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size")),
-             "backbones": str(sorted(BACKBONES))}
+    known = {"model_fields": ", ".join(sorted(model_settings())),
+             "backbones": str(sorted(BACKBONES)), "archs": ", ".join(sorted(ARCHS))}
     assert err == [f"train: error: {line.format(**known)}"]
     assert not (run / "stage1" / "metrics.jsonl").exists() and not (run / "stage1" / "config.json").exists()
 

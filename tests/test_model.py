@@ -1,4 +1,5 @@
-"""Issue 5: the captioner -- shapes, decoders, freezing, presets, real pretrained weights, checkpoints."""
+"""Issue 5: the captioner -- shapes, decoders, freezing, presets, real pretrained weights, checkpoints.
+Issue 12: the decoder tests run for every registered architecture (one decoder interface)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from model import Captioner, load_checkpoint, make_config, save_checkpoint
+from model import ARCHS, Captioner, create_model, load_checkpoint, make_config, save_checkpoint
 from model.backbones import create_backbone, lite0_weights_file, remap_lukemelas_lite0
-from model.captioner import BOS, EOS, PAD
+from model.decoding import BOS, EOS, PAD
 from train.losses import sequence_mask
 
+# Initial weights wide enough that random tiny models decode different clips differently.
+SPREAD = {"s2vt": {"init_range": 0.6}, "transformer": {"init_std": 0.5}}
 
-@pytest.fixture(scope="module")
-def tiny():
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def tiny(request):
     torch.manual_seed(0)
-    m = Captioner(make_config("tiny", 30, init_range=0.6)).double().eval()
+    arch = request.param
+    m = create_model(make_config("tiny", 30, arch=arch, **SPREAD.get(arch, {}))).double().eval()
     frames = torch.randint(0, 256, (4, 5, 3, 64, 64), dtype=torch.uint8)
     return m, m.frame_features(frames)
 
@@ -34,6 +39,33 @@ def test_shapes_and_masks(tiny):
     mask = sequence_mask(seqs)
     assert torch.all(lps[mask == 0] == 0) and torch.all(seqs[mask == 0] == PAD)
     assert torch.all((seqs == PAD) | (mask == 1))
+
+
+def _seq_logp(m, feats, seqs):
+    """Teacher-forced log-prob of each sequence (up to and including <eos>)."""
+    seqs = seqs[:, : m.cfg.max_len]
+    lp = m(feats, seqs).gather(2, seqs[..., None]).squeeze(2)
+    return torch.where(sequence_mask(seqs) > 0, lp, 0.0).sum(1)  # PAD's log-prob is -inf: masked, not multiplied
+
+
+def test_steps_give_the_teacher_forced_log_probs(tiny):
+    """encode once + one step per word (the interface every decoder uses) == the one-pass forward."""
+    m, feats = tiny
+    caps = torch.tensor([[5, 6, EOS, PAD], [7, EOS, PAD, PAD], [5, 5, 5, EOS], [9, 8, 7, EOS]])
+    forced = m(feats, caps)
+    state, words = m.encode(feats, m.cfg.max_len), torch.full((4,), BOS)
+    for t in range(caps.shape[1]):
+        logp, state = m.step(state, words, t)
+        assert torch.allclose(logp[:, 2:], forced[:, t, 2:], atol=1e-10), t
+        words = caps[:, t]
+
+
+def test_sampled_log_probs_are_the_teacher_forced_ones(tiny):
+    """Expansion to n rows per clip (reorder) keeps each row on its own clip."""
+    m, feats = tiny
+    torch.manual_seed(2)
+    seqs, lps = m.sample(feats, n=3)
+    assert torch.allclose(lps.sum(1), _seq_logp(m, feats.repeat_interleave(3, 0), seqs), atol=1e-9)
 
 
 def test_beam_one_equals_greedy(tiny):
@@ -58,13 +90,7 @@ def test_batched_beam_equals_per_clip_beam(tiny):
 
 def test_beam_finds_at_least_the_greedy_log_prob(tiny):
     m, feats = tiny
-
-    def seq_logp(seqs):
-        seqs = seqs[:, : m.cfg.max_len]
-        lp = m(feats, seqs.clamp(min=0)).gather(2, seqs.clamp(min=1)[..., None]).squeeze(2)
-        return (lp * sequence_mask(seqs)).sum(1)
-
-    assert torch.all(seq_logp(m.beam(feats, 3)) >= seq_logp(m.greedy(feats)) - 1e-9)
+    assert torch.all(_seq_logp(m, feats, m.beam(feats, 3)) >= _seq_logp(m, feats, m.greedy(feats)) - 1e-9)
 
 
 def test_sampling_is_reproducible_with_a_seed_and_encodes_once(tiny, monkeypatch):
@@ -78,12 +104,14 @@ def test_sampling_is_reproducible_with_a_seed_and_encodes_once(tiny, monkeypatch
     original = m.encode
     monkeypatch.setattr(m, "encode", lambda f, s: calls.append(f.shape[0]) or original(f, s))
     m.sample(feats, n=5)
-    assert calls == [4]  # the video is encoded once per clip, then expanded
+    m.beam(feats, 3)
+    assert calls == [4, 4]  # the video is encoded once per clip, then expanded
 
 
-def test_frozen_backbone_gets_no_gradient_and_keeps_batchnorm_statistics():
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_frozen_backbone_gets_no_gradient_and_keeps_batchnorm_statistics(arch):
     torch.manual_seed(0)
-    m = Captioner(make_config("tiny", 20))
+    m = create_model(make_config("tiny", 20, arch=arch))
     m.freeze_backbone(True)
     m.train()
     bn = next(x for x in m.backbone.modules() if isinstance(x, torch.nn.BatchNorm2d))
@@ -93,7 +121,8 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_batchnorm_statistics():
     loss = -m(feats, caps).gather(2, caps.clamp(min=1)[..., None]).mean() + m.attribute_logits(feats).sum()
     loss.backward()
     assert all(p.grad is None for p in m.backbone.parameters())
-    assert m.img_fc.weight.grad is not None and m.attr_head.weight.grad is not None
+    head = [(n, p) for n, p in m.named_parameters() if not n.startswith("backbone.")]
+    assert all(p.grad is not None for _, p in head), [n for n, p in head if p.grad is None]
     assert torch.equal(bn.running_mean, before) and not m.backbone.training
     m.freeze_backbone(False)  # stage 3 default: every weight trains, BatchNorm keeps its statistics
     m.train()
@@ -156,9 +185,10 @@ def test_unknown_backbone_and_missing_weights_file():
         create_backbone("inception_resnet_v2", weights="/nonexistent.pth")
 
 
-def test_checkpoint_round_trip_uses_weights_only(tmp_path, monkeypatch):
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_checkpoint_round_trip_uses_weights_only(arch, tmp_path, monkeypatch):
     torch.manual_seed(0)
-    m = Captioner(make_config("tiny", 30, init_range=0.6)).eval()
+    m = create_model(make_config("tiny", 30, arch=arch, **SPREAD.get(arch, {}))).eval()
     feats = m.frame_features(torch.randint(0, 256, (4, 5, 3, 64, 64), dtype=torch.uint8))
     path = tmp_path / "c.pt"
     save_checkpoint(path, m, [f"w{i}" for i in range(30)], ["a", "b"], {"epoch": 3})
@@ -167,7 +197,8 @@ def test_checkpoint_round_trip_uses_weights_only(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or original(*a, **k))
     m2, raw = load_checkpoint(path)
     assert calls == [True] and raw["extra"]["epoch"] == 3 and raw["attributes"] == ["a", "b"]
-    assert torch.equal(m2.greedy(feats), m.greedy(feats))
+    assert raw["config"]["arch"] == arch and type(m2) is type(m) and m2.cfg == m.cfg
+    assert torch.equal(m2.greedy(feats), m.greedy(feats)) and torch.equal(m2.beam(feats, 2), m.beam(feats, 2))
 
 
 def test_inception_resnet_v2_loads_weights_from_a_local_file(tmp_path):

@@ -152,17 +152,22 @@ def check_ranges(cfg: TrainConfig) -> None:
 
 # (lowest, highest) of the numeric model settings: beyond them a model cannot be built or trained here.
 _MODEL_RANGES = {"image_size": (16, 1024), "n_frames": (1, 64), "embed": (1, 65536), "hidden": (1, 65536),
-                 "dropout": (0.0, 0.99), "max_len": (2, 1000), "n_attributes": (1, 100_000), "init_range": (0.0, 10.0)}
+                 "dropout": (0.0, 0.99), "max_len": (2, 1000), "n_attributes": (1, 100_000), "init_range": (0.0, 10.0),
+                 "d_model": (1, 65536), "heads": (1, 1024), "enc_layers": (0, 64), "dec_layers": (1, 64),
+                 "ff": (1, 262_144), "init_std": (0.0, 10.0)}
 
 
 def model_override(key: str, text: str) -> object:
-    """model.KEY=VALUE, checked against the model config's fields, types and ranges."""
-    from model.captioner import ModelConfig
+    """model.KEY=VALUE, checked against the settings of the registered architectures, types and ranges
+    (a setting of another architecture than model.arch's is refused when the model is built)."""
+    from model.registry import get_arch, model_settings
 
-    types = {f.name: f.type for f in dataclasses.fields(ModelConfig) if f.name != "vocab_size"}
+    types = model_settings()
     if key not in types:
         raise ValueError(f"model.{key}: unknown model setting; known: {', '.join(sorted(types))}")
     value = coerce(f"model.{key}", text, types[key])
+    if key == "arch":
+        get_arch(value)
     lo, hi = _MODEL_RANGES.get(key, (None, None))
     if lo is not None and value is not None and not lo <= value <= hi:
         raise ValueError(f"model.{key}={text}: must be between {lo} and {hi}")

@@ -2,8 +2,8 @@
 
 With the CNN frozen and no augmentation, a clip's pooled features are the same every epoch, so
 they are computed once per split and reused: exactly equivalent to recomputing them. The cache is
-keyed by a hash of the backbone weights, the input size and the split's shard checksums, and kept
-on disk under RUN/features/ so stage 2 reuses stage 1's.
+keyed by a hash of the backbone weights, its input normalisation, the input size and the split's
+shard checksums, and kept on disk under RUN/features/ so stage 2 reuses stage 1's.
 
 Under torchrun the cache is built once, by all ranks together: each computes the features of its
 contiguous share of the split and all_gather puts them back in split order on every rank (every
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from evalkit.atomic import write_atomic
 from evalkit.layout import DataInfo
-from model.captioner import Captioner
+from model.base import VideoCaptioner
 from train.distributed import Dist
 
 
@@ -38,19 +38,20 @@ class FeatureSet:
     attrs: torch.Tensor  # (N, A)
 
 
-def _fingerprint(model: Captioner, info: DataInfo, split: str, image_size: int, max_clips: int | None) -> str:
+def _fingerprint(model: VideoCaptioner, info: DataInfo, split: str, image_size: int, max_clips: int | None) -> str:
     h = hashlib.sha256()
     for k, v in model.backbone.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     manifest = info.build.manifest(split)
     used = [r.name for r in info.shards(split)]  # skip_bad_shards may leave some out
-    h.update(json.dumps([image_size, max_clips, [s["sha256"] for s in manifest["shards"]], used]).encode())
+    pixels = [model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()]  # the backbone's preprocessing
+    h.update(json.dumps([image_size, pixels, model.cfg.pool, max_clips, [s["sha256"] for s in manifest["shards"]], used]).encode())
     return h.hexdigest()[:16]
 
 
 @torch.no_grad()
-def compute_features(model: Captioner, batches: Iterable[dict], device: torch.device, desc: str,
+def compute_features(model: VideoCaptioner, batches: Iterable[dict], device: torch.device, desc: str,
                      progress: bool) -> FeatureSet:
     was_training = model.training
     model.eval()
@@ -72,7 +73,7 @@ def _concat(parts: list[FeatureSet]) -> FeatureSet:
                       [c for p in parts for c in p.captions], torch.cat([p.attrs for p in parts]))
 
 
-def cached_features(model: Captioner, info: DataInfo, split: str, image_size: int, cache_dir: Path,
+def cached_features(model: VideoCaptioner, info: DataInfo, split: str, image_size: int, cache_dir: Path,
                     batches_for: Callable[[int, int], Iterable[dict]], dist: Dist, max_clips: int | None,
                     progress: bool) -> FeatureSet:
     """This split's features from cache_dir, or computed -- `batches_for(rank, world)` gives a rank's

@@ -34,8 +34,9 @@ from evalkit.coco import Scorer
 from evalkit.errors import UserError
 from evalkit.grounding import slot_accuracy
 from evalkit.layout import DataInfo
-from model.captioner import Captioner, ModelConfig, make_config
+from model.base import VideoCaptioner
 from model.checkpoint import load_checkpoint, save_checkpoint
+from model.registry import create_model, make_config
 from pipeline.vocab import MAX_LEN, decode
 from train import distributed, rng_state, run_lock
 from train.config import TrainConfig
@@ -66,8 +67,9 @@ def make_batches(cfg: TrainConfig, info: DataInfo, split: str, image_size: int, 
     return torch_loader(stream, image_size, bs, cfg.num_workers, skip)
 
 
-def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[Captioner, str | None]:
-    """A fresh model, or the one to start from (--init, else the recipe's predecessor's best.pt)."""
+def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[VideoCaptioner, str | None]:
+    """A fresh model of architecture model.arch (default s2vt), built through the registry, or the one
+    to start from (--init, else the recipe's predecessor's best.pt; its checkpoint names its architecture)."""
     init = cfg.init
     before = RECIPES[cfg.recipe].init
     if init is None and before is not None:
@@ -83,7 +85,7 @@ def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[Captioner, str | None
     overrides = {"backbone_weights": cfg.backbone_weights, "n_attributes": len(info.attributes),
                  "n_frames": info.n_frames, **cfg.model_overrides}
     try:
-        return Captioner(make_config(cfg.preset, len(info.itos), **overrides)), None
+        return create_model(make_config(cfg.preset, len(info.itos), **overrides)), None
     except (ValueError, FileNotFoundError) as e:  # the model's own checks of the settings it was given
         raise UserError(str(e)) from None
 
@@ -130,9 +132,7 @@ class Trainer:
         self.saved_rng: dict | None = None
         model_config, extra, self.init_from = d.on_main(self._load_model)  # rank 0: load (resume, --init) or build
         if not d.is_main:  # the weights come from rank 0 when DDP wraps the model
-            mc = ModelConfig.from_dict(model_config)
-            mc.pretrained = False
-            self.model = Captioner(mc)
+            self.model = create_model({**model_config, "pretrained": False})
         self.model.to(self.device)
         self.model.freeze_backbone(not cfg.train_cnn, bn_stats=cfg.bn_stats)
         self.image_size = self.model.cfg.image_size

@@ -1,0 +1,146 @@
+"""Benchmark: S2VT against the transformer captioner on the built-in dataset -- the same shards, the
+same trainer, the same three stages (issue 12). It need not say the transformer wins; it measures.
+
+Per seed and architecture: `train --stage 1 -> 2 -> 3` (preset cpu-small by default, its schedules
+unchanged, `model.arch=NAME` at stage 1); each stage's best checkpoint (by val CIDEr) is scored on
+the test split, greedy as in the paper's Table 3: CIDEr (pycocoevalcap) and the grounded action /
+colour / shape accuracies of the built-in dataset. The table is mean ± std over seeds, with each
+architecture's captioner parameters (CNN excluded) and training minutes.
+
+Data: --data DIR (a `pipeline build` of the built-in dataset), else a fresh one in --work
+(`pipeline synth --clips N --seed 0`, `pipeline build` at 112 px, as `make demo`). A re-run resumes:
+a scored stage's row.json is read back, a cut-off stage continues from its last.pt.
+
+Usage: python bench/arch_compare.py [--data DIR | --clips 600] [--work bench/arch_compare_work] [--seeds 3]
+       [--preset cpu-small] [--archs s2vt,transformer] [--out bench/arch_compare_report.json] [key=value ...]
+Writes --out (JSON) and the table beside it (.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from evalkit.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
+from evalkit.coco import Scorer  # noqa: E402
+from model import ARCHS  # noqa: E402
+from train.config import make_train_config  # noqa: E402
+from train.evaluate import evaluate_checkpoint  # noqa: E402
+from train.loop import run_stage  # noqa: E402
+
+# (key in the scored metrics, column title, scale)
+COLUMNS = (("CIDEr", "test CIDEr", 100), ("Bleu_4", "BLEU-4", 100), ("action_acc", "action %", 100),
+           ("colour_acc", "colour %", 100), ("shape_acc", "shape %", 100), ("train_minutes", "train min", 1))
+
+
+def built_in_data(work: Path, clips: int) -> Path:
+    """A pipeline build of a fresh built-in dataset (reused when already there)."""
+    from pipeline.build import BuildConfig, build
+    from pipeline.synth import synthesize
+
+    data = work / "data"
+    if not (data / "build.json").exists():
+        if not (work / "synth" / "videodatainfo.json").exists():
+            synthesize(work / "synth", clips=clips, seed=0, workers=2)
+        build(BuildConfig(dataset="msrvtt", root=str(work / "synth"), out=str(data), size=112, shard_size=128,
+                          workers=2))
+    return data
+
+
+def stage_row(data: str, run: Path, arch: str, stage: int, seed: int, preset: str, overrides: list[str],
+              scorer: Scorer, progress: bool) -> dict:
+    """Train one stage (or read back its scored row) and score its best checkpoint on the test split."""
+    d = run / f"stage{stage}"
+    if (d / "row.json").exists():
+        return json.loads((d / "row.json").read_text())
+    cfg = make_train_config(stage, preset, [*overrides, f"seed={seed}", f"model.arch={arch}"], data=data,
+                            run=str(run), resume=(d / "last.pt").exists() or None)
+    t0 = time.perf_counter()
+    run_stage(cfg, progress=progress)
+    minutes = (time.perf_counter() - t0) / 60
+    r = evaluate_checkpoint(str(d / "best.pt"), data, "test", beam=1, out=str(d / "eval-test-greedy"), scorer=scorer)
+    start = json.loads((d / "metrics.jsonl").read_text().splitlines()[0])
+    row = {"arch": arch, "seed": seed, "stage": stage, "train_minutes": round(minutes, 2),
+           "captioner_params": start["params"]["captioner"], **r["metrics"]}
+    write_json_atomic(d / "row.json", row)
+    return row
+
+
+def summarise(rows: list[dict], archs: list[str]) -> list[dict]:
+    out = []
+    for arch in archs:
+        for stage in (1, 2, 3):
+            runs = [r for r in rows if r["arch"] == arch and r["stage"] == stage]
+            entry = {"arch": arch, "stage": stage, "seeds": len(runs), "captioner_params": runs[0]["captioner_params"]}
+            for key, _, _ in COLUMNS:
+                values = [r[key] for r in runs if r.get(key) is not None]
+                if values:
+                    entry[key] = {"mean": statistics.fmean(values),
+                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+            out.append(entry)
+    return out
+
+
+def format_markdown(report: dict) -> str:
+    head = ["architecture", "stage", *(title for _, title, _ in COLUMNS)]
+    lines = [f"# S2VT vs transformer: preset {report['preset']}, {report['seeds']} seed(s), test split, greedy", "",
+             f"Data: `{report['data']}`; overrides: `{' '.join(report['overrides']) or 'none'}`. "
+             "Mean ± std over training seeds.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in report["table"]:
+        cells = [f"{e['arch']} ({e['captioner_params'] / 1e6:.2f} M)", str(e["stage"])]
+        for key, _, scale in COLUMNS:
+            v = e.get(key)
+            cells.append("—" if v is None else f"{scale * v['mean']:.1f} ± {scale * v['std']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Parameters: the captioner without its CNN (the CNN is the same for both). train min: wall-clock "
+              "minutes of the stage where it ran (features cached in stages 1-2); on a shared machine they time the "
+              "load as much as the model, so compare speed with bench/train.py and bench/kv_cache.py instead."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=None, help="a pipeline build of the built-in dataset (default: make one)")
+    p.add_argument("--clips", type=int, default=600, help="clips of the fresh built-in dataset (without --data)")
+    p.add_argument("--work", default=str(REPO / "bench" / "arch_compare_work"), help="runs (and data) go here")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--preset", default="cpu-small")
+    p.add_argument("--archs", default="s2vt,transformer")
+    p.add_argument("--out", default=str(REPO / "bench" / "arch_compare_report.json"))
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value for every stage of every run (e.g. max_clips=100)")
+    a = p.parse_args(argv)
+    archs = a.archs.split(",")
+    unknown = [x for x in archs if x not in ARCHS]
+    if unknown:
+        p.error(f"--archs: unknown {', '.join(unknown)}; choose from {', '.join(sorted(ARCHS))}")
+    make_train_config(1, a.preset, a.overrides)  # bad overrides fail now, not after an hour of training
+    work = Path(a.work)
+    data = str(Path(a.data) if a.data else built_in_data(work, a.clips))
+    rows = []
+    with Scorer(meteor=False) as scorer:
+        for seed in range(a.seeds):
+            for arch in archs:
+                for stage in (1, 2, 3):
+                    if not a.quiet:
+                        print(f"== seed {seed}, {arch}, stage {stage} ==", flush=True)
+                    rows.append(stage_row(data, work / f"seed{seed}" / arch, arch, stage, seed, a.preset,
+                                          a.overrides, scorer, not a.quiet))
+    report = {"data": data, "preset": a.preset, "seeds": a.seeds, "archs": archs, "overrides": a.overrides,
+              "table": summarise(rows, archs), "rows": rows}
+    write_json_atomic(Path(a.out), report)
+    write_bytes_atomic(Path(a.out).with_suffix(".md"), format_markdown(report).encode())
+    print(format_markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

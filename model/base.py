@@ -1,0 +1,180 @@
+"""What every caption architecture shares, so that the trainer, the feature cache, ``train eval``,
+``caption`` and the probes never need to know which one they hold:
+
+- the CNN over the K frames of a clip, with its backbone's own preprocessing (mean, std and input
+  size from its pretrained config, stored in the model config and so in every checkpoint);
+  ``frame_features`` is the one place where pixels are normalised;
+- freezing (stages 1-2) and BatchNorm handling when the CNN trains (stage 3);
+- optional standardisation of the pooled features (``feature_norm``) and the attribute head's
+  input (temporal mean of the pooled features);
+- the decoders (``sample``, ``greedy``, ``beam``), written once in model/decoding.py on top of the
+  step interface each architecture implements: ``encode``, ``step``, ``reorder``; plus ``forward``
+  (teacher-forced log-probs) for cross-entropy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model import decoding
+from model.backbones import create_backbone
+
+POOLS = {"avg": 1, "grid": 4}  # model.pool -> feature width as a multiple of the CNN's channels
+
+
+@dataclass
+class CaptionConfig:
+    """Settings of every architecture; each architecture's config adds its own (its sizes)."""
+
+    vocab_size: int
+    arch: str = ""  # set by each architecture's config: the name it is registered under
+    backbone: str = "inception_resnet_v2"
+    backbone_weights: str | None = None
+    pretrained: bool = True
+    image_size: int | None = None  # frame side; None: the backbone's own input size
+    # The backbone's input normalisation; None: its pretrained config's (filled in when the model is
+    # built, so checkpoints carry it and decode exactly as they were trained).
+    pixel_mean: tuple[float, float, float] | None = None
+    pixel_std: tuple[float, float, float] | None = None
+    n_frames: int = 5
+    # Standardise the pooled CNN features with fixed training-set statistics before FC (the trainer
+    # sets them at the start of stage 1); an affine map the FC could learn, but fast to optimise.
+    feature_norm: bool = False
+    # How the CNN's feature map becomes a frame's features. "avg": global average (the paper's: one
+    # D-vector). "grid": the average over each cell of a 2x2 grid (4D). Global pooling throws away
+    # where things are, so a clip moving left and one moving right give nearly the same frames'
+    # features (Lite0, built-in data: a frame and its mirror image have centred cosine 0.92); a grid
+    # keeps coarse position, and motion shows as features moving between cells.
+    pool: str = "avg"
+    max_len: int = 35
+    n_attributes: int = 400
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CaptionConfig:
+        names = {f.name for f in fields(cls)}
+        out = cls(**{k: v for k, v in d.items() if k in names})
+        for key in ("pixel_mean", "pixel_std"):  # a checkpoint may hold them as lists
+            if getattr(out, key) is not None:
+                setattr(out, key, tuple(float(x) for x in getattr(out, key)))
+        return out
+
+
+class VideoCaptioner(nn.Module):
+    """Base of every architecture: CNN + preprocessing, attribute head input, freezing, decoders.
+
+    A subclass builds its layers after calling this __init__, creates ``self.attr_head`` (a Linear
+    from the CNN's feature width to n_attributes) and implements forward / encode / step / reorder.
+    """
+
+    def __init__(self, cfg: CaptionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone, self.backbone_info = create_backbone(cfg.backbone, cfg.backbone_weights, cfg.pretrained)
+        info = self.backbone_info
+        cfg.image_size = cfg.image_size or info.input_size
+        cfg.pixel_mean = tuple(cfg.pixel_mean or info.mean)
+        cfg.pixel_std = tuple(cfg.pixel_std or info.std)
+        if cfg.pool not in POOLS:
+            raise ValueError(f"model.pool={cfg.pool!r}: must be one of {', '.join(POOLS)}")
+        self.feature_dim = d = info.feature_dim * POOLS[cfg.pool]  # a frame's feature width
+        self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("feat_mean", torch.zeros(d), persistent=cfg.feature_norm)
+        self.register_buffer("feat_std", torch.ones(d), persistent=cfg.feature_norm)
+        self.backbone_frozen = False
+        self.bn_stats = False
+
+    # ---- backbone ---------------------------------------------------------------------------
+    def freeze_backbone(self, frozen: bool = True, bn_stats: bool = False) -> None:
+        """Frozen: no gradients and BatchNorm in eval mode even under model.train().
+
+        Unfrozen with bn_stats=False (the default) trains every weight but keeps BatchNorm on its
+        running statistics: 16 clips x 5 correlated frames make poor batch statistics, and
+        switching a trained captioner's CNN to them at once shifts its features (measured on the
+        built-in data: greedy CIDEr-D on training clips fell from 1.4 to 0.24 at the first step).
+        """
+        self.backbone_frozen = frozen
+        self.bn_stats = bn_stats and not frozen
+        for p in self.backbone.parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VideoCaptioner:
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        elif not self.bn_stats:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def frame_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, K, 3, H, W) uint8 or float in [0, 1] -> pooled features (B, K, D); one CNN batch of B*K."""
+        b, k = images.shape[:2]
+        x = images.flatten(0, 1)
+        dtype = self.pixel_mean.dtype
+        x = x.to(dtype).div_(255) if x.dtype == torch.uint8 else x.to(dtype)
+        x = (x - self.pixel_mean) / self.pixel_std
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            if self.cfg.pool == "grid":
+                feats = F.adaptive_avg_pool2d(self.backbone.forward_features(x), 2).flatten(1)
+            else:
+                feats = self.backbone(x)
+        return feats.view(b, k, -1)
+
+    # ---- pooled features and the attribute head -----------------------------------------------
+    def set_feature_stats(self, feats: torch.Tensor) -> None:
+        """Fix the standardisation from training features (N, K, D): per-dimension mean and std."""
+        self.feat_mean.copy_(feats.mean((0, 1)))
+        self.feat_std.copy_(feats.std((0, 1)).clamp_min(1e-4))
+
+    def _normed(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.feat_mean) / self.feat_std if self.cfg.feature_norm else feats
+
+    def attribute_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """One logit per attribute from the temporal mean of the pooled CNN features (the paper's head)."""
+        return self.attr_head(self._normed(feats).mean(1))
+
+    # ---- the step interface (each architecture) -----------------------------------------------
+    def forward(self, feats: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced log-probs (B, T, V) for targets `captions` (B, T) (ending in <eos>, PAD after)."""
+        raise NotImplementedError
+
+    def encode(self, feats: torch.Tensor, max_len: int) -> Any:
+        """The decoder state for B clips, before the first word (max_len: steps the decoder may take)."""
+        raise NotImplementedError
+
+    def step(self, state: Any, words: torch.Tensor, t: int) -> tuple[torch.Tensor, Any]:
+        """Log-probs (R, V) of word t given the previous words (R,) (<bos> at t = 0), and the next state."""
+        raise NotImplementedError
+
+    def reorder(self, state: Any, index: torch.Tensor) -> Any:
+        """The state of rows `index` (repeat rows to expand, pick rows to follow beam survivors)."""
+        raise NotImplementedError
+
+    # ---- decoders (model/decoding.py, the same for every architecture) ------------------------
+    def sample(self, feats: torch.Tensor, n: int = 1, temperature: float = 1.0, greedy: bool = False,
+               max_len: int | None = None, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        return decoding.sample(self, feats, n, temperature, greedy, max_len, generator)
+
+    def greedy(self, feats: torch.Tensor, max_len: int | None = None) -> torch.Tensor:
+        return decoding.greedy(self, feats, max_len)
+
+    def beam(self, feats: torch.Tensor, k: int = 3, max_len: int | None = None) -> torch.Tensor:
+        return decoding.beam(self, feats, k, max_len)
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+    def parameter_counts(self) -> dict[str, int]:
+        total = sum(p.numel() for p in self.parameters())
+        cnn = sum(p.numel() for p in self.backbone.parameters())
+        return {"total": total, "backbone": cnn, "captioner": total - cnn}
+
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
