@@ -135,11 +135,13 @@ def test_failed_clips_keep_the_contract(synth_small, tmp_path):
     """A shard with a clip that cannot be decoded: its stats and failure record, as failures.jsonl holds them."""
     good = {"clip_id": "clip.1", "path": str(synth_small / "videos" / "video1.mp4"), "captions": ["a b"]}
     bad = {"clip_id": "gone", "path": str(tmp_path / "gone.mp4"), "captions": ["c d"]}
-    result = build_shard(ShardTask("train-000000", "train", [good, bad], 5, 32, 90, 60.0), str(tmp_path))
-    check(json.loads((tmp_path / "train-000000_stats.json").read_text()), "stats", "stats with a failure")
+    shards = tmp_path / "shards"  # a build's OUT/shards (evalkit.layout)
+    shards.mkdir()
+    result = build_shard(ShardTask("train-000000", "train", [good, bad], 5, 32, 90, 60.0), str(shards))
+    check(json.loads((shards / "train-000000_stats.json").read_text()), "stats", "stats with a failure")
     assert len(result.failures) == 1
     check(result.failures[0], "failure", "failure record")
-    with tarfile.open(tmp_path / "train-000000.tar") as tar:
+    with tarfile.open(shards / "train-000000.tar") as tar:
         assert sorted(tar.getnames()) == [f"clip%2E1.{i}.jpg" for i in range(5)] + ["clip%2E1.json"]
 
 
