@@ -41,8 +41,7 @@ def _eval_main(argv: list[str]) -> None:
 
 
 def _probe_main(argv: list[str]) -> None:
-    import json
-
+    from evalkit.atomic import write_json_atomic
     from train.probe import format_probes, probe_checkpoint
 
     p = ArgumentParser(prog="train probe", description="linear probes of checkpoints' CNN features "
@@ -55,8 +54,7 @@ def _probe_main(argv: list[str]) -> None:
     results = {c: probe_checkpoint(c, a.data, a.split) for c in a.ckpt}
     print(format_probes(results, a.split))
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump({"split": a.split, "probes": results}, f, indent=1)
+        write_json_atomic(a.out, {"split": a.split, "probes": results})
 
 
 def _ablate_main(argv: list[str]) -> None:
