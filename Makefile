@@ -11,10 +11,12 @@ DEMO ?= demo
 
 setup: system $(STAMP)
 
-# System tools: ffmpeg always; a Java runtime only if none is present (pycocoevalcap needs one).
+# System tools: ffmpeg always; a Java runtime only if none is present (pycocoevalcap needs one);
+# Chromium and its driver for the test that drives `caption serve`'s page (Debian's packages).
 system:
 	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg; }
 	@command -v java >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq default-jre-headless; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
 # torch/torchvision first and exactly (never let pip resolve torch: it pulls several GB), then the project.
 $(STAMP): pyproject.toml constraints.txt
@@ -49,4 +51,4 @@ bench: setup
 	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py && $(PY) bench/checkpoint.py && $(PY) bench/ddp.py && $(PY) bench/scale.py && $(PY) bench/kv_cache.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .ruff_cache
+	rm -rf $(DEMO) .pytest_cache .ruff_cache test-artifacts
