@@ -65,7 +65,7 @@ def model_card(ckpt: Path, model: VideoCaptioner, raw: dict, name: str) -> str:
     stages = training_stages(ckpt, raw["extra"])
     data = data_summary(stages[-1]["dir"], stages[-1]["config"]) if stages else None
     lines = [f"# {name}", "",
-             f"A video captioner trained with [vidcap](https://arxiv.org/abs/1803.07950) (Li & Gong, WACV 2019): "
+             f"A video captioner trained with vidcap, the method of Li & Gong (WACV 2019, arXiv 1803.07950): "
              f"it reads {cfg.n_frames} frames of a clip and writes one English sentence. Architecture: "
              f"{ARCH_TEXT.get(cfg.arch, cfg.arch)}. Exported by `train export` from `{ckpt}`.", "",
              "## Use", "", "```bash",
@@ -104,7 +104,7 @@ def model_card(ckpt: Path, model: VideoCaptioner, raw: dict, name: str) -> str:
 def training_stages(ckpt: Path, extra: dict) -> list[dict]:
     """The stages that made `ckpt`, first to last: {dir, recipe, config, epochs (records)}. Followed
     through each stage's ``init_from`` as long as the run folder has it."""
-    stages, seen, where, history = [], set(), ckpt, extra.get("history")
+    stages, seen, where, history, base = [], set(), ckpt, extra.get("history"), None
     while where is not None and where.parent.resolve() not in seen and len(stages) < 20:
         stage_dir = where.parent
         seen.add(stage_dir.resolve())
@@ -117,7 +117,8 @@ def training_stages(ckpt: Path, extra: dict) -> list[dict]:
             break
         stages.insert(0, {"dir": stage_dir, "recipe": (config or {}).get("recipe"), "config": config or {},
                           "epochs": records})
-        where = _resolve(init_from, stage_dir, config) if isinstance(init_from, str) else None
+        base = _base(stage_dir.resolve().parent, str((config or {}).get("run") or "")) or base
+        where = _resolve(init_from, base) if isinstance(init_from, str) else None
     return stages
 
 
@@ -127,7 +128,7 @@ def data_summary(stage_dir: Path, config: dict) -> dict | None:
         return None
     if "://" in data or data.startswith("pipe:"):
         return {"where": data}
-    path = _resolve(data, stage_dir, config)
+    path = _resolve(data, _base(stage_dir.resolve().parent, str(config.get("run") or "")))
     try:
         return {"where": data, "path": path, "build": Build(str(path)).summary()}
     except (UserError, OSError):
@@ -215,16 +216,17 @@ def _metrics_records(path: Path) -> tuple[list[dict], str | None]:
     return [epochs[k] for k in sorted(epochs)], init_from
 
 
-def _resolve(path: str, stage_dir: Path, config: dict | None) -> Path:
-    """A path the trainer recorded (relative to the directory it ran in): where it is from here.
-    That directory is the run folder less the recorded ``run`` (``runs/x`` of ``/home/me/runs/x``)."""
+def _resolve(path: str, base: Path | None) -> Path:
+    """A path the trainer recorded, relative to the directory it ran in (`base`, see _base): where it
+    is from here. A stage folder copied from another run has no base of its own; the stage after it
+    lends its own (one training directory per run, as a rule)."""
     p = Path(path)
-    base = _base(stage_dir.resolve().parent, str((config or {}).get("run") or ""))
     return p if p.is_absolute() or base is None else base / p
 
 
 def _base(actual: Path, recorded: str) -> Path | None:
-    """The directory a recorded relative path was relative to, given where it is now."""
+    """The directory a recorded relative path was relative to, given where it is now: the run
+    folder less the recorded ``run`` (``/home/me`` for ``runs/x`` at ``/home/me/runs/x``)."""
     rel = Path(recorded)
     n = len(rel.parts)
     if n and not rel.is_absolute() and actual.parts[-n:] == rel.parts:
