@@ -116,6 +116,10 @@ def create_app(model: VideoCaptioner, raw: dict, settings: ServeSettings) -> Fas
     async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         return error(422, f"invalid request: {e.errors()[0].get('msg', 'invalid') if e.errors() else 'invalid'}")
 
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception) -> JSONResponse:  # still one JSON line; uvicorn logs the traceback
+        return error(500, f"internal error ({type(e).__name__}); the server's log has the details")
+
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
@@ -184,6 +188,8 @@ def create_app(model: VideoCaptioner, raw: dict, settings: ServeSettings) -> Fas
             raise _Refused(413, f"upload larger than the limit of {settings.max_upload_mb:g} MB") from None
         except HTTPException as e:  # starlette's multipart parser: a malformed body
             raise _Refused(400, f"malformed multipart upload: {e.detail}") from None
+        except ClientDisconnect:  # nobody is left to answer; the status is for the log
+            raise _Refused(400, "the client went away during the upload") from None
         try:
             upload = form.get("file")
             if upload is None or isinstance(upload, str):
