@@ -11,10 +11,12 @@ DEMO ?= demo
 
 setup: system $(STAMP)
 
-# System tools: ffmpeg always; a Java runtime only if none is present (pycocoevalcap needs one).
+# System tools: ffmpeg always; a Java runtime only if none is present (pycocoevalcap needs one);
+# Chromium and its driver for the test that drives `caption serve`'s page (Debian's packages).
 system:
 	@command -v ffmpeg >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq ffmpeg; }
 	@command -v java >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq default-jre-headless; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
 # torch/torchvision first and exactly (never let pip resolve torch: it pulls several GB), then the project.
 $(STAMP): pyproject.toml constraints.txt
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 # The whole system on the built-in dataset: synth -> shards -> stages 1, 2, 3 (cpu-small) -> test
-# evaluation after each stage -> caption real clips. About 12 minutes on 2 cores.
+# evaluation after each stage -> the stage-3 model folder -> caption real clips with it. About 12 minutes on 2 cores.
 DEMO_CLIPS := $(wildcard ../shared/data/videos/bikes.mp4 ../shared/data/videos/carphone_pristine.mp4)
 demo: setup
 	@test -f $(DEMO)/synth/videodatainfo.json || $(VENV)/bin/pipeline synth --out $(DEMO)/synth --clips 600 --seed 0 --overwrite
@@ -35,9 +37,11 @@ demo: setup
 	  echo "== test split after stage $$s (beam 3) =="; \
 	  $(VENV)/bin/train eval --ckpt $(DEMO)/run/stage$$s/best.pt --data $(DEMO)/data --split test --beam 3 || exit 1; \
 	done
-	$(VENV)/bin/caption $(DEMO_CLIPS) $(DEMO)/synth/videos/video599.mp4 --ckpt $(DEMO)/run/stage3/best.pt
+	$(VENV)/bin/train export --ckpt $(DEMO)/run/stage3/best.pt --out $(DEMO)/model --name demo-cpu-small --overwrite
+	$(VENV)/bin/caption $(DEMO_CLIPS) $(DEMO)/synth/videos/video599.mp4 --model $(DEMO)/model
 	@echo "demo outputs: $(DEMO)/synth (videos), $(DEMO)/data (shards, attributes, CIDEr-D df, vocabulary),"
-	@echo "  $(DEMO)/run/stage{1,2,3} (checkpoints, metrics.jsonl, curves.png, tb/, eval-test-beam3/gallery.html)"
+	@echo "  $(DEMO)/run/stage{1,2,3} (checkpoints, metrics.jsonl, curves.png, tb/, eval-test-beam3/gallery.html),"
+	@echo "  $(DEMO)/model (the stage-3 model folder and its README.md; caption serve --model $(DEMO)/model)"
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -49,4 +53,4 @@ bench: setup
 	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py && $(PY) bench/checkpoint.py && $(PY) bench/ddp.py && $(PY) bench/scale.py && $(PY) bench/kv_cache.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .ruff_cache
+	rm -rf $(DEMO) .pytest_cache .ruff_cache test-artifacts

@@ -1,5 +1,6 @@
 """Atomic file writes, the project's one helper: a crash leaves the old file or the new one, never
-half of one, and a failed write leaves no temporary file behind.
+half of one, and a failed write leaves no temporary file behind. For files that grow row by row
+(``caption --out``), :class:`LineAppender`: every row whole or absent.
 
 - The temporary file gets a unique name (``mkstemp`` in the target's folder), so two writers of the
   same path never rename each other's half-written file.
@@ -21,6 +22,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from evalkit.errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -77,3 +80,47 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+class LineAppender:
+    """Append-only JSON Lines where each row is one ``write()`` to an ``O_APPEND`` file: a row is in
+    the file whole or not at all, and a kill loses nothing written before it (rows reach the kernel
+    as they are written; no userspace buffer to lose). A row torn by a full disk or a crash in the
+    middle of a write is the file's last, newline-less line: opening cuts it off, so a re-run redoes
+    that row. ``rows`` are the complete rows already there when opened."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: list[Any] = []
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                data = f.read()
+            whole = data[: data.rfind(b"\n") + 1]
+            for n, line in enumerate(whole.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    self.rows.append(json.loads(line))
+                except ValueError:
+                    raise UserError(f"{self.path}: line {n} is not JSON; not a file this command wrote") from None
+            if len(whole) < len(data):
+                os.truncate(self.path, len(whole))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def write(self, row: Any) -> None:
+        data = (json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        try:
+            if os.write(self.fd, data) != len(data):  # a regular file writes all of it or fails (ENOSPC)
+                raise OSError(28, "No space left on device (row cut short)", str(self.path))
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> LineAppender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 
 _HEADER = struct.Struct("<Q")
@@ -119,6 +120,66 @@ class ClipDecoder:
             self.proc = None
 
     def __enter__(self) -> ClipDecoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DecoderPool:
+    """N ClipDecoders (N child processes), so clips decode in parallel with each other and with the
+    caller's model: ``caption`` keeps the decoders busy on the next clips while the CNN runs on a
+    batch, ``caption serve`` lends one decoder to each request. Each decoder keeps its timeout and
+    memory cap; a decoder is used by one thread at a time (``decode`` waits for a free one)."""
+
+    def __init__(self, n: int, frames: int, size: int, quality: int | None, timeout: float,
+                 memory_mb: int = DEFAULT_MEMORY_MB):
+        import queue
+
+        self.n = n
+        self.all = [ClipDecoder(frames, size, quality, timeout, memory_mb) for _ in range(n)]
+        self.free: queue.Queue[ClipDecoder] = queue.Queue()
+        for d in self.all:
+            self.free.put(d)
+
+    def decode(self, path: str) -> dict:
+        """As ClipDecoder.decode, on the first free decoder (blocks while all are busy)."""
+        d = self.free.get()
+        try:
+            return d.decode(path)
+        finally:
+            self.free.put(d)
+
+    def imap(self, paths: list[str], ahead: int) -> Iterator[tuple[str, dict | ClipFailed]]:
+        """(path, reply or ClipFailed) in the order of `paths`, decoding up to `ahead` clips ahead of the
+        consumer on the pool's threads (one per decoder)."""
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(p: str) -> dict | ClipFailed:
+            try:
+                return self.decode(p)
+            except ClipFailed as e:
+                return e
+
+        with ThreadPoolExecutor(self.n, thread_name_prefix="decode") as ex:
+            todo, window = iter(paths), deque()
+            for p in todo:
+                window.append((p, ex.submit(one, p)))
+                if len(window) >= max(ahead, self.n):
+                    break
+            while window:
+                p, fut = window.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    window.append((nxt, ex.submit(one, nxt)))
+                yield p, fut.result()
+
+    def close(self) -> None:
+        for d in self.all:
+            d.close()
+
+    def __enter__(self) -> DecoderPool:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -60,3 +60,22 @@ def copy_build(src: Path, dst: Path) -> Path:
     """A private copy of a pipeline output (tests must never mutate the session fixtures)."""
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_model(built_small, tmp_path_factory) -> dict[str, Path]:
+    """A tiny S2VT trained for one epoch of stage 1 (console scripts, ~15 s) and its model folder
+    written by `train export`: {"run", "ckpt", "model"}. Its captions are poor; the tests of export,
+    `caption` and `caption serve` check behaviour, not quality."""
+    import os
+    import subprocess
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    run, model = root / "run", root / "model"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for argv in ([tool("train"), "--stage", "1", "--data", str(built_small), "--run", str(run), "--preset", "tiny",
+                  "epochs=1", "num_workers=0", "--quiet"],
+                 [tool("train"), "export", "--ckpt", str(run / "stage1" / "best.pt"), "--out", str(model)]):
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+    return {"run": run, "ckpt": run / "stage1" / "best.pt", "model": model}

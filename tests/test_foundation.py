@@ -15,7 +15,7 @@ from conftest import REPO, tool
 from pipeline.synth import ACTIONS, COLOURS, make_specs, synthesize
 
 SCRIPTS = [["pipeline"], ["pipeline", "synth"], ["pipeline", "build"], ["pipeline", "inspect"], ["evalkit"],
-           ["evalkit", "score"], ["train"], ["train", "eval"], ["caption"]]
+           ["evalkit", "score"], ["train"], ["train", "eval"], ["train", "export"], ["caption"], ["caption", "serve"]]
 
 
 @pytest.mark.parametrize("cmd", SCRIPTS, ids=" ".join)

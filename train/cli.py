@@ -1,5 +1,5 @@
 """`train` console script: `train --stage N --data OUT --run RUN [key=value ...]` and
-`train eval --ckpt CKPT --data OUT [--split test] [--beam 3]`.
+`train eval --ckpt CKPT | --model DIR --data OUT [--split test] [--beam 3]`; `train export --ckpt CKPT --out DIR`.
 
 Under torchrun: ``torchrun --standalone --nproc_per_node N $(which train) -- --stage 1 --data OUT --run RUN``
 (the ``--`` keeps torchrun from reading ``--run`` as its own ``--run-path``). Exit status: 0 done,
@@ -19,18 +19,21 @@ from train.recipes import TABLE3_ORDER
 def _eval_main(argv: list[str]) -> None:
     from train.evaluate import evaluate_checkpoint
 
-    p = ArgumentParser(prog="train eval", description="score a checkpoint on a split (all four metrics)")
-    p.add_argument("--ckpt", required=True)
+    p = ArgumentParser(prog="train eval", description="score a checkpoint or model folder on a split (all four metrics)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ckpt", help="checkpoint (e.g. RUN/stage3/best.pt)")
+    which.add_argument("--model", help="model folder (from `train export`)")
     p.add_argument("--data", required=True, help="pipeline build output")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
-    p.add_argument("--out", default=None, help="output dir (default next to the checkpoint)")
+    p.add_argument("--out", default=None, help="output dir (default next to the checkpoint, or in the model folder)")
     p.add_argument("--max-clips", type=int, default=None)
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~8 s of Java start-up)")
     a = p.parse_args(argv)
     if not 1 <= a.beam <= 100 or (a.max_clips is not None and a.max_clips < 1):
         raise UserError(f"--beam {a.beam} / --max-clips {a.max_clips}: must be 1..100 / >= 1")
-    r = evaluate_checkpoint(a.ckpt, a.data, a.split, a.beam, a.out, max_clips=a.max_clips, meteor=not a.no_meteor)
+    r = evaluate_checkpoint(a.ckpt, a.data, a.split, a.beam, a.out, max_clips=a.max_clips, meteor=not a.no_meteor,
+                            model_dir=a.model)
     from evalkit.cli import format_table
     from train.evaluate import format_grounded
 
@@ -38,6 +41,20 @@ def _eval_main(argv: list[str]) -> None:
     if format_grounded(r["metrics"]):
         print(format_grounded(r["metrics"]))
     print(f"{r['clips']} clips; predictions, metrics and gallery.html in {r['dir']}")
+
+
+def _export_main(argv: list[str]) -> None:
+    from train.export import export_model
+
+    p = ArgumentParser(prog="train export", description="write a checkpoint as a model folder: config.json, "
+                       "model.safetensors, vocab.json and a model card (README.md); `caption --model DIR` reads it")
+    p.add_argument("--ckpt", required=True, help="checkpoint (e.g. RUN/stage3/best.pt)")
+    p.add_argument("--out", required=True, help="the model folder (new, empty, or a model folder with --overwrite)")
+    p.add_argument("--name", default=None, help="the model's name (default RUN-STAGE-best)")
+    p.add_argument("--overwrite", action="store_true", help="replace the model folder at --out")
+    a = p.parse_args(argv)
+    r = export_model(a.ckpt, a.out, a.name, a.overwrite)
+    print(f"{r['name']}: model folder {r['dir']} ({r['bytes'] / 1e6:.1f} MB; model card {r['dir']}/README.md)")
 
 
 def _probe_main(argv: list[str]) -> None:
@@ -81,7 +98,7 @@ def _ablate_main(argv: list[str]) -> None:
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="train", description="train the captioner: stage 1 (XE), 2 (REINFORCE+), 3 (end-to-end multitask); "
-        "or `train eval|probe|ablate --help`",
+        "or `train eval|export|probe|ablate --help`",
         epilog="key=value overrides any TrainConfig field (e.g. epochs=3 lr=1e-5 samples=4) or model field "
                "(model.hidden=256)")
     which = p.add_mutually_exclusive_group(required=True)
@@ -106,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
         if argv[:1] == ["eval"]:
             ctx.prog = "train eval"
             _eval_main(argv[1:])
+            return
+        if argv[:1] == ["export"]:
+            ctx.prog = "train export"
+            _export_main(argv[1:])
             return
         if argv[:1] == ["probe"]:
             ctx.prog = "train probe"

@@ -18,7 +18,7 @@ from evalkit.errors import UserError
 from evalkit.grounding import attribute_map, per_clip_correct, slot_accuracy
 from evalkit.layout import DataInfo
 from evalkit.shards import checked_samples
-from model.checkpoint import load_checkpoint
+from model.folder import load_model
 from pipeline.vocab import decode
 from train.data import SplitStream, torch_loader
 from train.report import gallery, plot_confusion, write_scalars
@@ -27,15 +27,18 @@ GROUNDED_KEYS = ("action_acc", "colour_acc", "shape_acc", "size_acc", "size_name
 
 
 @torch.no_grad()
-def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: int = 3, out: str | None = None,
+def evaluate_checkpoint(ckpt_path: str | None, data: str, split: str = "test", beam: int = 3, out: str | None = None,
                         batch_size: int = 16, max_clips: int | None = None, gallery_clips: int = 40,
-                        meteor: bool = True, scorer: Scorer | None = None) -> dict:
-    """Decode `split` with the checkpoint and score it; `scorer` (an open evalkit Scorer) saves the
-    METEOR start-up when many checkpoints are evaluated in a row (`train ablate`)."""
-    model, ckpt = load_checkpoint(ckpt_path)
+                        meteor: bool = True, scorer: Scorer | None = None, model_dir: str | None = None) -> dict:
+    """Decode `split` with the checkpoint (or the model folder `model_dir`) and score it; `scorer` (an
+    open evalkit Scorer) saves the METEOR start-up when many checkpoints are evaluated in a row
+    (`train ablate`). Outputs go beside the checkpoint, or into the model folder."""
+    model, ckpt = load_model(ckpt_path, model_dir)
+    source = ckpt["source"]
+    home = Path(model_dir) if model_dir else Path(source).parent
     info = DataInfo.load(data)
     if ckpt["vocab"] != info.itos:
-        raise UserError(f"{ckpt_path}: its vocabulary differs from {info.build.url('vocab.json')}")
+        raise UserError(f"{source}: its vocabulary differs from {info.build.url('vocab.json')}")
     stream = SplitStream(info, split, max_clips=max_clips)
     preds, refs, objects, attr_scores, attr_labels = {}, {}, {}, [], []
     for batch in torch_loader(stream, model.cfg.image_size, batch_size, 0):
@@ -54,17 +57,18 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
     if len(ckpt["attributes"]) == attr_labels[0].shape[1]:
         attrs = attribute_map(torch.cat(attr_scores).numpy(), torch.cat(attr_labels).numpy(), info.attribute_pos)
         metrics.update({f"attribute_{k}": v for k, v in attrs.items()})
-    out_dir = Path(out) if out else Path(ckpt_path).parent / f"eval-{split}-beam{beam}"
+    out_dir = Path(out) if out else home / f"eval-{split}-beam{beam}"
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "predictions.json", preds)
-    write_json_atomic(out_dir / "metrics.json", {"split": split, "beam": beam, "checkpoint": str(ckpt_path),
+    write_json_atomic(out_dir / "metrics.json", {"split": split, "beam": beam, "checkpoint": source,
                                                  "clips": len(preds), **metrics})
     if grounded is not None:
         write_json_atomic(out_dir / "action_confusion.json", grounded["confusion"])
         plot_confusion(grounded["confusion"], out_dir / "action_confusion.png",
-                       f"{Path(ckpt_path).parent.name}: action on {split} ({100 * grounded['action_acc']:.1f}% right)")
-    step = sum(h.get("steps", 0) for h in ckpt["extra"].get("history", []))
-    write_scalars(Path(ckpt_path).parent / "tb", f"{split}_beam{beam}", metrics, step)
+                       f"{home.name}: action on {split} ({100 * grounded['action_acc']:.1f}% right)")
+    if not model_dir:  # a run's stage folder keeps TensorBoard events; a model folder does not
+        step = sum(h.get("steps", 0) for h in ckpt["extra"].get("history", []))
+        write_scalars(home / "tb", f"{split}_beam{beam}", metrics, step)
     correct = per_clip_correct(preds, objects)
     rows = []
     for s in checked_samples(stream.slices, info.build.store, info.expect):
@@ -74,7 +78,7 @@ def evaluate_checkpoint(ckpt_path: str, data: str, split: str = "test", beam: in
         if cid in preds:
             rows.append({"clip_id": cid, "jpegs": s["frames"], "prediction": preds[cid], "references": refs[cid],
                          "correct": correct.get(cid)})
-    gallery(out_dir / "gallery.html", rows, metrics, f"{Path(ckpt_path).name} on {split} (beam {beam})")
+    gallery(out_dir / "gallery.html", rows, metrics, f"{ckpt['name']} on {split} (beam {beam})")
     return {"metrics": metrics, "dir": str(out_dir), "clips": len(preds), "grounded": grounded,
             "per_clip": correct, "predictions": preds}
 

@@ -1,0 +1,287 @@
+"""`caption serve --model DIR`: the captioner as an HTTP service (FastAPI on uvicorn) and a page.
+
+- ``GET /``: a page (plain HTML and JS, nothing fetched from elsewhere) to upload a clip and see its
+  caption beside the frames the model saw.
+- ``GET /health``: ``{"status": "ok", "model", "architecture", "busy", "capacity"}``.
+- ``POST /caption``: a multipart form with the clip in the field ``file`` -> ``{"caption",
+  "frame_times" (seconds), "model", "frames" (the sampled frames as small JPEG data URLs),
+  "seconds": {"decode", "caption"}}``.
+
+Errors are one JSON line, ``{"error": "..."}``, with a 4xx for what the client can fix: 400 an
+empty upload or no ``file`` field, 413 an upload over ``--max-upload-mb``, 415 a file with no
+video ffmpeg can decode, 422 a video that cannot be used (no frames, decoding past ``--timeout``).
+503 says the service is full: ``--workers`` requests are decoded at once (each in a decoder
+subprocess with its timeout and memory cap, pipeline.clip_worker), ``--queue`` more wait, and any
+request beyond those is refused at once instead of piling up behind them.
+
+An upload is written to a private temporary folder (created at start, removed at exit) and removed
+when its request ends, whatever happened. An over-size body is counted as it arrives and never
+stored past the limit; the rest of it is read and thrown away (up to a cap) so the client sees the
+413 instead of a reset connection. The model runs one request at a time (a lock): on a CPU, torch
+already spreads one request over every core, and two at once only contend.
+
+Binds 127.0.0.1 unless ``--host`` says otherwise: it has no authentication.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from evalkit.errors import ArgumentParser, UserError, cli_errors, one_line
+from model.base import VideoCaptioner
+from model.checkpoint import CheckpointError
+from pipeline.clip_worker import ClipFailed, DecoderPool
+from pipeline.frames import encode_jpeg
+from train.caption import caption_frames
+
+PAGE = Path(__file__).with_name("serve_page.html")
+DRAIN_CAP = 64 << 20  # bytes of an over-size body read (and dropped) so the client gets its 413
+# ClipFailed.reason -> status: what the client sent is not a usable video
+STATUS = {"empty": 400, "no_video_stream": 415, "undecodable": 415, "no_frames": 422, "timeout": 422,
+          "out_of_memory": 422, "crashed": 422, "missing": 400}
+
+
+@dataclass
+class ServeSettings:
+    max_upload_mb: float = 50.0
+    timeout: float = 30.0  # seconds to decode one upload
+    workers: int = 2  # uploads decoded at once
+    queue: int = 16  # requests waiting beyond those; more get 503
+    beam: int = 3
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Refused(Exception):
+    """A request answered with an error before (or instead of) captioning."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def create_app(model: VideoCaptioner, raw: dict, settings: ServeSettings) -> FastAPI:
+    """The FastAPI app serving `model` (loaded by model.folder.load_model; `raw` its vocab and name)."""
+    limit = int(settings.max_upload_mb * (1 << 20))
+    capacity = settings.workers + settings.queue
+    state = {"busy": 0}
+    model_lock = threading.Lock()
+    page = PAGE.read_text("utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.tmp = tempfile.mkdtemp(prefix="vidcap-serve-")
+        app.state.pool = DecoderPool(settings.workers, model.cfg.n_frames, model.cfg.image_size, None,
+                                     settings.timeout)
+        app.state.decoding = asyncio.Semaphore(settings.workers)
+        try:
+            yield
+        finally:
+            app.state.pool.close()
+            shutil.rmtree(app.state.tmp, ignore_errors=True)
+
+    app = FastAPI(title="vidcap", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        message = {404: f"no such page: {request.url.path}", 405: f"{request.method} is not allowed here"}
+        return error(e.status_code, message.get(e.status_code, str(e.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        return error(422, f"invalid request: {e.errors()[0].get('msg', 'invalid') if e.errors() else 'invalid'}")
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, e: Exception) -> JSONResponse:  # still one JSON line; uvicorn logs the traceback
+        return error(500, f"internal error ({type(e).__name__}); the server's log has the details")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": raw["name"], "architecture": model.cfg.arch, "busy": state["busy"],
+                "capacity": capacity}
+
+    @app.post("/caption")
+    async def caption(request: Request) -> JSONResponse:
+        if state["busy"] >= capacity:
+            await _drain(request, limit)
+            return error(503, f"busy: {state['busy']} requests in progress or waiting; try again shortly",
+                         {"Retry-After": "2"})
+        state["busy"] += 1
+        path = None
+        try:
+            path, name = await _receive_upload(request, request.app.state.tmp, limit)
+            async with request.app.state.decoding:
+                t0 = time.perf_counter()
+                try:
+                    reply = await run_in_threadpool(request.app.state.pool.decode, path)
+                except ClipFailed as e:
+                    why = str(e).replace(path, name)  # the client's name for it, not our temporary file's
+                    raise _Refused(STATUS.get(e.reason, 422), f"{name}: not a usable video: {why}") from None
+                t1 = time.perf_counter()
+
+                def run_model() -> str:
+                    with model_lock:
+                        return caption_frames(model, [reply["frames"]], raw["vocab"], settings.beam)[0]
+
+                text = await run_in_threadpool(run_model)
+            return JSONResponse({"caption": text, "frame_times": [round(t, 3) for t in reply["timestamps"]],
+                                 "model": raw["name"], "frames": [_data_url(f) for f in reply["frames"]],
+                                 "seconds": {"decode": round(t1 - t0, 3), "caption": round(time.perf_counter() - t1, 3)}})
+        except _Refused as e:
+            return error(e.status, str(e))
+        finally:
+            state["busy"] -= 1
+            if path is not None:
+                Path(path).unlink(missing_ok=True)
+
+    async def _receive_upload(request: Request, tmp: str, limit: int) -> tuple[str, str]:
+        """The upload's field ``file`` as a file in `tmp` (the caller removes it), and its name."""
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit + (64 << 10):
+            await _drain(request, DRAIN_CAP)
+            raise _Refused(413, f"upload of {int(length) / (1 << 20):.1f} MB; the limit is {settings.max_upload_mb:g} MB")
+        got = 0
+
+        async def counted():
+            nonlocal got
+            message = await request.receive()
+            if message["type"] == "http.request":
+                got += len(message.get("body", b""))
+                if got > limit:
+                    raise _TooLarge
+            return message
+
+        form = None
+        try:
+            form = await Request(request.scope, counted).form(max_files=1, max_fields=8)
+        except _TooLarge:
+            await _drain(request, DRAIN_CAP)
+            raise _Refused(413, f"upload larger than the limit of {settings.max_upload_mb:g} MB") from None
+        except HTTPException as e:  # starlette's multipart parser: a malformed body
+            raise _Refused(400, f"malformed multipart upload: {e.detail}") from None
+        except ClientDisconnect:  # nobody is left to answer; the status is for the log
+            raise _Refused(400, "the client went away during the upload") from None
+        try:
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise _Refused(400, "no file: send a multipart/form-data body with the clip in the field 'file'")
+            suffix = Path(upload.filename or "").suffix
+            suffix = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ".bin"
+            fd, path = tempfile.mkstemp(prefix="upload-", suffix=suffix, dir=tmp)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    await run_in_threadpool(shutil.copyfileobj, upload.file, f, 1 << 20)
+                    size = f.tell()
+            except BaseException:
+                Path(path).unlink(missing_ok=True)
+                raise
+            name = one_line(upload.filename or "upload")[:120]
+            if size == 0:
+                Path(path).unlink(missing_ok=True)
+                raise _Refused(400, f"{name}: empty upload (0 bytes)")
+            return path, name
+        finally:
+            await form.close()
+
+    async def _drain(request: Request, cap: int) -> None:
+        """Read and drop what is left of the body (at most `cap` bytes), so the reply reaches the client."""
+        seen = 0
+        try:
+            async for chunk in request.stream():
+                seen += len(chunk)
+                if seen > cap:
+                    return
+        except (ClientDisconnect, RuntimeError):  # gone, or the stream was already read
+            return
+
+    return app
+
+
+def _data_url(frame: np.ndarray) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(frame, 85)).decode("ascii")
+
+
+def parser() -> argparse.ArgumentParser:
+    s = ServeSettings()
+    p = ArgumentParser(prog="caption serve", description="serve a vidcap model over HTTP: a page at /, "
+                       "POST /caption (multipart field 'file'), GET /health")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="model folder (from `train export`)")
+    which.add_argument("--ckpt", help="checkpoint (e.g. RUN/stage3/best.pt)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--max-upload-mb", type=float, default=s.max_upload_mb, help=f"default {s.max_upload_mb:g}")
+    p.add_argument("--timeout", type=float, default=s.timeout, help=f"seconds to decode one upload (default {s.timeout:g})")
+    p.add_argument("--workers", type=int, default=s.workers, help=f"uploads decoded at once (default {s.workers})")
+    p.add_argument("--queue", type=int, default=s.queue, help=f"requests that may wait beyond those; more get 503 "
+                   f"(default {s.queue})")
+    p.add_argument("--beam", type=int, default=s.beam, help=f"beam size (1 = greedy; default {s.beam})")
+    return p
+
+
+def main(argv: list[str]) -> None:
+    with cli_errors("caption serve", also=(CheckpointError,)):
+        a = parser().parse_args(argv)
+        settings = ServeSettings(a.max_upload_mb, a.timeout, a.workers, a.queue, a.beam)
+        if not (0 < a.max_upload_mb <= 4096 and 0 < a.timeout <= 3600 and 1 <= a.workers <= 64
+                and 0 <= a.queue <= 4096 and 1 <= a.beam <= 100 and 0 <= a.port <= 65535):
+            raise UserError("--max-upload-mb 0..4096 / --timeout 0..3600 / --workers 1..64 / --queue 0..4096 / "
+                            "--beam 1..100 / --port 0..65535: a value is out of range")
+        import uvicorn
+
+        from model.folder import load_model
+
+        model, raw = load_model(a.ckpt, a.model)
+        sock = _bind(a.host, a.port)
+        config = uvicorn.Config(create_app(model, raw, settings), log_level="warning", timeout_keep_alive=5,
+                                limit_concurrency=4 * (a.workers + a.queue) + 32)
+        shown = f"[{a.host}]" if ":" in a.host else a.host
+        open_to_all = a.host not in ("127.0.0.1", "localhost", "::1")
+        print(f"caption serve: {raw['name']} on http://{shown}:{sock.getsockname()[1]}/"
+              + (" -- reachable from other machines, and it has no authentication" if open_to_all else ""),
+              flush=True)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: a free one), or a UserError saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"{host}:{port}: cannot listen there ({e.strerror or e})") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
