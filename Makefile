@@ -26,19 +26,24 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $(STAMP)
 
 # The whole system on the built-in dataset: synth -> shards -> stages 1, 2, 3 (cpu-small) -> test
-# evaluation after each stage -> the stage-3 model folder -> caption real clips with it. About 12 minutes on 2 cores.
+# evaluation after each stage -> probes of the CNN before / after stage 3 -> model folder -> caption
+# real clips. About 18 minutes on 2 cores. `make demo DEMO=demo-s1 SEED=1`: another synth and training seed.
+SEED ?= 0
+DEMO_N := 1200
 DEMO_CLIPS := $(wildcard ../shared/data/videos/bikes.mp4 ../shared/data/videos/carphone_pristine.mp4)
 demo: setup
-	@test -f $(DEMO)/synth/videodatainfo.json || $(VENV)/bin/pipeline synth --out $(DEMO)/synth --clips 600 --seed 0 --overwrite
+	@test -f $(DEMO)/synth/videodatainfo.json || $(VENV)/bin/pipeline synth --out $(DEMO)/synth --clips $(DEMO_N) --seed $(SEED) --overwrite
 	$(VENV)/bin/pipeline build --dataset msrvtt --root $(DEMO)/synth --out $(DEMO)/data --size 112 --shard-size 128
 	$(VENV)/bin/pipeline inspect $(DEMO)/data
 	@for s in 1 2 3; do \
-	  $(VENV)/bin/train --stage $$s --data $(DEMO)/data --run $(DEMO)/run --preset cpu-small || exit 1; \
+	  $(VENV)/bin/train --stage $$s --data $(DEMO)/data --run $(DEMO)/run --preset cpu-small seed=$(SEED) || exit 1; \
 	  echo "== test split after stage $$s (beam 3) =="; \
 	  $(VENV)/bin/train eval --ckpt $(DEMO)/run/stage$$s/best.pt --data $(DEMO)/data --split test --beam 3 || exit 1; \
 	done
+	$(VENV)/bin/train probe --ckpt $(DEMO)/run/stage2/best.pt --ckpt $(DEMO)/run/stage3/best.pt --data $(DEMO)/data \
+	  --split test --out $(DEMO)/run/probe.json
 	$(VENV)/bin/train export --ckpt $(DEMO)/run/stage3/best.pt --out $(DEMO)/model --name demo-cpu-small --overwrite
-	$(VENV)/bin/caption $(DEMO_CLIPS) $(DEMO)/synth/videos/video599.mp4 --model $(DEMO)/model
+	$(VENV)/bin/caption $(DEMO_CLIPS) $(DEMO)/synth/videos/video$$(($(DEMO_N) - 1)).mp4 --model $(DEMO)/model
 	@echo "demo outputs: $(DEMO)/synth (videos), $(DEMO)/data (shards, attributes, CIDEr-D df, vocabulary),"
 	@echo "  $(DEMO)/run/stage{1,2,3} (checkpoints, metrics.jsonl, curves.png, tb/, eval-test-beam3/gallery.html),"
 	@echo "  $(DEMO)/model (the stage-3 model folder and its README.md; caption serve --model $(DEMO)/model)"

@@ -74,9 +74,11 @@ SCHEDULES: dict[str, dict[str, dict]] = {
         "scratch": dict(lr=1e-4, batch_size=16, epochs=50),
     },
     "cpu-small": {
-        "xe": dict(lr=2e-3, batch_size=32, epochs=20),
-        "rl": dict(lr=5e-5, batch_size=32, epochs=8),
-        "e2e": dict(lr=1e-5, batch_size=16, epochs=1, samples=4),
+        # 4 of a clip's captions per step and weight decay: with one caption per clip per epoch the
+        # LSTM memorised the training clips (train action 98%, val 25-32%).
+        "xe": dict(lr=2e-3, batch_size=32, epochs=12, weight_decay=3e-4, captions_per_clip=4),
+        "rl": dict(lr=5e-5, batch_size=32, epochs=5),
+        "e2e": dict(lr=5e-5, batch_size=16, epochs=1, samples=4),
         "scratch": dict(lr=1e-3, batch_size=16, epochs=4),
     },
     "tiny": {
