@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ sys.path.insert(0, str(REPO))
 from evalkit.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
 from evalkit.coco import Scorer  # noqa: E402
 from model import ARCHS  # noqa: E402
+from train.ablate import over_seeds  # noqa: E402
 from train.config import make_train_config  # noqa: E402
 from train.evaluate import evaluate_checkpoint  # noqa: E402
 from train.loop import run_stage  # noqa: E402
@@ -79,11 +79,7 @@ def summarise(rows: list[dict], archs: list[str]) -> list[dict]:
         for stage in (1, 2, 3):
             runs = [r for r in rows if r["arch"] == arch and r["stage"] == stage]
             entry = {"arch": arch, "stage": stage, "seeds": len(runs), "captioner_params": runs[0]["captioner_params"]}
-            for key, _, _ in COLUMNS:
-                values = [r[key] for r in runs if r.get(key) is not None]
-                if values:
-                    entry[key] = {"mean": statistics.fmean(values),
-                                  "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+            entry.update(over_seeds(runs, [key for key, _, _ in COLUMNS]))
             out.append(entry)
     return out
 

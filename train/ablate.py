@@ -86,6 +86,17 @@ def ablate(data: str, run: str, preset: str = "cpu-small", seeds: int = 1, overr
     return result
 
 
+def over_seeds(runs: Sequence[dict], keys: Sequence[str]) -> dict[str, dict]:
+    """Per key, mean / std (0 for one seed) / values over the runs that have it (bench scripts use it too)."""
+    out = {}
+    for key in keys:
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if values:
+            out[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                        "values": values}
+    return out
+
+
 def summarise(per_seed: dict[str, list[dict]], rows: Sequence[str]) -> list[dict]:
     """Per row: mean and std (over seeds; 0 for one seed) of every column, and the paper's CIDEr."""
     out = []
@@ -93,11 +104,7 @@ def summarise(per_seed: dict[str, list[dict]], rows: Sequence[str]) -> list[dict
         runs = per_seed[name]
         row = {"recipe": name, "title": RECIPES[name].title, "paper_cider": RECIPES[name].paper_cider,
                "seeds": len(runs)}
-        for key, _, _ in COLUMNS:
-            values = [r[key] for r in runs if r.get(key) is not None]
-            if values:
-                row[key] = {"mean": statistics.fmean(values),
-                            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "values": values}
+        row.update(over_seeds(runs, [key for key, _, _ in COLUMNS]))
         out.append(row)
     return out
 
