@@ -133,6 +133,15 @@ def write_summary(out: Path, summary: dict) -> None:
 
 # ---- reading ------------------------------------------------------------------------------------
 
+def read_parquet(data: bytes) -> pa.Table:
+    """A Parquet file's table, read on this thread. Not ``pq.read_table``: it goes through
+    pyarrow.dataset, which starts Arrow's thread pools, and a process that exits moments later (a
+    one-line error right after loading a build) then aborts in C++ ("terminate called without an
+    active exception", SIGABRT) when the machine is loaded -- 5 of 16 runs with torch imported and
+    both cores busy; 0 of 16 this way. The tables are small: threads buy nothing here."""
+    return pq.ParquetFile(pa.BufferReader(data), pre_buffer=False).read(use_threads=False)
+
+
 @dataclass
 class SplitData:
     """A split after one verifying pass: the shards that passed and every sample's json."""
@@ -180,7 +189,7 @@ class Build:
     def _table(self, rel: str) -> pa.Table:
         data = self._read(rel, "table")
         try:
-            return pq.read_table(pa.BufferReader(data))
+            return read_parquet(data)
         except Exception as e:  # not Parquet, or damaged: the message names the file, not pyarrow's internals
             raise UserError(f"{self.url(rel)}: not a Parquet table ({type(e).__name__}); rebuild with "
                             "`pipeline build`") from None
@@ -233,7 +242,7 @@ class Build:
     def cider_df(self) -> tuple[dict[tuple[str, ...], float], int]:
         """CIDEr-D document frequencies and the number of documents (the reward's idf)."""
         try:
-            table = pq.read_table(pa.BufferReader(self._read(CIDER_DF, "table")))
+            table = read_parquet(self._read(CIDER_DF, "table"))
             grams, dfs = table.column("ngram").to_pylist(), table.column("df").to_pylist()
             df = {tuple(g.split(" ")): float(d) for g, d in zip(grams, dfs, strict=True)}
             n_docs = int((table.schema.metadata or {})[b"n_docs"])

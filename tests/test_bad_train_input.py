@@ -274,3 +274,20 @@ def test_resume_from_a_checkpoint_without_training_state(built_small, tmp_path, 
     torch.save({"config": {}, "vocab": [1, 2], "attributes": [], "model": {}, "extra": {}}, tmp_path / "ints.pt")
     with pytest.raises(CheckpointError, match=r"ints.pt: not a vidcap checkpoint: 'vocab' holds something other than words"):
         load_checkpoint(tmp_path / "ints.pt")
+
+
+def test_loading_a_build_starts_no_native_threads(built_small):
+    """A one-line error right after a build is loaded must exit 2, not abort: pyarrow's dataset reader
+    starts Arrow's thread pools, and a process exiting while they start aborted in C++ (SIGABRT,
+    "terminate called without an active exception") in 8 of 20 runs of `train --stage 2` without a
+    stage 1 on a loaded machine. Loading reads every Parquet file on the calling thread instead: the
+    process has exactly as many OS threads after loading as before (its own, fresh interpreter)."""
+    code = ("import os, sys, torch; from evalkit.layout import DataInfo\n"
+            "before = len(os.listdir('/proc/self/task'))\n"
+            "info = DataInfo.load(sys.argv[1]); info.build.cider_df()\n"
+            "print(before, len(os.listdir('/proc/self/task')))")
+    r = subprocess.run([sys.executable, "-c", code, str(built_small)], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    before, after = map(int, r.stdout.split())
+    assert after == before
