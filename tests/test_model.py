@@ -210,3 +210,25 @@ def test_inception_resnet_v2_loads_weights_from_a_local_file(tmp_path):
     backbone, info = create_backbone("inception_resnet_v2", weights=str(tmp_path / "irv2.pth"))
     assert info.weights == str(tmp_path / "irv2.pth")
     assert torch.all(backbone.conv2d_1a.conv.weight == 0.125)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_grid_pooling_keeps_the_global_average_and_where(arch):
+    """model.pool=grid: each frame's features are the 2x2 grid cells' averages, so their mean is the
+    global average (the paper's pooling) and the left half of a frame differs from its right."""
+    avg = create_model(make_config("tiny", 12, arch=arch, pool="avg")).eval()
+    grid = create_model(make_config("tiny", 12, arch=arch, pool="grid")).eval()
+    grid.backbone.load_state_dict(avg.backbone.state_dict())
+    assert grid.feature_dim == 4 * avg.feature_dim and grid.attr_head.in_features == grid.feature_dim
+    frames = torch.rand(2, 5, 3, 64, 64)  # tiny CNN at 64 px: a 4x4 map, four equal cells
+    with torch.no_grad():
+        a, g = avg.frame_features(frames), grid.frame_features(frames)
+        assert g.shape == (2, 5, 4 * a.shape[-1])
+        assert torch.allclose(g.view(2, 5, -1, 4).mean(-1), a, atol=1e-5)
+        left = torch.zeros(1, 1, 3, 64, 64)
+        left[..., :, :20] = 1.0  # a bright patch on the left, and the same patch on the right
+        right = left.flip(-1)
+        assert not torch.allclose(grid.frame_features(left), grid.frame_features(right), atol=1e-3)
+        grid(g, torch.full((2, 3), BOS))  # and the captioner reads the wider features
+    with pytest.raises(ValueError, match="model.pool='max'"):
+        create_model(make_config("tiny", 12, arch=arch, pool="max"))
