@@ -33,7 +33,7 @@ DEMO_N := 1200
 DEMO_CLIPS := $(wildcard ../shared/data/videos/bikes.mp4 ../shared/data/videos/carphone_pristine.mp4)
 demo: setup
 	@test -f $(DEMO)/synth/videodatainfo.json || $(VENV)/bin/pipeline synth --out $(DEMO)/synth --clips $(DEMO_N) --seed $(SEED) --overwrite
-	$(VENV)/bin/pipeline build --dataset msrvtt --root $(DEMO)/synth --out $(DEMO)/data --size 112 --shard-size 128
+	$(VENV)/bin/pipeline build --dataset msrvtt --root $(DEMO)/synth --out $(DEMO)/data --size 160 --shard-size 128
 	$(VENV)/bin/pipeline inspect $(DEMO)/data
 	@for s in 1 2 3; do \
 	  $(VENV)/bin/train --stage $$s --data $(DEMO)/data --run $(DEMO)/run --preset cpu-small seed=$(SEED) || exit 1; \
