@@ -17,8 +17,8 @@ Checked, not assumed (timm 1.0.31): both TF ports' pretrained configs say mean =
 0.5) -- inputs in [-1, 1] -- with input size 224 (Lite0) and 299 (IRv2). On the Lite0 file, (0.5,
 0.5) gives the right ImageNet top-1 on skimage's cat and coffee photos with higher confidence on the
 coffee (0.90 vs 0.82) than ImageNet's (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225). The presets
-still choose their own frame size (the paper: IRv2 at 224; cpu-small: Lite0 at 112); the backbone's
-input size is the default when a config leaves ``image_size`` unset.
+still choose their own frame size (the paper: IRv2 at 224; cpu-small: Lite0 at 160, 112 for the
+transformer); the backbone's input size is the default when a config leaves ``image_size`` unset.
 """
 
 from __future__ import annotations

@@ -232,3 +232,51 @@ def test_grid_pooling_keeps_the_global_average_and_where(arch):
         grid(g, torch.full((2, 3), BOS))  # and the captioner reads the wider features
     with pytest.raises(ValueError, match="model.pool='max'"):
         create_model(make_config("tiny", 12, arch=arch, pool="max"))
+
+
+def test_motion_focus_averages_the_cells_that_move():
+    """The focus of a clip is each frame's map averaged with weights from where its pixels change:
+    a patch that moves only in the top-left quarter gives the top-left cell's vector."""
+    from model.base import motion_focus
+
+    fmap = torch.zeros(1, 5, 2, 2, 2)
+    fmap[..., 0, 0, 0] = 1.0  # channel 0 lives in the top-left cell
+    fmap[..., 1, 1, 1] = 1.0  # channel 1 in the bottom-right one
+    images = torch.zeros(1, 5, 3, 32, 32, dtype=torch.uint8)
+    for t in range(5):
+        images[0, t, :, 4:8, 2 + 2 * t : 6 + 2 * t] = 255
+    focus = motion_focus(images, fmap)
+    assert focus.shape == (1, 5, 2)
+    assert torch.allclose(focus, torch.tensor([1.0, 0.0]).expand(1, 5, 2), atol=1e-4)
+
+
+def _two_object_clip(moving: str, still: str | None, size: int = 160) -> torch.Tensor:
+    """Frames (1, 5, 3, size, size) of the built-in renderer: a large `moving` square going right,
+    and a small `still` circle in the bottom-right corner (or none)."""
+    from pipeline.synth import ClipSpec, ObjectSpec, render_frame
+
+    spec = ClipSpec(0, "train", "gray", 120, 120, False)
+    spec.objects.append(ObjectSpec("square", moving, "large", "right", 0.22, 0.3, 0.0))
+    if still is not None:
+        spec.objects.append(ObjectSpec("circle", still, "small", "still", 0.85, 0.85, 0.0))
+    frames = [render_frame(spec, t, size, size) for t in np.linspace(0.1, 0.9, 5)]
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[None]
+
+
+def test_focus_pooling_binds_the_moving_objects_look_with_real_lite0():
+    """model.pool=focus with the real ImageNet Lite0: the focus block of 'red square moves, blue
+    circle still' is nearer to a clip where only the red square moves than to one where only a blue
+    square moves, and the swapped clip the other way round -- what the grid mixes, focus keeps apart."""
+    m = create_model(make_config("cpu-small", 12, pool="focus", image_size=160)).eval()
+    grid_dim = 4 * m.backbone_info.feature_dim
+    assert m.feature_dim == grid_dim + sum(c for _, c in m.focus_levels) and m.focus_levels
+    with torch.no_grad():
+        def focus(moving, still):
+            return m.frame_features(_two_object_clip(moving, still))[0, :, grid_dim:].mean(0)
+
+        red_blue, blue_red = focus("red", "blue"), focus("blue", "red")
+        red_only, blue_only = focus("red", None), focus("blue", None)
+    apart = (red_only - blue_only).norm()  # what the moving square's colour changes
+    assert (red_blue - red_only).norm() < 0.2 * apart  # the still circle barely counts
+    assert (blue_red - blue_only).norm() < 0.2 * apart
+    assert (red_blue - blue_red).norm() > 0.8 * apart
