@@ -7,6 +7,7 @@ metrics.json, action_confusion.{json,png}, gallery.html, and the numbers to the 
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -92,8 +93,9 @@ def format_grounded(metrics: dict) -> str:
     return ("grounded: " + ", ".join(parts)) if parts else ""
 
 
-def paired_difference(a: dict[str, bool], b: dict[str, bool]) -> tuple[float, float]:
-    """Mean of b - a over the clips both score (as 0/1) and its standard error: a paired comparison."""
+def paired_difference(a: Mapping[Hashable, float | None], b: Mapping[Hashable, float | None]) -> tuple[float, float]:
+    """Mean of b - a over the clips both score (a per-clip metric, or correctness as 0/1) and its
+    standard error: the same clips under two models, so what makes a clip hard cancels out."""
     keys = [k for k in a if k in b and a[k] is not None and b[k] is not None]
     d = np.array([float(b[k]) - float(a[k]) for k in keys])
     if len(d) < 2:

@@ -1,0 +1,183 @@
+"""The README's "Results on the built-in dataset", from `make demo` runs at several seeds.
+
+`make demo DEMO=D SEED=s` leaves, per stage, the test split's predictions.json and metrics.json
+(beam 3) and the probes of the CNN before / after stage 3. This reads them back -- it trains nothing
+-- and reports, for the issue-9 questions:
+- per stage, mean ± std over seeds of CIDEr, BLEU-4, METEOR and the action / colour / shape accuracy;
+- paired differences between consecutive stages (mean over clips ± its standard error), per seed and
+  pooled over all seeds' test clips: per-clip CIDEr (pycocoevalcap, the refs of the same clip) and
+  per-clip slot correctness -- the same clips under two checkpoints, so clip difficulty cancels;
+- one-object vs two-object clips, and how many colour errors name the *other* object's colour
+  (the captioner describing the still object instead of the moving one);
+- the stage-3 action confusion matrix, all seeds' test clips pooled;
+- the `train probe` accuracies, mean ± std over seeds.
+
+Usage: python bench/demo_seeds.py DEMO [DEMO ...] [--beam 3] [--out bench/demo_seeds_report.json]
+Writes --out (JSON) and the tables beside it (.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from evalkit.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
+from evalkit.coco import Scorer  # noqa: E402
+from evalkit.grounding import parse_caption, per_clip_correct, slot_accuracy  # noqa: E402
+from evalkit.layout import Build  # noqa: E402
+from train.ablate import over_seeds  # noqa: E402
+from train.evaluate import paired_difference  # noqa: E402
+
+STAGES = (1, 2, 3)
+SLOTS = ("action", "colour", "shape")
+# (key in metrics.json, column title, scale)
+COLUMNS = (("CIDEr", "CIDEr", 100), ("Bleu_4", "BLEU-4", 100), ("METEOR", "METEOR", 100),
+           ("action_acc", "action %", 100), ("colour_acc", "colour %", 100), ("shape_acc", "shape %", 100))
+
+
+def load_seed(demo: Path, beam: int, scorer: Scorer) -> dict:
+    """One demo's stages: metrics, and per clip CIDEr and slot correctness; plus its test objects."""
+    metas = Build(demo / "data").split("test").metas
+    refs = {m["clip_id"]: m["captions"] for m in metas}
+    objects = {m["clip_id"]: m["objects"] for m in metas if m.get("objects")}
+    stages = {}
+    for s in STAGES:
+        d = demo / "run" / f"stage{s}" / f"eval-test-beam{beam}"
+        preds = json.loads((d / "predictions.json").read_text())
+        per_clip = scorer.score(preds, refs, per_clip=True)["per_clip"]
+        correct = per_clip_correct(preds, objects)
+        stages[s] = {"metrics": json.loads((d / "metrics.json").read_text()), "predictions": preds,
+                     "cider": {c: v["CIDEr"] for c, v in per_clip.items()},
+                     **{slot: {c: row[slot] for c, row in correct.items()} for slot in SLOTS}}
+    probe = demo / "run" / "probe.json"
+    return {"demo": str(demo), "objects": objects, "stages": stages,
+            "probe": json.loads(probe.read_text())["probes"] if probe.exists() else None}
+
+
+def paired(seeds: list[dict], a: int, b: int) -> dict:
+    """Stage b - stage a per measure: per seed and pooled over every seed's clips (keys made unique)."""
+    out = {}
+    for measure in ("cider", *SLOTS):
+        per_seed = [paired_difference(sd["stages"][a][measure], sd["stages"][b][measure]) for sd in seeds]
+        pool_a = {(i, c): v for i, sd in enumerate(seeds) for c, v in sd["stages"][a][measure].items()}
+        pool_b = {(i, c): v for i, sd in enumerate(seeds) for c, v in sd["stages"][b][measure].items()}
+        mean, se = paired_difference(pool_a, pool_b)
+        out[measure] = {"mean": mean, "se": se, "per_seed": [{"mean": m, "se": e} for m, e in per_seed]}
+    return out
+
+
+def by_objects(seeds: list[dict], stage: int) -> dict:
+    """Slot accuracy on one- and two-object clips, pooled; colour errors that name another object's colour."""
+    out = {}
+    for n_obj in (1, 2):
+        right = {slot: 0 for slot in SLOTS}
+        clips = other_colour = colour_wrong = 0
+        for sd in seeds:
+            st = sd["stages"][stage]
+            for c, objs in sd["objects"].items():
+                if len(objs) != n_obj or c not in st["predictions"]:
+                    continue
+                clips += 1
+                for slot in SLOTS:
+                    right[slot] += int(bool(st[slot][c]))
+                if not st["colour"][c]:
+                    colour_wrong += 1
+                    said = parse_caption(st["predictions"][c]).colour
+                    other_colour += int(said is not None and any(o["colour"] == said for o in objs[1:]))
+        out[f"{n_obj}_object"] = {"clips": clips, **{f"{s}_acc": right[s] / clips if clips else None for s in SLOTS},
+                                  "colour_errors": colour_wrong, "colour_errors_naming_another_object": other_colour}
+    return out
+
+
+def probes(seeds: list[dict]) -> dict:
+    """`train probe` per slot and input: stage-2 and stage-3 CNN, mean / std over seeds."""
+    found = [sd["probe"] for sd in seeds if sd["probe"]]
+    out: dict = {}
+    for label, stage in (("stage2", 2), ("stage3", 3)):
+        runs = []
+        for p in found:
+            (ckpt,) = [k for k in p if Path(k).parent.name == f"stage{stage}"]
+            runs.append({f"{slot}/{inp}": acc for slot, by_input in p[ckpt].items() for inp, acc in by_input.items()})
+        out[label] = over_seeds(runs, sorted({k for r in runs for k in r}))
+    return out
+
+
+def summarise(seeds: list[dict]) -> dict:
+    table = []
+    for s in STAGES:
+        table.append({"stage": s, **over_seeds([sd["stages"][s]["metrics"] for sd in seeds], [k for k, _, _ in COLUMNS])})
+    confusion = None
+    for sd in seeds:
+        m = np.array(slot_accuracy(sd["stages"][3]["predictions"], sd["objects"])["confusion"]["matrix"])
+        confusion = m if confusion is None else confusion + m
+    labels = slot_accuracy({}, {})["confusion"]["labels"]
+    return {"demos": [sd["demo"] for sd in seeds], "table": table,
+            "paired": {"2-1": paired(seeds, 1, 2), "3-2": paired(seeds, 2, 3), "3-1": paired(seeds, 1, 3)},
+            "by_objects": {s: by_objects(seeds, s) for s in STAGES},
+            "confusion_stage3": {"labels": labels, "matrix": confusion.tolist()}, "probes": probes(seeds)}
+
+
+def format_markdown(report: dict) -> str:
+    n = len(report["demos"])
+    lines = [f"# make demo over {n} seed(s): test split, beam {report['beam']}", "",
+             "| after | " + " | ".join(t for _, t, _ in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for row in report["table"]:
+        cells = [f"{scale * row[k]['mean']:.1f} ± {scale * row[k]['std']:.1f}" for k, _, scale in COLUMNS]
+        lines.append(f"| stage {row['stage']} | " + " | ".join(cells) + " |")
+    lines += ["", "Paired differences (mean ± standard error over clips; CIDEr ×100, accuracies in points):", "",
+              "| difference | measure | pooled | SEs | per seed |", "|---|---|---|---|---|"]
+    for name, by_measure in report["paired"].items():
+        for measure, d in by_measure.items():
+            k = 100
+            per = ", ".join(f"{k * p['mean']:+.1f} ± {k * p['se']:.1f}" for p in d["per_seed"])
+            ses = d["mean"] / d["se"] if d["se"] else float("nan")
+            lines.append(f"| stage {name} | {measure} | {k * d['mean']:+.1f} ± {k * d['se']:.1f} | {ses:.1f} | {per} |")
+    lines += ["", "| after | clips | n | action % | colour % | shape % | colour errors (naming another object) |",
+              "|---|---|---|---|---|---|---|"]
+    for s, groups in report["by_objects"].items():
+        for g, v in groups.items():
+            if v["clips"]:
+                lines.append(f"| stage {s} | {g.replace('_', ' ')} | {v['clips']} | {100 * v['action_acc']:.1f} | "
+                             f"{100 * v['colour_acc']:.1f} | {100 * v['shape_acc']:.1f} | {v['colour_errors']} "
+                             f"({v['colour_errors_naming_another_object']}) |")
+    conf = report["confusion_stage3"]
+    labels = conf["labels"]
+    lines += ["", "Stage-3 action confusion, seeds pooled (rows: the clip's action; columns: the caption's):", "",
+              "| true \\ said | " + " | ".join([*labels, "none"]) + " | acc |", "|---|" + "---|" * (len(labels) + 2)]
+    for lab, row in zip(labels, conf["matrix"], strict=True):
+        acc = row[labels.index(lab)] / sum(row) if sum(row) else float("nan")
+        lines.append(f"| **{lab}** | " + " | ".join(str(v) if v else "·" for v in row) + f" | {100 * acc:.0f}% |")
+    if report["probes"]["stage2"]:
+        lines += ["", "`train probe` (test split), mean ± std over seeds:", "",
+                  "| slot / probe input | stage-2 CNN | stage-3 CNN |", "|---|---|---|"]
+        for key, v2 in report["probes"]["stage2"].items():
+            v3 = report["probes"]["stage3"][key]
+            lines.append(f"| {key} | {100 * v2['mean']:.1f} ± {100 * v2['std']:.1f} | "
+                         f"{100 * v3['mean']:.1f} ± {100 * v3['std']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("demos", nargs="+", help="DEMO folders of `make demo DEMO=... SEED=...`")
+    p.add_argument("--beam", type=int, default=3, help="which eval-test-beamN of each stage to read")
+    p.add_argument("--out", default=str(REPO / "bench" / "demo_seeds_report.json"))
+    a = p.parse_args(argv)
+    with Scorer(meteor=False) as scorer:
+        seeds = [load_seed(Path(d), a.beam, scorer) for d in a.demos]
+    report = {"beam": a.beam, **summarise(seeds)}
+    write_json_atomic(Path(a.out), report)
+    write_bytes_atomic(Path(a.out).with_suffix(".md"), format_markdown(report).encode())
+    print(format_markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()
