@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The whole system on the built-in dataset: synth -> shards -> stages 1, 2, 3 (cpu-small) -> test
 # evaluation after each stage -> probes of the CNN before / after stage 3 -> model folder -> caption
-# real clips. About 18 minutes on 2 cores. `make demo DEMO=demo-s1 SEED=1`: another synth and training seed.
+# real clips. About 15 minutes on 2 cores after set-up. `make demo DEMO=demo-s1 SEED=1`: another synth and training seed.
 SEED ?= 0
 DEMO_N := 1200
 DEMO_CLIPS := $(wildcard ../shared/data/videos/bikes.mp4 ../shared/data/videos/carphone_pristine.mp4)
