@@ -180,7 +180,7 @@ class VideoCaptioner(nn.Module):
         after standardisation: the focus block (a few hundred dimensions) beside the grid (thousands)
         would otherwise be a few percent of the FC's input and ignored -- though a linear probe reads
         the moving object's colour and shape from it alone on every clip (built-in data, val)."""
-        scale = torch.ones(self.feature_dim)
+        scale = torch.ones(self.feature_dim, device=self.feat_std.device)
         grid = self.backbone_info.feature_dim * GRID_SIDE.get(self.cfg.pool, 1) ** 2
         if self.cfg.pool == "focus" and self.feature_dim > grid:
             scale[grid:] = ((self.feature_dim - grid) / grid) ** 0.5

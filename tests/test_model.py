@@ -280,3 +280,13 @@ def test_focus_pooling_binds_the_moving_objects_look_with_real_lite0():
     assert (red_blue - red_only).norm() < 0.2 * apart  # the still circle barely counts
     assert (blue_red - blue_only).norm() < 0.2 * apart
     assert (red_blue - blue_red).norm() > 0.8 * apart
+
+
+@pytest.mark.parametrize("pool", ["grid", "focus"])
+def test_feature_stats_stay_on_the_models_device(pool):
+    """The trainer fixes the standardisation with features on the model's device (CUDA on a GPU).
+    PyTorch's meta device refuses a CPU tensor beside it the way CUDA does, so this catches a
+    CPU-made constant in set_feature_stats (focus's block balance was one) without a GPU."""
+    m = create_model(make_config("tiny", 12, pool=pool, feature_norm=True, motion="diff")).to("meta")
+    m.set_feature_stats(torch.zeros(4, 5, m.feature_dim, device="meta"))
+    assert m.feat_std.device.type == "meta" and m.diff_std.device.type == "meta"
