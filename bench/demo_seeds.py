@@ -9,7 +9,7 @@
   per-clip slot correctness -- the same clips under two checkpoints, so clip difficulty cancels;
 - one-object vs two-object clips, and how many colour errors name the *other* object's colour
   (the captioner describing the still object instead of the moving one);
-- the stage-3 action confusion matrix, all seeds' test clips pooled;
+- the stage-3 action confusion matrix (each demo's action_confusion.json), all seeds' test clips pooled;
 - the `train probe` accuracies, mean ± std over seeds.
 
 Usage: python bench/demo_seeds.py DEMO [DEMO ...] [--beam 3] [--out bench/demo_seeds_report.json]
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from evalkit.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
 from evalkit.coco import Scorer  # noqa: E402
-from evalkit.grounding import parse_caption, per_clip_correct, slot_accuracy  # noqa: E402
+from evalkit.grounding import per_clip_correct  # noqa: E402
 from evalkit.layout import Build  # noqa: E402
 from train.ablate import over_seeds  # noqa: E402
 from train.evaluate import paired_difference  # noqa: E402
@@ -54,7 +54,9 @@ def load_seed(demo: Path, beam: int, scorer: Scorer) -> dict:
         per_clip = scorer.score(preds, refs, per_clip=True)["per_clip"]
         correct = per_clip_correct(preds, objects)
         stages[s] = {"metrics": json.loads((d / "metrics.json").read_text()), "predictions": preds,
+                     "confusion": json.loads((d / "action_confusion.json").read_text()),
                      "cider": {c: v["CIDEr"] for c, v in per_clip.items()},
+                     "said_colour": {c: row["parsed"]["colour"] for c, row in correct.items()},
                      **{slot: {c: row[slot] for c, row in correct.items()} for slot in SLOTS}}
     probe = demo / "run" / "probe.json"
     return {"demo": str(demo), "objects": objects, "stages": stages,
@@ -89,7 +91,7 @@ def by_objects(seeds: list[dict], stage: int) -> dict:
                     right[slot] += int(bool(st[slot][c]))
                 if not st["colour"][c]:
                     colour_wrong += 1
-                    said = parse_caption(st["predictions"][c]).colour
+                    said = st["said_colour"][c]
                     other_colour += int(said is not None and any(o["colour"] == said for o in objs[1:]))
         out[f"{n_obj}_object"] = {"clips": clips, **{f"{s}_acc": right[s] / clips if clips else None for s in SLOTS},
                                   "colour_errors": colour_wrong, "colour_errors_naming_another_object": other_colour}
@@ -113,15 +115,12 @@ def summarise(seeds: list[dict]) -> dict:
     table = []
     for s in STAGES:
         table.append({"stage": s, **over_seeds([sd["stages"][s]["metrics"] for sd in seeds], [k for k, _, _ in COLUMNS])})
-    confusion = None
-    for sd in seeds:
-        m = np.array(slot_accuracy(sd["stages"][3]["predictions"], sd["objects"])["confusion"]["matrix"])
-        confusion = m if confusion is None else confusion + m
-    labels = slot_accuracy({}, {})["confusion"]["labels"]
+    labels = seeds[0]["stages"][3]["confusion"]["labels"]
+    matrix = np.sum([sd["stages"][3]["confusion"]["matrix"] for sd in seeds], axis=0)
     return {"demos": [sd["demo"] for sd in seeds], "table": table,
             "paired": {"2-1": paired(seeds, 1, 2), "3-2": paired(seeds, 2, 3), "3-1": paired(seeds, 1, 3)},
             "by_objects": {s: by_objects(seeds, s) for s in STAGES},
-            "confusion_stage3": {"labels": labels, "matrix": confusion.tolist()}, "probes": probes(seeds)}
+            "confusion_stage3": {"labels": labels, "matrix": matrix.tolist()}, "probes": probes(seeds)}
 
 
 def format_markdown(report: dict) -> str:

@@ -11,6 +11,7 @@ import math
 from conftest import REPO
 
 from evalkit.grammar import ACTION_WORDS, SHAPE_WORDS
+from evalkit.grounding import slot_accuracy
 from evalkit.layout import Build
 
 
@@ -21,14 +22,16 @@ def _bench():
     return mod
 
 
-def _fake_demo(root, built, stage_predictions, cider_by_stage):
-    """A folder shaped like `make demo`'s outputs: data/ (the real build) and each stage's test eval."""
+def _fake_demo(root, built, stage_predictions, cider_by_stage, objects):
+    """A folder shaped like `make demo`'s outputs: data/ (the real build) and each stage's test eval,
+    its action confusion written by evalkit as `train eval` writes it."""
     root.mkdir()
     (root / "data").symlink_to(built)
     for s, preds in stage_predictions.items():
         d = root / "run" / f"stage{s}" / "eval-test-beam3"
         d.mkdir(parents=True)
         (d / "predictions.json").write_text(json.dumps(preds))
+        (d / "action_confusion.json").write_text(json.dumps(slot_accuracy(preds, objects)["confusion"]))
         (d / "metrics.json").write_text(json.dumps({"CIDEr": cider_by_stage[s], "Bleu_4": 0.5, "METEOR": 0.3,
                                                     "action_acc": 0.1 * s, "colour_acc": 0.2, "shape_acc": 0.3}))
     probe = {str(root / "run" / f"stage{s}" / "best.pt"): {"colour": {"mean": 0.5 + 0.1 * s}} for s in (2, 3)}
@@ -51,7 +54,7 @@ def test_demo_seeds_aggregates_hand_made_predictions(built_small, tmp_path):
     stages = {1: {c: say(objs[-1], action=False) if len(objs) == 2 else "a video" for c, objs in objects.items()},
               2: {c: right[c] if c in half else "a video" for c in ids},
               3: right}
-    demos = [_fake_demo(tmp_path / f"demo{i}", built_small, stages, {1: 1.0 + i, 2: 1.5 + i, 3: 2.0 + i})
+    demos = [_fake_demo(tmp_path / f"demo{i}", built_small, stages, {1: 1.0 + i, 2: 1.5 + i, 3: 2.0 + i}, objects)
              for i in range(2)]
     bench = _bench()
     report = bench.main([*map(str, demos), "--out", str(tmp_path / "report.json")])
