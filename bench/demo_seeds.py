@@ -10,7 +10,12 @@
 - one-object vs two-object clips, and how many colour errors name the *other* object's colour
   (the captioner describing the still object instead of the moving one);
 - the stage-3 action confusion matrix (each demo's action_confusion.json), all seeds' test clips pooled;
-- the `train probe` accuracies, mean ± std over seeds.
+- the `train probe` accuracies, mean ± std over seeds;
+- for each slot, how many clips the later stage fixed and broke (the paired test's discordant pairs:
+  with 8 errors left of 720, no stage can pass two standard errors by fixing fewer than ~6 of them);
+- how well the references agree with each other, to read CIDEr against: each reference scored
+  against the clip's other references (leave one out, "human"), and the best of them per clip
+  (a consensus oracle that knows which phrasing the other references happen to use).
 
 Usage: python bench/demo_seeds.py DEMO [DEMO ...] [--beam 3] [--out bench/demo_seeds_report.json]
 Writes --out (JSON) and the tables beside it (.md).
@@ -59,8 +64,26 @@ def load_seed(demo: Path, beam: int, scorer: Scorer) -> dict:
                      "said_colour": {c: row["parsed"]["colour"] for c, row in correct.items()},
                      **{slot: {c: row[slot] for c, row in correct.items()} for slot in SLOTS}}
     probe = demo / "run" / "probe.json"
-    return {"demo": str(demo), "objects": objects, "stages": stages,
+    return {"demo": str(demo), "objects": objects, "stages": stages, "references": references_agreement(refs, scorer),
             "probe": json.loads(probe.read_text())["probes"] if probe.exists() else None}
+
+
+def references_agreement(refs: dict[str, list[str]], scorer: Scorer) -> dict:
+    """CIDEr of each reference against the clip's other references: the mean over all of them, and
+    the mean over clips of the best one. A captioner that names every slot right still cannot know
+    which of the equally valid phrasings a clip's references drew, so its CIDEr sits between the two."""
+    preds, others = {}, {}
+    for c, caps in refs.items():
+        if len(caps) < 2:
+            continue
+        for j, cap in enumerate(caps):
+            preds[f"{c}#{j}"], others[f"{c}#{j}"] = cap, caps[:j] + caps[j + 1:]
+    scores = scorer.score(preds, others, per_clip=True)
+    best: dict[str, float] = {}
+    for key, v in scores["per_clip"].items():
+        c = key.rsplit("#", 1)[0]
+        best[c] = max(best.get(c, float("-inf")), v["CIDEr"])
+    return {"clips": len(best), "leave_one_out_cider": scores["CIDEr"], "best_reference_cider": float(np.mean(list(best.values())))}
 
 
 def paired(seeds: list[dict], a: int, b: int) -> dict:
@@ -72,6 +95,11 @@ def paired(seeds: list[dict], a: int, b: int) -> dict:
         pool_b = {(i, c): v for i, sd in enumerate(seeds) for c, v in sd["stages"][b][measure].items()}
         mean, se = paired_difference(pool_a, pool_b)
         out[measure] = {"mean": mean, "se": se, "per_seed": [{"mean": m, "se": e} for m, e in per_seed]}
+        if measure in SLOTS:  # correctness is 0/1 (None where a clip has no truth)
+            both = [k for k in pool_a if pool_a[k] is not None and pool_b.get(k) is not None]
+            out[measure].update(wrong_before=sum(not pool_a[k] for k in both),
+                                fixed=sum(not pool_a[k] and bool(pool_b[k]) for k in both),
+                                broken=sum(bool(pool_a[k]) and not pool_b[k] for k in both))
     return out
 
 
@@ -117,7 +145,9 @@ def summarise(seeds: list[dict]) -> dict:
         table.append({"stage": s, **over_seeds([sd["stages"][s]["metrics"] for sd in seeds], [k for k, _, _ in COLUMNS])})
     labels = seeds[0]["stages"][3]["confusion"]["labels"]
     matrix = np.sum([sd["stages"][3]["confusion"]["matrix"] for sd in seeds], axis=0)
+    refs = [sd["references"] for sd in seeds]
     return {"demos": [sd["demo"] for sd in seeds], "table": table,
+            "references": {**over_seeds(refs, ["leave_one_out_cider", "best_reference_cider"]), "per_seed": refs},
             "paired": {"2-1": paired(seeds, 1, 2), "3-2": paired(seeds, 2, 3), "3-1": paired(seeds, 1, 3)},
             "by_objects": {s: by_objects(seeds, s) for s in STAGES},
             "confusion_stage3": {"labels": labels, "matrix": matrix.tolist()}, "probes": probes(seeds)}
@@ -137,7 +167,15 @@ def format_markdown(report: dict) -> str:
             k = 100
             per = ", ".join(f"{k * p['mean']:+.1f} ± {k * p['se']:.1f}" for p in d["per_seed"])
             ses = d["mean"] / d["se"] if d["se"] else float("nan")
-            lines.append(f"| stage {name} | {measure} | {k * d['mean']:+.1f} ± {k * d['se']:.1f} | {ses:.1f} | {per} |")
+            counts = (f" (wrong before: {d['wrong_before']}; fixed {d['fixed']}, broke {d['broken']})"
+                      if "fixed" in d else "")
+            lines.append(f"| stage {name} | {measure}{counts} | {k * d['mean']:+.1f} ± {k * d['se']:.1f} | {ses:.1f} "
+                         f"| {per} |")
+    ref = report["references"]
+    lines += ["", "The references' agreement with each other (CIDEr ×100, mean ± std over seeds): each reference "
+              f"against the clip's others {100 * ref['leave_one_out_cider']['mean']:.1f} ± "
+              f"{100 * ref['leave_one_out_cider']['std']:.1f}; the best reference of each clip "
+              f"{100 * ref['best_reference_cider']['mean']:.1f} ± {100 * ref['best_reference_cider']['std']:.1f}."]
     lines += ["", "| after | clips | n | action % | colour % | shape % | colour errors (naming another object) |",
               "|---|---|---|---|---|---|---|"]
     for s, groups in report["by_objects"].items():

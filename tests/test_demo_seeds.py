@@ -67,6 +67,9 @@ def test_demo_seeds_aggregates_hand_made_predictions(built_small, tmp_path):
     d = report["paired"]["2-1"]["action"]
     assert math.isclose(d["mean"], p) and math.isclose(d["se"], math.sqrt(p * (1 - p) / (n - 1)))
     assert [x["mean"] for x in d["per_seed"]] == [len(half) / len(ids)] * 2
+    assert (d["wrong_before"], d["fixed"], d["broken"]) == (n, k, 0)
+    d = report["paired"]["3-2"]["action"]
+    assert (d["wrong_before"], d["fixed"], d["broken"]) == (n - k, n - k, 0)
     two = [objs for objs in objects.values() if len(objs) == 2]
     assert two, "the fixture's test split should hold a two-object clip"
     stage1_right = {"colour": sum(o[0]["colour"] == o[1]["colour"] for o in two),
@@ -87,5 +90,11 @@ def test_demo_seeds_aggregates_hand_made_predictions(built_small, tmp_path):
     labels = report["confusion_stage3"]["labels"]
     assert sum(map(sum, matrix)) == n and sum(matrix[i][i] for i in range(len(labels))) == n
     assert math.isclose(report["probes"]["stage3"]["colour/mean"]["mean"], 0.8)
+    # the references against each other: the same build twice, so both seeds agree; the best
+    # reference of a clip scores at least the mean of its references.
+    ref = report["references"]
+    assert ref["per_seed"][0] == ref["per_seed"][1] and ref["per_seed"][0]["clips"] == len(ids)
+    assert ref["best_reference_cider"]["mean"] >= ref["leave_one_out_cider"]["mean"] > 0
     table = (tmp_path / "report.md").read_text()
-    assert "| stage 3 | 250.0 ± 70.7 |" in table and "| stage 2-1 | colour |" in table
+    assert "| stage 3 | 250.0 ± 70.7 |" in table and f"| stage 2-1 | action (wrong before: {n}; fixed {k}, broke 0) |" in table
+    assert "the best reference of each clip" in table
