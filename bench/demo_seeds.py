@@ -11,13 +11,15 @@
   (the captioner describing the still object instead of the moving one);
 - the stage-3 action confusion matrix (each demo's action_confusion.json), all seeds' test clips pooled;
 - the `train probe` accuracies, mean ± std over seeds;
+- with --control, stage 3's recipe run again from the same stage-2 checkpoint with the CNN frozen:
+  stage 3 against it isolates what training the CNN adds, beyond one more epoch of RL + attributes;
 - for each slot, how many clips the later stage fixed and broke (the paired test's discordant pairs:
   with 8 errors left of 720, no stage can pass two standard errors by fixing fewer than ~6 of them);
 - how well the references agree with each other, to read CIDEr against: each reference scored
   against the clip's other references (leave one out, "human"), and the best of them per clip
   (a consensus oracle that knows which phrasing the other references happen to use).
 
-Usage: python bench/demo_seeds.py DEMO [DEMO ...] [--beam 3] [--out bench/demo_seeds_report.json]
+Usage: python bench/demo_seeds.py DEMO [DEMO ...] [--control RUN ...] [--beam 3] [--out bench/demo_seeds_report.json]
 Writes --out (JSON) and the tables beside it (.md).
 """
 
@@ -41,28 +43,33 @@ from train.ablate import over_seeds  # noqa: E402
 from train.evaluate import paired_difference  # noqa: E402
 
 STAGES = (1, 2, 3)
+FROZEN = "3 (CNN frozen)"  # stage 3's recipe with the CNN frozen (--control): what training the CNN adds
 SLOTS = ("action", "colour", "shape")
 # (key in metrics.json, column title, scale)
 COLUMNS = (("CIDEr", "CIDEr", 100), ("Bleu_4", "BLEU-4", 100), ("METEOR", "METEOR", 100),
            ("action_acc", "action %", 100), ("colour_acc", "colour %", 100), ("shape_acc", "shape %", 100))
 
 
-def load_seed(demo: Path, beam: int, scorer: Scorer) -> dict:
-    """One demo's stages: metrics, and per clip CIDEr and slot correctness; plus its test objects."""
+def load_eval(d: Path, refs: dict, objects: dict, scorer: Scorer) -> dict:
+    """One `train eval` folder: metrics, confusion, and per clip CIDEr and slot correctness."""
+    preds = json.loads((d / "predictions.json").read_text())
+    per_clip = scorer.score(preds, refs, per_clip=True)["per_clip"]
+    correct = per_clip_correct(preds, objects)
+    return {"metrics": json.loads((d / "metrics.json").read_text()), "predictions": preds,
+            "confusion": json.loads((d / "action_confusion.json").read_text()),
+            "cider": {c: v["CIDEr"] for c, v in per_clip.items()},
+            "said_colour": {c: row["parsed"]["colour"] for c, row in correct.items()},
+            **{slot: {c: row[slot] for c, row in correct.items()} for slot in SLOTS}}
+
+
+def load_seed(demo: Path, beam: int, scorer: Scorer, control: Path | None = None) -> dict:
+    """One demo's stages (and, given `control`, the frozen-CNN stage 3 run on the demo's stage 2)."""
     metas = Build(demo / "data").split("test").metas
     refs = {m["clip_id"]: m["captions"] for m in metas}
     objects = {m["clip_id"]: m["objects"] for m in metas if m.get("objects")}
-    stages = {}
-    for s in STAGES:
-        d = demo / "run" / f"stage{s}" / f"eval-test-beam{beam}"
-        preds = json.loads((d / "predictions.json").read_text())
-        per_clip = scorer.score(preds, refs, per_clip=True)["per_clip"]
-        correct = per_clip_correct(preds, objects)
-        stages[s] = {"metrics": json.loads((d / "metrics.json").read_text()), "predictions": preds,
-                     "confusion": json.loads((d / "action_confusion.json").read_text()),
-                     "cider": {c: v["CIDEr"] for c, v in per_clip.items()},
-                     "said_colour": {c: row["parsed"]["colour"] for c, row in correct.items()},
-                     **{slot: {c: row[slot] for c, row in correct.items()} for slot in SLOTS}}
+    stages = {s: load_eval(demo / "run" / f"stage{s}" / f"eval-test-beam{beam}", refs, objects, scorer) for s in STAGES}
+    if control is not None:
+        stages[FROZEN] = load_eval(control / "stage3" / f"eval-test-beam{beam}", refs, objects, scorer)
     probe = demo / "run" / "probe.json"
     return {"demo": str(demo), "objects": objects, "stages": stages, "references": references_agreement(refs, scorer),
             "probe": json.loads(probe.read_text())["probes"] if probe.exists() else None}
@@ -140,16 +147,19 @@ def probes(seeds: list[dict]) -> dict:
 
 
 def summarise(seeds: list[dict]) -> dict:
-    table = []
-    for s in STAGES:
-        table.append({"stage": s, **over_seeds([sd["stages"][s]["metrics"] for sd in seeds], [k for k, _, _ in COLUMNS])})
+    rows = [*STAGES, FROZEN] if all(FROZEN in sd["stages"] for sd in seeds) else list(STAGES)
+    table = [{"stage": s, **over_seeds([sd["stages"][s]["metrics"] for sd in seeds], [k for k, _, _ in COLUMNS])}
+             for s in rows]
+    pairs = {"2-1": (1, 2), "3-2": (2, 3), "3-1": (1, 3)}
+    if FROZEN in rows:
+        pairs.update({f"{FROZEN}-2": (2, FROZEN), f"3-{FROZEN}": (FROZEN, 3)})
     labels = seeds[0]["stages"][3]["confusion"]["labels"]
     matrix = np.sum([sd["stages"][3]["confusion"]["matrix"] for sd in seeds], axis=0)
     refs = [sd["references"] for sd in seeds]
     return {"demos": [sd["demo"] for sd in seeds], "table": table,
             "references": {**over_seeds(refs, ["leave_one_out_cider", "best_reference_cider"]), "per_seed": refs},
-            "paired": {"2-1": paired(seeds, 1, 2), "3-2": paired(seeds, 2, 3), "3-1": paired(seeds, 1, 3)},
-            "by_objects": {s: by_objects(seeds, s) for s in STAGES},
+            "paired": {name: paired(seeds, a, b) for name, (a, b) in pairs.items()},
+            "by_objects": {s: by_objects(seeds, s) for s in rows},
             "confusion_stage3": {"labels": labels, "matrix": matrix.tolist()}, "probes": probes(seeds)}
 
 
@@ -205,10 +215,16 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("demos", nargs="+", help="DEMO folders of `make demo DEMO=... SEED=...`")
     p.add_argument("--beam", type=int, default=3, help="which eval-test-beamN of each stage to read")
+    p.add_argument("--control", nargs="+", default=None, metavar="RUN",
+                   help="one run folder per DEMO, in the same order, each holding stage3/ trained by stage 3's "
+                        "recipe from that demo's stage-2 best.pt with the CNN frozen (README: the command)")
     p.add_argument("--out", default=str(REPO / "bench" / "demo_seeds_report.json"))
     a = p.parse_args(argv)
+    if a.control is not None and len(a.control) != len(a.demos):
+        p.error(f"--control: {len(a.control)} run folders for {len(a.demos)} demos; give one per demo")
+    controls = [Path(c) for c in a.control] if a.control else [None] * len(a.demos)
     with Scorer(meteor=False) as scorer:
-        seeds = [load_seed(Path(d), a.beam, scorer) for d in a.demos]
+        seeds = [load_seed(Path(d), a.beam, scorer, c) for d, c in zip(a.demos, controls, strict=True)]
     report = {"beam": a.beam, **summarise(seeds)}
     write_json_atomic(Path(a.out), report)
     write_bytes_atomic(Path(a.out).with_suffix(".md"), format_markdown(report).encode())

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 
+import pytest
 from conftest import REPO
 
 from evalkit.grammar import ACTION_WORDS, SHAPE_WORDS
@@ -56,8 +57,15 @@ def test_demo_seeds_aggregates_hand_made_predictions(built_small, tmp_path):
               3: right}
     demos = [_fake_demo(tmp_path / f"demo{i}", built_small, stages, {1: 1.0 + i, 2: 1.5 + i, 3: 2.0 + i}, objects)
              for i in range(2)]
+    # the frozen-CNN control of stage 3 (a run folder beside each demo), here saying what stage 2 says
+    controls = []
+    for i in range(2):
+        d = tmp_path / f"control{i}" / "stage3" / "eval-test-beam3"
+        d.parent.parent.mkdir()
+        (d.parent).symlink_to(demos[i] / "run" / "stage2")
+        controls.append(d.parent.parent)
     bench = _bench()
-    report = bench.main([*map(str, demos), "--out", str(tmp_path / "report.json")])
+    report = bench.main([*map(str, demos), "--control", *map(str, controls), "--out", str(tmp_path / "report.json")])
 
     cider = {row["stage"]: row["CIDEr"] for row in report["table"]}
     assert cider[1]["values"] == [1.0, 2.0] and math.isclose(cider[1]["std"], math.sqrt(0.5))
@@ -78,6 +86,14 @@ def test_demo_seeds_aggregates_hand_made_predictions(built_small, tmp_path):
         d = report["paired"]["3-1"][slot]
         assert math.isclose(d["mean"], 1 - r / len(ids))
     assert report["paired"]["3-2"]["cider"]["mean"] > 0  # right captions score above "a video"
+
+    frozen = bench.FROZEN
+    assert [row["stage"] for row in report["table"]] == [1, 2, 3, frozen]
+    for measure in ("cider", "action", "colour", "shape"):
+        assert report["paired"][f"3-{frozen}"][measure]["mean"] == report["paired"]["3-2"][measure]["mean"]
+        assert report["paired"][f"{frozen}-2"][measure]["mean"] == 0
+    with pytest.raises(SystemExit):  # one control per demo
+        bench.main([*map(str, demos), "--control", str(controls[0]), "--out", str(tmp_path / "r.json")])
 
     groups = report["by_objects"]
     assert groups[3]["1_object"]["clips"] == n - 2 * len(two) and groups[3]["2_object"]["clips"] == 2 * len(two)
