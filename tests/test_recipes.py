@@ -71,6 +71,23 @@ def test_one_step_of_each_recipe_trains_what_its_row_says(name, built_small, s2v
     assert head_moved == bool(attr)  # only the attribute loss trains the attribute head
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.01])
+def test_cnn_lr_scale_sets_the_cnns_step(scale, built_small, s2vt_ckpt, tmp_path):
+    """Adam's first step moves every parameter that has a gradient by its group's lr: the captioner
+    by lr, the CNN by lr * cnn_lr_scale (one group, as before the option, when the scale is 1)."""
+    cfg = make_train_config("e2e-xe", "tiny", ["num_workers=0", "batch_size=4", f"cnn_lr_scale={scale}"],
+                            data=str(built_small), run=str(tmp_path), init=str(s2vt_ckpt))
+    t = Trainer(cfg, progress=False)
+    assert len(t.opt.param_groups) == (1 if scale == 1.0 else 2)
+    before = {k: v.clone() for k, v in t.model.named_parameters()}
+    t.step(next(iter(t.epoch_batches(0))), 0)
+    moved = {k: (v - before[k]).abs().max().item() for k, v in t.model.named_parameters()}
+    cnn = max(v for k, v in moved.items() if k.startswith("backbone."))
+    captioner = max(v for k, v in moved.items() if not k.startswith("backbone."))
+    assert captioner == pytest.approx(cfg.lr, rel=0.05)  # float32 rounding of p - step
+    assert cnn == pytest.approx(cfg.lr * scale, rel=0.05)
+
+
 def test_train_ablate_writes_the_eight_rows_and_resumes(built_small, tmp_path):
     cmd = [tool("train"), "ablate", "--data", str(built_small), "--run", str(tmp_path / "abl"), "--preset", "tiny",
            "--seeds", "1", "--quiet", "num_workers=0"]

@@ -30,6 +30,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-4
     weight_decay: float = 0.0
+    cnn_lr_scale: float = 1.0  # CNN trained: its learning rate is lr * this; the captioner keeps lr
     grad_clip: float = 5.0
     train_cnn: bool = False  # end to end: the CNN learns too
     xe_weight: float = 1.0  # loss = xe_weight * L_XE + rl_weight * L_RL + attr_weight * L_attr
@@ -95,6 +96,7 @@ _RANGES = {
     "batch_size": (lambda v: v >= 1, "must be >= 1"),
     "lr": (lambda v: 0 < v <= 1, "must be > 0 and <= 1"),
     "weight_decay": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
+    "cnn_lr_scale": (lambda v: 0 < v <= 100, "must be > 0 and <= 100"),
     "grad_clip": (lambda v: v >= 0, "must be >= 0 (0: no clipping)"),
     "xe_weight": (lambda v: v >= 0, "must be >= 0"),
     "rl_weight": (lambda v: v >= 0, "must be >= 0"),

@@ -90,6 +90,19 @@ def build_model(cfg: TrainConfig, info: DataInfo) -> tuple[VideoCaptioner, str |
         raise UserError(str(e)) from None
 
 
+def param_groups(model: VideoCaptioner, cfg: TrainConfig) -> list[dict]:
+    """The trainable parameters for Adam: one group at cfg.lr, or -- when the CNN trains and
+    cnn_lr_scale != 1 -- the CNN in a second group at lr * cnn_lr_scale. Why: one epoch of the
+    captioner's lr moves a pretrained CNN's standardised features by most of their own length,
+    and the LSTM reading them has to learn its input again (README "Training")."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    cnn = {id(p) for p in model.backbone.parameters()}
+    if cfg.cnn_lr_scale == 1.0 or not any(id(p) in cnn for p in params):
+        return [{"params": params}]  # one group, as checkpoints before cnn_lr_scale have
+    return [{"params": [p for p in params if id(p) not in cnn]},
+            {"params": [p for p in params if id(p) in cnn], "lr": cfg.lr * cfg.cnn_lr_scale}]
+
+
 def recipe_label(name: str) -> str:
     stage = next((n for n, r in STAGES.items() if r == name), None)
     return f"stage {stage}" if stage else f"recipe {name}"
@@ -136,8 +149,7 @@ class Trainer:
         self.model.to(self.device)
         self.model.freeze_backbone(not cfg.train_cnn, bn_stats=cfg.bn_stats)
         self.image_size = self.model.cfg.image_size
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.Adam(param_groups(self.model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if cfg.resume:
             self._restore(extra)
         for split in ("train", "val"):  # one verifying pass, on rank 0; the others get its result
