@@ -34,6 +34,7 @@ def test_every_table3_row_is_a_recipe_with_the_papers_settings():
         cfg = make_train_config(name, "paper", [])
         assert (cfg.train_cnn, cfg.xe_weight, cfg.rl_weight, cfg.attr_weight) == (cnn, xe, rl, attr), name
         assert cfg.feature_cache == (not cnn), name
+        assert cfg.cnn_lr_scale == 1.0, name  # the paper trains the CNN at the captioner's lr
         if m is not None:
             assert cfg.samples == m, name
         assert RECIPES[name].init == init, name
