@@ -14,7 +14,7 @@
 - with --control, stage 3's recipe run again from the same stage-2 checkpoint with the CNN frozen:
   stage 3 against it isolates what training the CNN adds, beyond one more epoch of RL + attributes;
 - for each slot, how many clips the later stage fixed and broke (the paired test's discordant pairs:
-  with 8 errors left of 720, no stage can pass two standard errors by fixing fewer than ~6 of them);
+  with a dozen errors left, a later stage passes two standard errors only by fixing most of them);
 - how well the references agree with each other, to read CIDEr against: each reference scored
   against the clip's other references (leave one out, "human"), and the best of them per clip
   (a consensus oracle that knows which phrasing the other references happen to use).

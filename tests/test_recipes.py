@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import tool
 
+from evalkit.errors import UserError
 from train.config import make_train_config
 from train.loop import Trainer, run_stage
 from train.recipes import RECIPES, STAGES, TABLE3_ORDER, prefix_chain
@@ -87,6 +88,18 @@ def test_cnn_lr_scale_sets_the_cnns_step(scale, built_small, s2vt_ckpt, tmp_path
     captioner = max(v for k, v in moved.items() if not k.startswith("backbone."))
     assert captioner == pytest.approx(cfg.lr, rel=0.05)  # float32 rounding of p - step
     assert cnn == pytest.approx(cfg.lr * scale, rel=0.05)
+
+
+def test_resume_with_another_cnn_lr_scale_is_one_line(built_small, s2vt_ckpt, tmp_path):
+    """A last.pt saved with one optimiser group (cnn_lr_scale=1) cannot take two: one line saying which setting."""
+    args = ["num_workers=0", "batch_size=4", "max_clips=8", "epochs=1"]
+    run_stage(make_train_config("e2e-xe", "tiny", args, data=str(built_small), run=str(tmp_path), init=str(s2vt_ckpt)),
+              progress=False)
+    cfg = make_train_config("e2e-xe", "tiny", [*args, "cnn_lr_scale=0.1"], data=str(built_small), run=str(tmp_path),
+                            resume=True)
+    with pytest.raises(UserError, match=r"last.pt: saved with 1 optimiser group\(s\), these settings make 2 "
+                                        r"\(cnn_lr_scale=0.1\); resume with the cnn_lr_scale it was trained with \(1\)"):
+        Trainer(cfg, progress=False)
 
 
 def test_train_ablate_writes_the_eight_rows_and_resumes(built_small, tmp_path):

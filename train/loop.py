@@ -196,6 +196,11 @@ class Trainer:
     def _restore(self, extra: dict) -> None:
         """Optimiser, position, history and this rank's RNG state from last.pt's extra (all ranks)."""
         state = read_extra(extra, self.dir / "last.pt", self.dist.rank, self.dist.world)
+        saved = state.optimizer.get("param_groups") if isinstance(state.optimizer, dict) else None
+        if isinstance(saved, list) and len(saved) != len(self.opt.param_groups):
+            raise UserError(f"{self.dir / 'last.pt'}: saved with {len(saved)} optimiser group(s), these settings "
+                            f"make {len(self.opt.param_groups)} (cnn_lr_scale={self.cfg.cnn_lr_scale}); resume with "
+                            f"the cnn_lr_scale it was trained with ({'1' if len(saved) == 1 else 'not 1'})")
         try:
             self.opt.load_state_dict(state.optimizer)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
