@@ -93,7 +93,7 @@ def references_agreement(refs: dict[str, list[str]], scorer: Scorer) -> dict:
     return {"clips": len(best), "leave_one_out_cider": scores["CIDEr"], "best_reference_cider": float(np.mean(list(best.values())))}
 
 
-def paired(seeds: list[dict], a: int, b: int) -> dict:
+def paired(seeds: list[dict], a: int | str, b: int | str) -> dict:
     """Stage b - stage a per measure: per seed and pooled over every seed's clips (keys made unique)."""
     out = {}
     for measure in ("cider", *SLOTS):
@@ -110,7 +110,7 @@ def paired(seeds: list[dict], a: int, b: int) -> dict:
     return out
 
 
-def by_objects(seeds: list[dict], stage: int) -> dict:
+def by_objects(seeds: list[dict], stage: int | str) -> dict:
     """Slot accuracy on one- and two-object clips, pooled; colour errors that name another object's colour."""
     out = {}
     for n_obj in (1, 2):
