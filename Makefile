@@ -52,7 +52,7 @@ test: setup
 	$(PY) -m pytest -q tests
 
 lint: setup
-	$(VENV)/bin/ruff check pipeline model train evalkit tests bench examples
+	$(VENV)/bin/ruff check vidcap shards caption pipeline model train evalkit tests bench examples
 
 bench: setup
 	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py && $(PY) bench/checkpoint.py && $(PY) bench/ddp.py && $(PY) bench/scale.py && $(PY) bench/kv_cache.py

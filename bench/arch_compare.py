@@ -27,13 +27,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evalkit.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
-from evalkit.coco import Scorer  # noqa: E402
-from model import ARCHS  # noqa: E402
-from train.ablate import over_seeds  # noqa: E402
-from train.config import make_train_config  # noqa: E402
-from train.evaluate import evaluate_checkpoint  # noqa: E402
-from train.loop import run_stage  # noqa: E402
+from vidcap.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
+from vidcap.evalkit.coco import Scorer  # noqa: E402
+from vidcap.model import ARCHS  # noqa: E402
+from vidcap.train.ablate import over_seeds  # noqa: E402
+from vidcap.train.config import make_train_config  # noqa: E402
+from vidcap.train.evaluate import evaluate_checkpoint  # noqa: E402
+from vidcap.train.loop import run_stage  # noqa: E402
 
 # (key in the scored metrics, column title, scale)
 COLUMNS = (("CIDEr", "test CIDEr", 100), ("Bleu_4", "BLEU-4", 100), ("action_acc", "action %", 100),
@@ -42,8 +42,8 @@ COLUMNS = (("CIDEr", "test CIDEr", 100), ("Bleu_4", "BLEU-4", 100), ("action_acc
 
 def built_in_data(work: Path, clips: int) -> Path:
     """A pipeline build of a fresh built-in dataset (reused when already there)."""
-    from pipeline.build import BuildConfig, build
-    from pipeline.synth import synthesize
+    from vidcap.pipeline.build import BuildConfig, build
+    from vidcap.pipeline.synth import synthesize
 
     data = work / "data"
     if not (data / "build.json").exists():

@@ -22,12 +22,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from model.checkpoint import save_checkpoint  # noqa: E402
-from pipeline.build import BuildConfig, build  # noqa: E402
-from pipeline.synth import synthesize  # noqa: E402
-from train.config import make_train_config  # noqa: E402
-from train.loop import Trainer  # noqa: E402
-from train.resume import Position  # noqa: E402
+from vidcap.model.checkpoint import save_checkpoint  # noqa: E402
+from vidcap.pipeline.build import BuildConfig, build  # noqa: E402
+from vidcap.pipeline.synth import synthesize  # noqa: E402
+from vidcap.train.config import make_train_config  # noqa: E402
+from vidcap.train.loop import Trainer  # noqa: E402
+from vidcap.train.resume import Position  # noqa: E402
 
 SAVE_EVERY = 100
 

@@ -25,9 +25,10 @@ sys.path.insert(0, str(REPO))
 
 from pycocoevalcap.cider.cider import Cider  # noqa: E402
 
-from evalkit.cider import CiderD  # noqa: E402
-from evalkit.ngrams import reference_tokens  # noqa: E402
-from pipeline.vocab import build_vocab, encode  # noqa: E402
+from vidcap.evalkit.cider import CiderD  # noqa: E402
+from vidcap.evalkit.ngrams import reference_tokens  # noqa: E402
+from vidcap.pipeline.vocab import build_vocab  # noqa: E402
+from vidcap.tokens import encode  # noqa: E402
 
 
 def corpus(n_clips: int) -> dict[str, list[str]]:

@@ -27,10 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evalkit.layout import DataInfo  # noqa: E402
-from model import Captioner, make_config, save_checkpoint  # noqa: E402
-from pipeline.build import BuildConfig, build  # noqa: E402
-from pipeline.synth import synthesize  # noqa: E402
+from vidcap.model import Captioner, make_config, save_checkpoint  # noqa: E402
+from vidcap.pipeline.build import BuildConfig, build  # noqa: E402
+from vidcap.pipeline.synth import synthesize  # noqa: E402
+from vidcap.shards.layout import DataInfo  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

@@ -35,12 +35,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evalkit.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
-from evalkit.coco import Scorer  # noqa: E402
-from evalkit.grounding import per_clip_correct  # noqa: E402
-from evalkit.layout import Build  # noqa: E402
-from train.ablate import over_seeds  # noqa: E402
-from train.evaluate import paired_difference  # noqa: E402
+from vidcap.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
+from vidcap.evalkit.coco import Scorer  # noqa: E402
+from vidcap.evalkit.grounding import per_clip_correct  # noqa: E402
+from vidcap.shards.layout import Build  # noqa: E402
+from vidcap.train.ablate import over_seeds  # noqa: E402
+from vidcap.train.evaluate import paired_difference  # noqa: E402
 
 STAGES = (1, 2, 3)
 FROZEN = "3 (CNN frozen)"  # stage 3's recipe with the CNN frozen (--control): what training the CNN adds

@@ -5,7 +5,7 @@ real videos in ../shared/data/videos; without ../shared, larger synthetic clips 
 Every method produces the same thing: 5 frames at segment centres, 224x224, JPEG q90.
 
   bare       decord open + get_batch(5) + 5 JPEG encodes, in one process (the floor per core)
-  job1       pipeline.shard_writer.build_shard over all clips in one process: the same work plus the
+  job1       pipeline.frames_job.build_shard over all clips in one process: the same work plus the
              decoder subprocess, tar writing and sha256 (job1 / bare = job 1's overhead)
   job1_dask  job 1 as `pipeline build` runs it: shard tasks (10 clips) on a 2-process LocalCluster
              (cluster start-up, ~3 s once per build, excluded)
@@ -33,8 +33,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.frames import encode_jpeg, sample_frames, segment_centres  # noqa: E402
-from pipeline.shard_writer import ShardTask, build_shard  # noqa: E402
+from vidcap.pipeline.frames import encode_jpeg, sample_frames, segment_centres  # noqa: E402
+from vidcap.pipeline.frames_job import ShardTask, build_shard  # noqa: E402
 
 SIZE, K = 224, 5
 
@@ -45,7 +45,7 @@ def make_clips(n: int, out: Path) -> list[Path]:
     rng = np.random.default_rng(0)
     clips = []
     if not sources:
-        from pipeline.synth import synthesize
+        from vidcap.pipeline.synth import synthesize
 
         synthesize(out / "synth", clips=n, seed=0, size=(480, 270), seconds=4.0, progress=False)
         return sorted((out / "synth" / "videos").glob("*.mp4"), key=lambda p: int(p.stem[5:]))
@@ -132,7 +132,7 @@ def main() -> None:
         tmp = Path(t)
         clips = make_clips(a.clips, tmp)
         bare(clips[:3])  # warm the page cache and imports
-        from pipeline.cluster import dask_client
+        from vidcap.pipeline.cluster import dask_client
 
         res = {"bare": timed(bare, clips, repeat=2), "job1": timed(job1, clips, tmp, repeat=2)}
         with dask_client(workers=2) as client:

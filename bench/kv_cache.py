@@ -25,8 +25,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from model import create_model, decoding, make_config  # noqa: E402
-from model.decoding import EOS  # noqa: E402
+from vidcap.model import create_model, decoding, make_config  # noqa: E402
+from vidcap.tokens import EOS  # noqa: E402
 
 
 class Recompute:

@@ -31,11 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.synth import SPLIT_FRACTIONS, synthesize  # noqa: E402
+from vidcap.pipeline.synth import SPLIT_FRACTIONS, synthesize  # noqa: E402
 
 DRIVER = """
 import json, resource, sys
-from pipeline.build import BuildConfig, build
+from vidcap.pipeline.build import BuildConfig, build
 s = build(BuildConfig(**json.loads(sys.argv[1])))
 print(json.dumps({"summary": s, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

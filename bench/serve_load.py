@@ -41,7 +41,7 @@ def tool(name: str) -> str:
 
 def tiny_model(tmp: Path, clips: Path) -> Path:
     """Train the tiny preset for one epoch on a small built-in dataset and export it."""
-    from pipeline.build import BuildConfig, build
+    from vidcap.pipeline.build import BuildConfig, build
 
     build(BuildConfig(dataset="msrvtt", root=str(clips), out=str(tmp / "data"), size=64, shard_size=8, min_count=1,
                       progress=False))
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     load_at_start = os.getloadavg()[0]
     sys.path.insert(0, str(REPO))
-    from pipeline.synth import synthesize
+    from vidcap.pipeline.synth import synthesize
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -28,14 +28,14 @@ from torch.utils.data import DataLoader, Dataset
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evalkit.layout import DataInfo  # noqa: E402
-from model import create_model, make_config, save_checkpoint  # noqa: E402
-from pipeline.build import BuildConfig, build  # noqa: E402
-from pipeline.frames import sample_frames  # noqa: E402
-from pipeline.synth import synthesize  # noqa: E402
-from train.config import make_train_config  # noqa: E402
-from train.data import SplitStream, torch_loader  # noqa: E402
-from train.loop import Trainer  # noqa: E402
+from vidcap.model import create_model, make_config, save_checkpoint  # noqa: E402
+from vidcap.pipeline.build import BuildConfig, build  # noqa: E402
+from vidcap.pipeline.frames import sample_frames  # noqa: E402
+from vidcap.pipeline.synth import synthesize  # noqa: E402
+from vidcap.shards.layout import DataInfo  # noqa: E402
+from vidcap.train.config import make_train_config  # noqa: E402
+from vidcap.train.data import SplitStream, torch_loader  # noqa: E402
+from vidcap.train.loop import Trainer  # noqa: E402
 
 
 class RawVideos(Dataset):
@@ -137,7 +137,7 @@ def main() -> None:
                                      "epoch_s_streamed": round(streamed, 2), "one_off_caching_s": round(caching, 2),
                                      "speedup": round(streamed / cached, 1)}
         print(report["cache_cpu_small"], flush=True)
-        from model.checkpoint import save_checkpoint as save
+        from vidcap.model.checkpoint import save_checkpoint as save
 
         save(tmp / "run" / "stage1" / "best.pt", t1.model, info.itos, info.attributes)
         s2, n2, t2 = trainer_epoch(cfg(2))

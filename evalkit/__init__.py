@@ -1,6 +1,6 @@
 """evalkit: the paper's caption metrics (pycocoevalcap) and a fast CIDEr-D reward."""
 
-from evalkit.cider import CiderD
-from evalkit.coco import METRICS, Scorer, score
+from vidcap.evalkit.cider import CiderD
+from vidcap.evalkit.coco import METRICS, Scorer, score
 
 __all__ = ["CiderD", "METRICS", "Scorer", "score"]

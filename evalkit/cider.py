@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from evalkit.ngrams import EOS, MAX_N, document_frequencies, ngram_counts, reference_tokens
+from vidcap.evalkit.ngrams import EOS, MAX_N, document_frequencies, ngram_counts, reference_tokens
+from vidcap.tokens import MAX_LEN
 
 _MAX_KEY = np.iinfo(np.int64).max
 
@@ -36,7 +37,7 @@ class CiderD:
     """
 
     def __init__(self, vocab: Sequence[str], references: Mapping[str, Sequence], df: Mapping | None = None,
-                 n_docs: int | None = None, sigma: float = 6.0, max_len: int = 35):
+                 n_docs: int | None = None, sigma: float = 6.0, max_len: int = MAX_LEN):
         self.n = MAX_N
         self.sigma = sigma
         self.vocab = list(vocab)

@@ -2,8 +2,8 @@
 
 Predictions: ``{"clip_id": "caption", ...}`` or the COCO results list
 ``[{"image_id": "clip_id", "caption": "..."}, ...]`` ("video_id" is accepted for "image_id").
-References: a `pipeline build` output -- a folder (or its shards/ folder) or a URL (evalkit.store) --
-whose shard json give the captions of --split (read through evalkit.layout), or
+References: a `pipeline build` output -- a folder (or its shards/ folder) or a URL (vidcap.shards.store) --
+whose shard json give the captions of --split (read through vidcap.shards.layout), or
 ``{"clip_id": ["caption", ...], ...}``.
 """
 
@@ -14,10 +14,10 @@ import csv
 import io
 from pathlib import Path
 
-from evalkit.atomic import write_bytes_atomic, write_json_atomic
-from evalkit.coco import METRICS, score
-from evalkit.errors import ArgumentParser, UserError, cli_errors
-from evalkit.jsonfile import read_json
+from vidcap.atomic import write_bytes_atomic, write_json_atomic
+from vidcap.errors import ArgumentParser, UserError, cli_errors
+from vidcap.evalkit.coco import METRICS, score
+from vidcap.jsonfile import read_json
 
 
 def load_predictions(path: Path) -> dict[str, str]:
@@ -40,8 +40,8 @@ def load_predictions(path: Path) -> dict[str, str]:
 
 def load_references(path: str | Path, split: str) -> dict[str, list[str]]:
     """References from a JSON file, or from a build (a folder, its shards/ folder, or a URL)."""
-    from evalkit.layout import SHARDS, Build
-    from evalkit.store import LocalStore, open_store
+    from vidcap.shards.layout import SHARDS, Build
+    from vidcap.shards.store import LocalStore, open_store
 
     text = str(path)
     if not isinstance(open_store(text), LocalStore):

@@ -4,7 +4,7 @@ CIDEr rewards n-gram overlap with the references, so a captioner that says "move
 every clip of the built-in dataset still scores well (the template is right, the event is not).
 Here each predicted caption is parsed back into the slots of the clip's main object -- action,
 colour, shape, size -- with the same phrase table the generator wrote the references from
-(``evalkit.grammar``), and compared with the generator's ground truth.
+(``vidcap.grammar``), and compared with the generator's ground truth.
 
 Also the attribute head's quality: average precision per attribute over the clips of a split,
 averaged (mAP) over all attributes and per part of speech.
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from evalkit.grammar import (
+from vidcap.grammar import (
     ACTIONS,
     COLOUR_NAMES,
     SHAPE_WORDS,
@@ -25,7 +25,7 @@ from evalkit.grammar import (
     SIZE_WORDS,
     action_phrases,
 )
-from evalkit.text import tokenize
+from vidcap.text import tokenize
 
 SLOTS = ("action", "colour", "shape", "size")
 NONE = "none"  # the parsed caption names no value for a slot

@@ -1,7 +1,7 @@
 """The n-gram extraction of CIDEr-D, shared by evalkit's reward and the pipeline's document
 frequencies (job 3): both must count exactly the same n-grams or the idf weights are wrong.
 
-A reference is tokenised with evalkit.text.tokenize, truncated to ``max_len - 1`` words and ends
+A reference is ``vidcap.tokens.reference_tokens``: tokenised, truncated to ``max_len - 1`` words and ends
 with ``<eos>`` -- the same form the decoder produces, so the reward scores sequences up to and
 including ``<eos>`` as self-critical training does.
 """
@@ -11,14 +11,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from evalkit.text import tokenize
+from vidcap.tokens import EOS_WORD as EOS
+from vidcap.tokens import reference_tokens
 
-EOS = "<eos>"
+__all__ = ["EOS", "MAX_N", "document_frequencies", "ngram_counts", "reference_tokens"]
+
 MAX_N = 4
-
-
-def reference_tokens(caption: str, max_len: int = 35) -> list[str]:
-    return tokenize(caption)[: max_len - 1] + [EOS]
 
 
 def ngram_counts(tokens: Sequence[str], n: int = MAX_N) -> Counter:

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model import decoding
-from model.backbones import create_backbone
+from vidcap.model import decoding
+from vidcap.model.backbones import create_backbone
+from vidcap.tokens import MAX_LEN
 
 # model.pool -> a frame's feature width as a multiple of the CNN's channels
 POOLS = {"avg": 1, "grid": 4, "grid3": 9, "focus": 5}
@@ -56,7 +57,7 @@ class CaptionConfig:
     # (``motion_focus``): with two objects in a clip, a grid's cells mix the moving one with the
     # still one, and the captioner named the other object's colour (51 of 76 two-object colour errors).
     pool: str = "avg"
-    max_len: int = 35
+    max_len: int = MAX_LEN
     n_attributes: int = 400
 
     @classmethod

@@ -9,7 +9,7 @@ it, never torch's own message (which may advise ``weights_only=False``: exactly 
 do with an untrusted file). The console scripts print it as a one-line user error.
 
 Saving writes to a path or to any binary file object; train places checkpoints atomically with
-``evalkit.atomic`` (model imports nothing of the project, so it has no writer policy of its own).
+``vidcap.atomic`` (model imports nothing of the project, so it has no writer policy of its own).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from typing import BinaryIO
 
 import torch
 
-from model.base import VideoCaptioner
-from model.registry import ARCHS, create_model, upgrade_config
+from vidcap.model.base import VideoCaptioner
+from vidcap.model.registry import ARCHS, create_model, upgrade_config
 
 CHECKPOINT_KEYS = ("config", "vocab", "attributes", "model", "extra")
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-PAD, BOS, EOS = 0, 1, 2
+from vidcap.tokens import BOS, EOS, PAD
 
 
 class StepModel(Protocol):
@@ -115,3 +115,9 @@ def beam(model: StepModel, feats: torch.Tensor, k: int = 3, max_len: int | None 
             break
     best = score.argmax(1) + offsets[:, 0]
     return seqs[best]
+
+
+def decode(model: StepModel, feats: torch.Tensor, beam_size: int = 1) -> torch.Tensor:
+    """The caption of each clip (B, L) as `train eval`, validation and `caption` make it: greedy for
+    ``beam_size <= 1``, else beam search of that width -- one rule, so the three never disagree."""
+    return greedy(model, feats) if beam_size <= 1 else beam(model, feats, beam_size)

@@ -44,9 +44,10 @@ from pathlib import Path
 
 import torch
 
-from model.base import VideoCaptioner
-from model.checkpoint import CheckpointError, load_checkpoint
-from model.registry import ARCHS, create_model
+from vidcap.model.base import VideoCaptioner
+from vidcap.model.checkpoint import CheckpointError, load_checkpoint
+from vidcap.model.registry import ARCHS, create_model
+from vidcap.tokens import SPECIALS
 
 FORMAT = "vidcap-model"
 FORMAT_VERSION = "1.0"  # MAJOR.MINOR: readers refuse another MAJOR; a MINOR adds top-level keys they may ignore
@@ -57,7 +58,6 @@ SAMPLING = "segment_centres"
 # the vocabulary size have their own keys, preprocessing its own section, and the weights come from
 # model.safetensors (a folder never points at another weights file).
 NOT_MODEL = ("arch", "vocab_size", "pretrained", "backbone_weights", *PREPROCESSING)
-SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 MAX_JSON_BYTES = {CONFIG: 1 << 20, VOCAB: 64 << 20}  # far above any real one: a config of 1 MB is an attack
 # Bounds of integer settings, generous for any real model, small enough that nothing overflows.
 INT_BOUNDS = {"n_frames": (1, 64), "image_size": (8, 2048), "max_len": (2, 1024)}

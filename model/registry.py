@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from model.base import CaptionConfig, VideoCaptioner
+    from vidcap.model.base import CaptionConfig, VideoCaptioner
 
 DEFAULT_ARCH = "s2vt"
 LEGACY_PIXEL_NORM = (0.5, 0.5, 0.5)  # what every backbone used before backbones carried their own

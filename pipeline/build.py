@@ -24,17 +24,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from evalkit import layout
-from evalkit.errors import UserError
-from evalkit.layout import BUILD_OUTPUTS, SPLITS
-from evalkit.ngrams import document_frequencies, reference_tokens
-from pipeline import attributes as attr
-from pipeline.adapters import load_dataset
-from pipeline.clip_worker import DEFAULT_MEMORY_MB
-from pipeline.cluster import as_finished, check_scheduler_url, dask_client
-from pipeline.ffmpeg_check import require_ffmpeg
-from pipeline.shard_writer import ShardResult, ShardTask, build_shard
-from pipeline.vocab import DEFAULT_MIN_COUNT, MAX_LEN, build_vocab
+from vidcap.errors import UserError
+from vidcap.evalkit.ngrams import document_frequencies, reference_tokens
+from vidcap.pipeline import attributes as attr
+from vidcap.pipeline.adapters import load_dataset
+from vidcap.pipeline.clip_worker import DEFAULT_MEMORY_MB
+from vidcap.pipeline.cluster import as_finished, check_scheduler_url, dask_client
+from vidcap.pipeline.ffmpeg_check import require_ffmpeg
+from vidcap.pipeline.frames_job import ShardResult, ShardTask, build_shard
+from vidcap.pipeline.vocab import DEFAULT_MIN_COUNT, build_vocab
+from vidcap.shards import layout
+from vidcap.shards.layout import BUILD_OUTPUTS, SPLITS
+from vidcap.tokens import MAX_LEN
 
 CAPTIONS_PER_TAG_TASK = 4000
 
@@ -116,7 +117,7 @@ def _prepare_out(out: Path, overwrite: bool, tasks: list[ShardTask]) -> Path:
     return shard_dir
 
 
-def run_job1(client, tasks: list[ShardTask], shard_dir: Path, progress: bool,
+def run_frames_job(client, tasks: list[ShardTask], shard_dir: Path, progress: bool,
              worker_timeout: float = 60.0) -> list[ShardResult]:
     total = sum(len(t.clips) for t in tasks)
     futures = {client.submit(build_shard, t, str(shard_dir.absolute()), key=f"shard-{t.name}-{t.fingerprint()[:12]}",
@@ -152,7 +153,7 @@ def write_manifests(out: Path, results: list[ShardResult], cfg: BuildConfig) -> 
                               cfg.frames, cfg.size, cfg.quality)
 
 
-def run_job2(client, clips, cfg: BuildConfig, model: str, out: Path, progress: bool) -> dict:
+def run_attributes_job(client, clips, cfg: BuildConfig, model: str, out: Path, progress: bool) -> dict:
     """spaCy over every caption, one Dask task per ~4,000 captions' worth of clips. A task returns,
     per clip, one string of its distinct kept words, and word counts over its training clips: the
     driver never holds per-caption tags (which grow with captions x tokens)."""
@@ -189,7 +190,7 @@ def run_job2(client, clips, cfg: BuildConfig, model: str, out: Path, progress: b
     return {"attributes": len(ranked), "spacy_model": model, "top": [r["word"] for r in ranked[:10]]}
 
 
-def run_job3(clips, cfg: BuildConfig, out: Path) -> dict:
+def run_df_vocab_job(clips, cfg: BuildConfig, out: Path) -> dict:
     train = [c for c in clips if c.split == "train"]
     df, n_docs = document_frequencies([[reference_tokens(c, MAX_LEN) for c in clip.captions] for clip in train])
     layout.write_cider_df(out, df, n_docs, MAX_LEN)
@@ -215,16 +216,16 @@ def build(cfg: BuildConfig) -> dict:
     with dask_client(cfg.workers, cfg.scheduler) as client:  # reachable: only now touch OUT
         shard_dir = _prepare_out(out, cfg.overwrite, tasks)
         t1 = time.perf_counter()
-        results = run_job1(client, tasks, shard_dir, cfg.progress, cfg.worker_timeout)
+        results = run_frames_job(client, tasks, shard_dir, cfg.progress, cfg.worker_timeout)
         seconds["shards"] = time.perf_counter() - t1
         failures = [f for r in results for f in r.failures]
         layout.write_failures(out, failures)
         check_splits(results, tasks, out)
         t1 = time.perf_counter()
-        job2 = run_job2(client, clips, cfg, model, out, cfg.progress)
+        job2 = run_attributes_job(client, clips, cfg, model, out, cfg.progress)
         seconds["attributes"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    job3 = run_job3(clips, cfg, out)
+    job3 = run_df_vocab_job(clips, cfg, out)
     seconds["df_vocab"] = time.perf_counter() - t1
     write_manifests(out, results, cfg)
     elapsed = time.perf_counter() - t0

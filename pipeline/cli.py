@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from evalkit.errors import ArgumentParser, cli_errors
+from vidcap.errors import ArgumentParser, cli_errors
 
 
 def _synth(a: argparse.Namespace) -> None:
-    from pipeline.synth import parse_size, synthesize
+    from vidcap.pipeline.synth import parse_size, synthesize
 
     info = synthesize(Path(a.out), clips=a.clips, seed=a.seed, size=parse_size(a.size), seconds=a.seconds,
                       fps=a.fps, workers=a.workers, overwrite=a.overwrite, progress=not a.quiet)
@@ -17,7 +17,7 @@ def _synth(a: argparse.Namespace) -> None:
 
 
 def _build(a: argparse.Namespace) -> None:
-    from pipeline.build import BuildConfig, build, format_summary
+    from vidcap.pipeline.build import BuildConfig, build, format_summary
 
     cfg = BuildConfig(dataset=a.dataset, root=a.root, out=a.out, frames=a.frames, size=a.size, quality=a.quality,
                       shard_size=a.shard_size, workers=a.workers, scheduler=a.scheduler, spacy_model=a.spacy_model,
@@ -28,7 +28,7 @@ def _build(a: argparse.Namespace) -> None:
 
 
 def _inspect(a: argparse.Namespace) -> None:
-    from pipeline.inspect_out import inspect
+    from vidcap.pipeline.inspect_out import inspect
 
     print(inspect(Path(a.out), a.samples, a.png))
 

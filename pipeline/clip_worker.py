@@ -76,7 +76,7 @@ class ClipDecoder:
         self.proc: subprocess.Popen | None = None
 
     def _start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.clip_worker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "vidcap.pipeline.clip_worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         _send(self.proc.stdin, self.args)
 
@@ -208,7 +208,7 @@ def _serve() -> None:
 
     frames, size, quality, memory_mb = recv()
     _cap_memory(memory_mb)
-    from pipeline.frames import DecodeError, encode_jpeg, sample_frames
+    from vidcap.pipeline.frames import DecodeError, encode_jpeg, sample_frames
 
     while True:
         try:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from evalkit.errors import UserError
+from vidcap.errors import UserError
 
 SCHEDULER_URL = re.compile(r"^(tcp|tls|ws|wss|ucx)://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}/?$")
 

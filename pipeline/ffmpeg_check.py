@@ -2,7 +2,7 @@
 
 import shutil
 
-from evalkit.errors import UserError
+from vidcap.errors import UserError
 
 
 def require_ffmpeg() -> str:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from evalkit.errors import UserError
-from evalkit.layout import SPLITS, Build
-from evalkit.shards import ShardError, iter_samples
+from vidcap.errors import UserError
+from vidcap.shards.layout import SPLITS, Build
+from vidcap.shards.reader import ShardError, iter_samples
 
 
 def _first_samples(build: Build, split: str, n: int) -> list[tuple[dict, list[Image.Image]]]:

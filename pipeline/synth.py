@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from evalkit.atomic import write_json_atomic
-from evalkit.errors import UserError
-from evalkit.grammar import (
+from vidcap.atomic import write_json_atomic
+from vidcap.errors import UserError
+from vidcap.grammar import (
     ACTIONS,
     BACKGROUND_PHRASE,
     BACKGROUND_WORDS,
@@ -38,7 +38,7 @@ from evalkit.grammar import (
     TEMPLATES,
     action_phrases,
 )
-from pipeline.ffmpeg_check import require_ffmpeg
+from vidcap.pipeline.ffmpeg_check import require_ffmpeg
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -140,7 +140,7 @@ def _place(action: str, rng: np.random.Generator, slot: float) -> tuple[float, f
 
 
 def make_captions(spec: ClipSpec, rng: np.random.Generator) -> list[str]:
-    """10-20 distinct captions of the clip, drawn from the phrase table of ``evalkit.grammar``."""
+    """10-20 distinct captions of the clip, drawn from the phrase table of ``vidcap.grammar``."""
     main = spec.objects[0]
     other = spec.objects[1] if len(spec.objects) > 1 else None
     n_target = int(rng.integers(10, 21))

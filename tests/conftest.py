@@ -31,7 +31,7 @@ SMALL_BUILD = dict(frames=5, size=64, quality=90, shard_size=4, attributes=400, 
 
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory) -> Path:
-    from pipeline.synth import synthesize
+    from vidcap.pipeline.synth import synthesize
 
     out = tmp_path_factory.mktemp("synth") / "ds"
     synthesize(out, clips=24, seed=3, size=(160, 120), seconds=2.0, workers=2, progress=False)
@@ -40,7 +40,7 @@ def synth_small(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def built_small(synth_small, tmp_path_factory) -> Path:
-    from pipeline.build import BuildConfig, build
+    from vidcap.pipeline.build import BuildConfig, build
 
     out = tmp_path_factory.mktemp("build") / "out"
     build(BuildConfig(dataset="msrvtt", root=str(synth_small), out=str(out), workers=2, **SMALL_BUILD))

@@ -13,13 +13,13 @@ import pytest
 import torch
 from conftest import REPO, tool
 
-from evalkit.layout import DataInfo
-from model import ARCHS, load_checkpoint
-from model.decoding import BOS, EOS, PAD
-from train.config import make_train_config
-from train.data import SplitStream, torch_loader
-from train.loop import run_stage
-from train.losses import sequence_mask
+from vidcap.model import ARCHS, load_checkpoint
+from vidcap.shards.layout import DataInfo
+from vidcap.tokens import BOS, EOS, PAD
+from vidcap.train.config import make_train_config
+from vidcap.train.data import SplitStream, torch_loader
+from vidcap.train.loop import run_stage
+from vidcap.train.losses import sequence_mask
 
 DECODERS = ("greedy", "sample", "beam")
 STAGE_LOGS = {1: ("xe_loss",), 2: ("rl_loss", "reward", "baseline"), 3: ("rl_loss", "reward", "attr_loss")}

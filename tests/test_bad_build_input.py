@@ -19,11 +19,11 @@ import pytest
 import webdataset as wds
 from conftest import SMALL_BUILD, one_line_error, tool
 
-from evalkit.errors import UserError
-from evalkit.shards import sample_key
-from pipeline.adapters import load_dataset
-from pipeline.build import BuildConfig, build
-from pipeline.cli import main as pipeline_main
+from vidcap.errors import UserError
+from vidcap.pipeline.adapters import load_dataset
+from vidcap.pipeline.build import BuildConfig, build
+from vidcap.pipeline.cli import main as pipeline_main
+from vidcap.shards.writer import sample_key
 
 
 @pytest.mark.parametrize("layout, text, problem", [

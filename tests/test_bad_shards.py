@@ -22,14 +22,14 @@ import pytest
 from conftest import SMALL_BUILD, copy_build, one_line_error, tool
 from PIL import Image
 
-from evalkit.layout import Build
-from evalkit.shards import ShardError
+from vidcap.shards.layout import Build
+from vidcap.shards.reader import ShardError
 
 SHARD = "test-000000.tar"
 
 
 def read_split(out: Path, split: str):
-    """What every reader does first: one pass over the split, each shard checked (evalkit.layout)."""
+    """What every reader does first: one pass over the split, each shard checked (vidcap.shards.layout)."""
     return Build(out).split(split)
 
 
@@ -200,8 +200,8 @@ def test_a_shard_cut_at_a_sample_boundary_is_caught_by_the_manifest(bad_out):
 
 
 def test_skip_bad_shards_trains_on_the_rest_with_a_warning(bad_out, capsys):
-    from train.config import make_train_config
-    from train.loop import run_stage
+    from vidcap.train.config import make_train_config
+    from vidcap.train.loop import run_stage
 
     shard = bad_out / "shards" / "train-000001.tar"
     put_shard(bad_out, shard.name, cut_at_sample_boundary(shard, 3), sign=False)
@@ -254,8 +254,8 @@ def test_a_shard_error_raised_in_a_dataloader_worker_stays_one_line():
 def test_a_broken_jpeg_body_is_one_line_from_a_dataloader_worker(bad_out):
     """A crafted shard whose JPEG headers are right but whose data is not: it passes the header
     check, fails where frames are decoded (a DataLoader worker), and still names shard and key."""
-    from evalkit.layout import DataInfo
-    from train.data import SplitStream, torch_loader
+    from vidcap.shards.layout import DataInfo
+    from vidcap.train.data import SplitStream, torch_loader
 
     shard = bad_out / "shards" / "train-000000.tar"
     items = members(shard)

@@ -17,14 +17,14 @@ import torch
 from conftest import copy_build, one_line_error, tool
 from test_bad_build_input import with_file_size_limit
 
-from evalkit.atomic import write_bytes_atomic
-from evalkit.errors import UserError
-from model import ARCHS, BACKBONES, Captioner, make_config, save_checkpoint
-from model.checkpoint import CheckpointError, load_checkpoint
-from model.registry import model_settings
-from train.cli import main as train_main
-from train.config import make_train_config
-from train.loop import run_stage
+from vidcap.atomic import write_bytes_atomic
+from vidcap.errors import UserError
+from vidcap.model import ARCHS, BACKBONES, Captioner, make_config, save_checkpoint
+from vidcap.model.checkpoint import CheckpointError, load_checkpoint
+from vidcap.model.registry import model_settings
+from vidcap.train.cli import main as train_main
+from vidcap.train.config import make_train_config
+from vidcap.train.loop import run_stage
 
 
 def train_cli(capsys, argv: list[str]) -> list[str]:
@@ -232,7 +232,7 @@ def test_every_cli_shares_the_user_error_path(tmp_path, built_small):
 
 
 def test_damaged_build_outputs_are_one_line_naming_the_file(built_small, tmp_path):
-    from evalkit.layout import Build, DataInfo
+    from vidcap.shards.layout import Build, DataInfo
 
     out = copy_build(built_small, tmp_path / "out")
     (out / "vocab.json").write_text('{"itos": ["<pad>", 1')
@@ -246,7 +246,7 @@ def test_damaged_build_outputs_are_one_line_naming_the_file(built_small, tmp_pat
     with pytest.raises(UserError) as e:
         DataInfo.load(out)
     assert str(e.value) == f"{out / 'attributes.parquet'}: not a Parquet table (ArrowInvalid); rebuild with `pipeline build`"
-    from pipeline.inspect_out import inspect
+    from vidcap.pipeline.inspect_out import inspect
 
     with pytest.raises(UserError) as e:
         inspect(out, png=tmp_path / "sheet.png")
@@ -282,7 +282,7 @@ def test_loading_a_build_starts_no_native_threads(built_small):
     "terminate called without an active exception") in 8 of 20 runs of `train --stage 2` without a
     stage 1 on a loaded machine. Loading reads every Parquet file on the calling thread instead: the
     process has exactly as many OS threads after loading as before (its own, fresh interpreter)."""
-    code = ("import os, sys, torch; from evalkit.layout import DataInfo\n"
+    code = ("import os, sys, torch; from vidcap.shards.layout import DataInfo\n"
             "before = len(os.listdir('/proc/self/task'))\n"
             "info = DataInfo.load(sys.argv[1]); info.build.cider_df()\n"
             "print(before, len(os.listdir('/proc/self/task')))")

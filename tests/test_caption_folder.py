@@ -14,8 +14,8 @@ import time
 import pytest
 from conftest import one_line_error, tool
 
-from model.folder import load_model_folder
-from train.caption import caption_rows, expand_inputs
+from vidcap.caption.cli import caption_rows, expand_inputs
+from vidcap.model.folder import load_model_folder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -18,9 +18,9 @@ import pytest
 import torch
 from conftest import tool
 
-from model import Captioner, make_config, save_checkpoint
-from pipeline.clip_worker import ClipDecoder, ClipFailed
-from pipeline.frames import _ffmpeg_sample, segment_centres
+from vidcap.model import Captioner, make_config, save_checkpoint
+from vidcap.pipeline.clip_worker import ClipDecoder, ClipFailed
+from vidcap.pipeline.frames import _ffmpeg_sample, segment_centres
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_ffmpeg_fallback_holds_only_the_sampled_frames(long_clips):
     code = f"""
 import json, resource
 from pathlib import Path
-from pipeline.frames import _ffmpeg_sample
+from vidcap.pipeline.frames import _ffmpeg_sample
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 s = _ffmpeg_sample(Path({str(long_clips["minute"])!r}), 5, 256)
 grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before

@@ -11,9 +11,9 @@ import math
 import pytest
 from conftest import REPO
 
-from evalkit.grammar import ACTION_WORDS, SHAPE_WORDS
-from evalkit.grounding import slot_accuracy
-from evalkit.layout import Build
+from vidcap.evalkit.grounding import slot_accuracy
+from vidcap.grammar import ACTION_WORDS, SHAPE_WORDS
+from vidcap.shards.layout import Build
 
 
 def _bench():

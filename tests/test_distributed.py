@@ -17,12 +17,12 @@ import torch
 import torch.multiprocessing as mp
 from conftest import tool
 
-from evalkit.errors import UserError
-from evalkit.layout import DataInfo
-from model import Captioner, make_config, save_checkpoint
-from train import distributed
-from train.config import make_train_config
-from train.data import SplitStream, torch_loader
+from vidcap.errors import UserError
+from vidcap.model import Captioner, make_config, save_checkpoint
+from vidcap.shards.layout import DataInfo
+from vidcap.train import distributed
+from vidcap.train.config import make_train_config
+from vidcap.train.data import SplitStream, torch_loader
 
 
 def torchrun(n: int, *args: str) -> list[str]:
@@ -85,7 +85,7 @@ def _two_steps(cfg_args: tuple, rank: int, world: int, port: int, out: str) -> N
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(port))
         torch.set_num_threads(1)
-    from train.loop import Trainer
+    from vidcap.train.loop import Trainer
 
     data, run, init = cfg_args
     cfg = make_train_config("e2e-att-xe", "tiny", ["num_workers=0", "feature_cache=false"], data=data,

@@ -19,14 +19,15 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-import evalkit
-from evalkit.cider import CiderD
-from evalkit.coco import ptb_tokenize
-from evalkit.errors import UserError
-from evalkit.layout import Build
-from evalkit.ngrams import document_frequencies, reference_tokens
+import vidcap.evalkit as evalkit
+from vidcap.errors import UserError
+from vidcap.evalkit.cider import CiderD
+from vidcap.evalkit.coco import ptb_tokenize
+from vidcap.evalkit.ngrams import document_frequencies, reference_tokens
+from vidcap.shards.layout import Build
+from vidcap.tokens import SPECIALS as TOKEN_SPECIALS
 
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+SPECIALS = list(TOKEN_SPECIALS)
 
 
 class _Docs(list):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO, tool
 
-from pipeline.synth import ACTIONS, COLOURS, make_specs, synthesize
+from vidcap.pipeline.synth import ACTIONS, COLOURS, make_specs, synthesize
 
 SCRIPTS = [["pipeline"], ["pipeline", "synth"], ["pipeline", "build"], ["pipeline", "inspect"], ["evalkit"],
            ["evalkit", "score"], ["train"], ["train", "eval"], ["train", "export"], ["caption"], ["caption", "serve"]]

@@ -9,7 +9,8 @@ import re
 import numpy as np
 import pytest
 
-from evalkit.grammar import (
+from vidcap.evalkit.grounding import Slots, attribute_map, average_precision, parse_caption, slot_accuracy
+from vidcap.grammar import (
     ACTIONS,
     BACKGROUND_PHRASE,
     BACKGROUND_WORDS,
@@ -22,8 +23,7 @@ from evalkit.grammar import (
     TEMPLATES,
     action_phrases,
 )
-from evalkit.grounding import Slots, attribute_map, average_precision, parse_caption, slot_accuracy
-from pipeline.synth import make_specs
+from vidcap.pipeline.synth import make_specs
 
 
 def _sentences(action: str, shape: str, colour: str, size: str, dets=("a",), tails=("", TAILS[0]), bgs=("",),

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from model import ARCHS, Captioner, create_model, load_checkpoint, make_config, save_checkpoint
-from model.backbones import create_backbone, lite0_weights_file, remap_lukemelas_lite0
-from model.decoding import BOS, EOS, PAD
-from train.losses import sequence_mask
+from vidcap.model import ARCHS, Captioner, create_model, load_checkpoint, make_config, save_checkpoint
+from vidcap.model.backbones import create_backbone, lite0_weights_file, remap_lukemelas_lite0
+from vidcap.tokens import BOS, EOS, PAD
+from vidcap.train.losses import sequence_mask
 
 # Initial weights wide enough that random tiny models decode different clips differently.
 SPREAD = {"s2vt": {"init_range": 0.6}, "transformer": {"init_std": 0.5}}
@@ -237,7 +237,7 @@ def test_grid_pooling_keeps_the_global_average_and_where(arch):
 def test_motion_focus_averages_the_cells_that_move():
     """The focus of a clip is each frame's map averaged with weights from where its pixels change:
     a patch that moves only in the top-left quarter gives the top-left cell's vector."""
-    from model.base import motion_focus
+    from vidcap.model.base import motion_focus
 
     fmap = torch.zeros(1, 5, 2, 2, 2)
     fmap[..., 0, 0, 0] = 1.0  # channel 0 lives in the top-left cell
@@ -253,7 +253,7 @@ def test_motion_focus_averages_the_cells_that_move():
 def _two_object_clip(moving: str, still: str | None, size: int = 160) -> torch.Tensor:
     """Frames (1, 5, 3, size, size) of the built-in renderer: a large `moving` square going right,
     and a small `still` circle in the bottom-right corner (or none)."""
-    from pipeline.synth import ClipSpec, ObjectSpec, render_frame
+    from vidcap.pipeline.synth import ClipSpec, ObjectSpec, render_frame
 
     spec = ClipSpec(0, "train", "gray", 120, 120, False)
     spec.objects.append(ObjectSpec("square", moving, "large", "right", 0.22, 0.3, 0.0))

@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import one_line_error, tool
 
-from model.checkpoint import load_checkpoint
-from model.folder import ModelFolderError, load_model_folder
-from model.registry import ARCHS
-from train.evaluate import evaluate_checkpoint
-from train.export import export_model
+from vidcap.model.checkpoint import load_checkpoint
+from vidcap.model.folder import ModelFolderError, load_model_folder
+from vidcap.model.registry import ARCHS
+from vidcap.train.evaluate import evaluate_checkpoint
+from vidcap.train.export import export_model
 
 
 def test_export_writes_the_four_files_and_the_config_describes_the_model(tiny_model):
@@ -114,7 +114,7 @@ def _truncate(folder: Path) -> None:
 def _other_weights(folder: Path) -> None:  # a bigger model's tensors under the same config
     from safetensors.torch import save_file
 
-    from model.registry import create_model, make_config
+    from vidcap.model.registry import create_model, make_config
 
     m = create_model(make_config("tiny", json.loads((folder / "config.json").read_text())["vocab_size"], hidden=96))
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(folder / "model.safetensors"))

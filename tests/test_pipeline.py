@@ -17,11 +17,11 @@ import pytest
 import webdataset as wds
 from conftest import SMALL_BUILD, shared_path, tool
 
-from evalkit.errors import UserError
-from evalkit.layout import Build
-from pipeline.adapters import load_dataset
-from pipeline.build import BuildConfig, build
-from pipeline.frames import segment_centres
+from vidcap.errors import UserError
+from vidcap.pipeline.adapters import load_dataset
+from vidcap.pipeline.build import BuildConfig, build
+from vidcap.pipeline.frames import segment_centres
+from vidcap.shards.layout import Build
 
 
 def shard_digests(out: Path) -> dict[str, str]:
@@ -237,7 +237,7 @@ def test_msvd_json_adapter_and_attributes_on_real_captions(tmp_path):
     counts = {s: sum(c.split == s for c in data.clips) for s in ("train", "val", "test")}
     assert counts == {"train": 1200, "val": 100, "test": 670}
     assert data.clips[0].clip_id == "-4wsuPCjDBc_5_15"
-    from pipeline.attributes import rank_attributes, resolve_model, tag_clips
+    from vidcap.pipeline.attributes import rank_attributes, resolve_model, tag_clips
 
     train = [c for c in data.clips if c.split == "train"]
     _, clip_count, pos_count = tag_clips([c.captions for c in train], [True] * len(train), resolve_model(None))

@@ -15,8 +15,8 @@ import pytest
 import torch
 from conftest import tool
 
-from evalkit.layout import DataInfo
-from model import Captioner, make_config, save_checkpoint
+from vidcap.model import Captioner, make_config, save_checkpoint
+from vidcap.shards.layout import DataInfo
 
 # Stage 3 from a fresh tiny model: dropout, caption sampling, the CNN trained, frames streamed by 2
 # DataLoader workers -- every source of randomness and order a resume must reproduce. 9 batches an epoch.

@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import tool
 
-from evalkit.errors import UserError
-from train.config import make_train_config
-from train.loop import Trainer, run_stage
-from train.recipes import RECIPES, STAGES, TABLE3_ORDER, prefix_chain
+from vidcap.errors import UserError
+from vidcap.train.config import make_train_config
+from vidcap.train.loop import Trainer, run_stage
+from vidcap.train.recipes import RECIPES, STAGES, TABLE3_ORDER, prefix_chain
 
 # The paper's Table 3, row by row: (CNN trained, XE weight, RL weight, attribute weight, M, starts from).
 TABLE3 = {

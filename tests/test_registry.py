@@ -9,7 +9,7 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from model import (
+from vidcap.model import (
     ARCHS,
     BACKBONES,
     Captioner,
@@ -19,10 +19,10 @@ from model import (
     make_config,
     save_checkpoint,
 )
-from model.checkpoint import CheckpointError
-from model.registry import LEGACY_PIXEL_NORM
-from train.data import DataInfo
-from train.features import _fingerprint
+from vidcap.model.checkpoint import CheckpointError
+from vidcap.model.registry import LEGACY_PIXEL_NORM
+from vidcap.train.data import DataInfo
+from vidcap.train.features import _fingerprint
 
 VOCAB = [f"w{i}" for i in range(20)]
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import one_line_error, tool
 
-from evalkit.errors import UserError
-from evalkit.layout import Build, DataInfo
-from evalkit.shards import ShardError
+from vidcap.errors import UserError
+from vidcap.shards.layout import Build, DataInfo
+from vidcap.shards.reader import ShardError
 
 
 def free_port() -> int:

@@ -20,8 +20,8 @@ import pytest
 from conftest import REPO, tool
 from PIL import Image
 
-from model.folder import load_model_folder
-from train.caption import caption_rows
+from vidcap.caption.cli import caption_rows
+from vidcap.model.folder import load_model_folder
 
 ARTIFACTS = REPO / "test-artifacts"
 LIMIT_MB = 1

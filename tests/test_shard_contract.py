@@ -17,9 +17,9 @@ import pytest
 from conftest import REPO, copy_build, one_line_error, tool
 from PIL import Image
 
-from evalkit.layout import FORMAT_VERSION, DataInfo
-from evalkit.shards import ShardError
-from pipeline.shard_writer import ShardTask, build_shard
+from vidcap.pipeline.frames_job import ShardTask, build_shard
+from vidcap.shards.layout import FORMAT_VERSION, DataInfo
+from vidcap.shards.reader import ShardError
 
 DOC = REPO / "docs" / "shards.md"
 TABLES = ("sample-json", "sample-object", "manifest", "manifest-shard", "stats", "build", "failure", "vocab",
@@ -135,7 +135,7 @@ def test_failed_clips_keep_the_contract(synth_small, tmp_path):
     """A shard with a clip that cannot be decoded: its stats and failure record, as failures.jsonl holds them."""
     good = {"clip_id": "clip.1", "path": str(synth_small / "videos" / "video1.mp4"), "captions": ["a b"]}
     bad = {"clip_id": "gone", "path": str(tmp_path / "gone.mp4"), "captions": ["c d"]}
-    shards = tmp_path / "shards"  # a build's OUT/shards (evalkit.layout)
+    shards = tmp_path / "shards"  # a build's OUT/shards (vidcap.shards.layout)
     shards.mkdir()
     result = build_shard(ShardTask("train-000000", "train", [good, bad], 5, 32, 90, 60.0), str(shards))
     check(json.loads((shards / "train-000000_stats.json").read_text()), "stats", "stats with a failure")

@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import tool
 
-from evalkit.errors import UserError
-from evalkit.layout import DataInfo
-from model.checkpoint import load_checkpoint
-from train.config import make_train_config
-from train.data import SplitStream, torch_loader
-from train.loop import Trainer, run_stage
-from train.losses import rl_loss, sequence_mask
-from train.recipes import STAGES
+from vidcap.errors import UserError
+from vidcap.model.checkpoint import load_checkpoint
+from vidcap.shards.layout import DataInfo
+from vidcap.train.config import make_train_config
+from vidcap.train.data import SplitStream, torch_loader
+from vidcap.train.loop import Trainer, run_stage
+from vidcap.train.losses import rl_loss, sequence_mask
+from vidcap.train.recipes import STAGES
 
 
 def cfg_for(stage, data, run, *overrides):
@@ -127,7 +127,7 @@ def test_loader_order_is_a_function_of_seed_and_epoch_whatever_the_workers(built
 
 def test_dali_cpu_loader_yields_the_default_loaders_frames(built_small):
     pytest.importorskip("nvidia.dali", reason="NVIDIA DALI not installed (pip install 'vidcap[dali]')")
-    from train.dali_loader import DaliLoader
+    from vidcap.train.dali_loader import DaliLoader
 
     info = DataInfo.load(built_small)
     ref = {c: f for b in torch_loader(SplitStream(info, "train"), info.frame_size, 4, 0)
@@ -145,7 +145,7 @@ def test_dali_on_cuda_without_a_gpu_fails_loudly(built_small):
     pytest.importorskip("nvidia.dali")
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    from train.dali_loader import DaliLoader
+    from vidcap.train.dali_loader import DaliLoader
 
     with pytest.raises(UserError, match="CUDA is not available"):
         DaliLoader(DataInfo.load(built_small), "train", 64, 4, False, device="cuda")

@@ -17,13 +17,13 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from evalkit.atomic import write_bytes_atomic, write_json_atomic
-from evalkit.coco import Scorer
-from evalkit.errors import UserError
-from train.config import make_train_config
-from train.evaluate import evaluate_checkpoint
-from train.loop import run_stage
-from train.recipes import RECIPES, TABLE3_ORDER, prefix_chain
+from vidcap.atomic import write_bytes_atomic, write_json_atomic
+from vidcap.errors import UserError
+from vidcap.evalkit.coco import Scorer
+from vidcap.train.config import make_train_config
+from vidcap.train.evaluate import evaluate_checkpoint
+from vidcap.train.loop import run_stage
+from vidcap.train.recipes import RECIPES, TABLE3_ORDER, prefix_chain
 
 # (key in metrics.json, column title, scale): captions metrics on the paper's 0..1 scale, accuracies in %.
 COLUMNS = (("Bleu_4", "BLEU-4", 1), ("ROUGE_L", "ROUGE-L", 1), ("METEOR", "METEOR", 1), ("CIDEr", "CIDEr", 1),

@@ -11,13 +11,13 @@ import argparse
 import os
 import sys
 
-from evalkit.errors import ArgumentParser, UserError, cli_errors
-from model.checkpoint import CheckpointError
-from train.recipes import TABLE3_ORDER
+from vidcap.errors import ArgumentParser, UserError, cli_errors
+from vidcap.model.checkpoint import CheckpointError
+from vidcap.train.recipes import TABLE3_ORDER
 
 
 def _eval_main(argv: list[str]) -> None:
-    from train.evaluate import evaluate_checkpoint
+    from vidcap.train.evaluate import evaluate_checkpoint
 
     p = ArgumentParser(prog="train eval", description="score a checkpoint or model folder on a split (all four metrics)")
     which = p.add_mutually_exclusive_group(required=True)
@@ -34,8 +34,8 @@ def _eval_main(argv: list[str]) -> None:
         raise UserError(f"--beam {a.beam} / --max-clips {a.max_clips}: must be 1..100 / >= 1")
     r = evaluate_checkpoint(a.ckpt, a.data, a.split, a.beam, a.out, max_clips=a.max_clips, meteor=not a.no_meteor,
                             model_dir=a.model)
-    from evalkit.cli import format_table
-    from train.evaluate import format_grounded
+    from vidcap.evalkit.cli import format_table
+    from vidcap.train.evaluate import format_grounded
 
     print(format_table(r["metrics"]))
     if format_grounded(r["metrics"]):
@@ -44,7 +44,7 @@ def _eval_main(argv: list[str]) -> None:
 
 
 def _export_main(argv: list[str]) -> None:
-    from train.export import export_model
+    from vidcap.train.export import export_model
 
     p = ArgumentParser(prog="train export", description="write a checkpoint as a model folder: config.json, "
                        "model.safetensors, vocab.json and a model card (README.md); `caption --model DIR` reads it")
@@ -58,8 +58,8 @@ def _export_main(argv: list[str]) -> None:
 
 
 def _probe_main(argv: list[str]) -> None:
-    from evalkit.atomic import write_json_atomic
-    from train.probe import format_probes, probe_checkpoint
+    from vidcap.atomic import write_json_atomic
+    from vidcap.train.probe import format_probes, probe_checkpoint
 
     p = ArgumentParser(prog="train probe", description="linear probes of checkpoints' CNN features "
                                 "(action / colour / shape of the built-in dataset), e.g. before and after stage 3")
@@ -75,7 +75,7 @@ def _probe_main(argv: list[str]) -> None:
 
 
 def _ablate_main(argv: list[str]) -> None:
-    from train.ablate import ablate, format_markdown
+    from vidcap.train.ablate import ablate, format_markdown
 
     p = ArgumentParser(prog="train ablate", description="the paper's Table 3: train the eight rows "
                                 "(shared prefixes trained once per seed), score each on the test split, write "
@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> None:
             _ablate_main(argv[1:])
             return
         a = parser().parse_args(argv)
-        from train.config import make_train_config
-        from train.loop import run_stage
-        from train.preempt import Preempted
+        from vidcap.train.config import make_train_config
+        from vidcap.train.loop import run_stage
+        from vidcap.train.preempt import Preempted
 
         try:
             cfg = make_train_config(a.stage if a.stage else a.recipe, a.preset, a.overrides, data=a.data, run=a.run,

@@ -10,8 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from train.recipes import RECIPES, STAGES, get_recipe
-from train.reward import BASELINES, REWARDS
+from vidcap.train.recipes import RECIPES, STAGES, get_recipe
+from vidcap.train.reward import BASELINES, REWARDS
 
 
 @dataclass
@@ -167,7 +167,7 @@ _MODEL_RANGES = {"image_size": (16, 1024), "n_frames": (1, 64), "embed": (1, 655
 def model_override(key: str, text: str) -> object:
     """model.KEY=VALUE, checked against the settings of the registered architectures, types and ranges
     (a setting of another architecture than model.arch's is refused when the model is built)."""
-    from model.registry import get_arch, model_settings
+    from vidcap.model.registry import get_arch, model_settings
 
     types = model_settings()
     if key not in types:

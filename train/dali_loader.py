@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
-from evalkit.errors import UserError
-from evalkit.layout import DataInfo
+from vidcap.errors import UserError
+from vidcap.shards.layout import DataInfo
 
 DALI_HINT = "NVIDIA DALI is not installed: `pip install 'vidcap[dali]'` (nvidia-dali-cuda120) or use loader=torch"
 

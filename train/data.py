@@ -3,7 +3,7 @@
 One rank's epoch is a webdataset pipeline run in the main process, and DataLoader workers decode:
 
   shard order (seed, epoch) -> this rank's slice -> open + verify, tar_file_expander, group_by_keys,
-  check (evalkit.shards) -> wds.shuffle (rng from seed, epoch, rank) -> wds.batched -> [skip]
+  check (vidcap.shards.reader) -> wds.shuffle (rng from seed, epoch, rank) -> wds.batched -> [skip]
   -> DataLoader workers: JPEG decode (webdataset's Decoder, PIL with DCT-domain downscaling)
 
 Decisions, and why:
@@ -41,10 +41,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from webdataset.autodecode import Decoder
 
-from evalkit.layout import DataInfo
-from evalkit.shards import ShardError, Slice, checked_samples
-from pipeline.vocab import encode
-from train.preempt import detach_worker
+from vidcap.shards.layout import DataInfo
+from vidcap.shards.reader import ShardError, Slice, checked_samples
+from vidcap.tokens import encode
+from vidcap.train.preempt import detach_worker
 
 
 def rank_range(n: int, rank: int, world: int, pad: bool) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from evalkit.errors import UserError
+from vidcap.errors import UserError
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT_S = 1800.0  # longest a rank waits in a collective (rank 0 evaluating, building caches)

@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalkit.atomic import write_json_atomic
-from evalkit.coco import Scorer, score
-from evalkit.errors import UserError
-from evalkit.grounding import attribute_map, per_clip_correct, slot_accuracy
-from evalkit.layout import DataInfo
-from evalkit.shards import checked_samples
-from model.folder import load_model
-from pipeline.vocab import decode
-from train.data import SplitStream, torch_loader
-from train.report import gallery, plot_confusion, write_scalars
+from vidcap.atomic import write_json_atomic
+from vidcap.errors import UserError
+from vidcap.evalkit.coco import Scorer, score
+from vidcap.evalkit.grounding import attribute_map, per_clip_correct, slot_accuracy
+from vidcap.model import decoding
+from vidcap.model.folder import load_model
+from vidcap.shards.layout import DataInfo
+from vidcap.shards.reader import checked_samples
+from vidcap.tokens import decode
+from vidcap.train.data import SplitStream, torch_loader
+from vidcap.train.report import gallery, plot_confusion, write_scalars
 
 GROUNDED_KEYS = ("action_acc", "colour_acc", "shape_acc", "size_acc", "size_named")
 
@@ -44,7 +45,7 @@ def evaluate_checkpoint(ckpt_path: str | None, data: str, split: str = "test", b
     preds, refs, objects, attr_scores, attr_labels = {}, {}, {}, [], []
     for batch in torch_loader(stream, model.cfg.image_size, batch_size, 0):
         feats = model.frame_features(batch["frames"])
-        seqs = model.greedy(feats) if beam <= 1 else model.beam(feats, beam)
+        seqs = decoding.decode(model, feats, beam)
         attr_scores.append(model.attribute_logits(feats).float())
         attr_labels.append(batch["attrs"])
         for cid, s, caps, objs in zip(batch["clip_id"], seqs.tolist(), batch["captions"], batch["objects"], strict=True):

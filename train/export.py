@@ -19,13 +19,21 @@ from pathlib import Path
 
 import torch
 
-from evalkit.atomic import write_bytes_atomic
-from evalkit.errors import UserError
-from evalkit.layout import Build
-from model.base import VideoCaptioner
-from model.checkpoint import load_checkpoint
-from model.folder import CARD, CONFIG, VOCAB, WEIGHTS, is_model_folder, load_model_folder, model_folder_files
-from train.recipes import RECIPES
+from vidcap.atomic import write_bytes_atomic
+from vidcap.errors import UserError
+from vidcap.model.base import VideoCaptioner
+from vidcap.model.checkpoint import load_checkpoint
+from vidcap.model.folder import (
+    CARD,
+    CONFIG,
+    VOCAB,
+    WEIGHTS,
+    is_model_folder,
+    load_model_folder,
+    model_folder_files,
+)
+from vidcap.shards.layout import Build
+from vidcap.train.recipes import RECIPES
 
 ARCH_TEXT = {"s2vt": "S2VT (the paper's: CNN -> FC -> two-layer LSTM)",
              "transformer": "a transformer encoder-decoder over the frames' CNN features"}
@@ -250,7 +258,7 @@ def _cnn_trained(stages: list[dict]) -> bool:
 
 
 def _arch_keys(config: dict) -> list[str]:
-    from model.folder import NOT_MODEL
+    from vidcap.model.folder import NOT_MODEL
 
     return [k for k in config if k not in NOT_MODEL and k not in ("backbone", "n_attributes")]
 

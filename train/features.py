@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from evalkit.atomic import write_atomic
-from evalkit.layout import DataInfo
-from model.base import VideoCaptioner
-from train.distributed import Dist
+from vidcap.atomic import write_atomic
+from vidcap.model.base import VideoCaptioner
+from vidcap.shards.layout import DataInfo
+from vidcap.train.distributed import Dist
 
 
 @dataclass

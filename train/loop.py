@@ -29,25 +29,26 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from evalkit.atomic import write_atomic, write_bytes_atomic
-from evalkit.coco import Scorer
-from evalkit.errors import UserError
-from evalkit.grounding import slot_accuracy
-from evalkit.layout import DataInfo
-from model.base import VideoCaptioner
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.registry import create_model, make_config
-from pipeline.vocab import MAX_LEN, decode
-from train import distributed, rng_state, run_lock
-from train.config import TrainConfig
-from train.data import SplitStream, rank_range, torch_loader
-from train.features import FeatureSet, cached_features, feature_batches
-from train.preempt import Preempted, StopFlag
-from train.recipes import RECIPES, STAGES
-from train.report import MetricsLog, NullLog, plot_curves
-from train.resume import Position, read_extra, training_extra
-from train.reward import make_reward
-from train.step import RecipeLoss, reduce_stats, stat_vector
+from vidcap.atomic import write_atomic, write_bytes_atomic
+from vidcap.errors import UserError
+from vidcap.evalkit.coco import Scorer
+from vidcap.evalkit.grounding import slot_accuracy
+from vidcap.model import decoding
+from vidcap.model.base import VideoCaptioner
+from vidcap.model.checkpoint import load_checkpoint, save_checkpoint
+from vidcap.model.registry import create_model, make_config
+from vidcap.shards.layout import DataInfo
+from vidcap.tokens import MAX_LEN, decode
+from vidcap.train import distributed, rng_state, run_lock
+from vidcap.train.config import TrainConfig
+from vidcap.train.data import SplitStream, rank_range, torch_loader
+from vidcap.train.features import FeatureSet, cached_features, feature_batches
+from vidcap.train.preempt import Preempted, StopFlag
+from vidcap.train.recipes import RECIPES, STAGES
+from vidcap.train.report import MetricsLog, NullLog, plot_curves
+from vidcap.train.resume import Position, read_extra, training_extra
+from vidcap.train.reward import make_reward
+from vidcap.train.step import RecipeLoss, reduce_stats, stat_vector
 
 
 def make_batches(cfg: TrainConfig, info: DataInfo, split: str, image_size: int, shuffle: bool, epoch: int = 0,
@@ -57,7 +58,7 @@ def make_batches(cfg: TrainConfig, info: DataInfo, split: str, image_size: int, 
     if cfg.loader == "dali":
         from itertools import islice
 
-        from train.dali_loader import DaliLoader
+        from vidcap.train.dali_loader import DaliLoader
 
         if world > 1:
             raise UserError("loader=dali runs in one process; under torchrun use loader=torch")
@@ -276,7 +277,7 @@ class Trainer:
         preds = {}
         for batch in batches:
             feats = self.batch_features(batch)
-            seqs = self.model.greedy(feats) if beam <= 1 else self.model.beam(feats, beam)
+            seqs = decoding.decode(self.model, feats, beam)
             for cid, s in zip(batch["clip_id"], seqs.tolist(), strict=True):
                 preds[cid] = decode(s, self.info.itos)
             if self.cfg.max_clips is not None and len(preds) >= self.cfg.max_clips:

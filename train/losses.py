@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.captioner import EOS, PAD
+from vidcap.tokens import EOS, PAD
 
 
 def xe_loss(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

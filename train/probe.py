@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from evalkit.errors import UserError
-from evalkit.grammar import ACTIONS, COLOUR_NAMES, SHAPES
-from evalkit.layout import DataInfo
-from model.checkpoint import load_checkpoint
-from train.data import SplitStream, torch_loader
+from vidcap.errors import UserError
+from vidcap.grammar import ACTIONS, COLOUR_NAMES, SHAPES
+from vidcap.model.checkpoint import load_checkpoint
+from vidcap.shards.layout import DataInfo
+from vidcap.train.data import SplitStream, torch_loader
 
 SLOT_LABELS = {"action": ACTIONS, "colour": COLOUR_NAMES, "shape": SHAPES}
 VIEWS = {

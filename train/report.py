@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit.atomic import write_bytes_atomic
+from vidcap.atomic import write_bytes_atomic
 
 
 class MetricsLog:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from evalkit.errors import UserError
+from vidcap.errors import UserError
 
 
 @dataclass

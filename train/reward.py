@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from evalkit.cider import CiderD
+from vidcap.evalkit.cider import CiderD
 
 RewardFn = Callable[[Sequence[str], np.ndarray], np.ndarray]
 

@@ -16,7 +16,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from evalkit.errors import UserError
+from vidcap.errors import UserError
 
 _HELD: dict[str, list] = {}  # lock path -> [fd, holders]
 

@@ -19,11 +19,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from model.captioner import Captioner
-from train.config import TrainConfig
-from train.data import caption_batch, pick_captions
-from train.losses import attr_loss, rl_loss, xe_loss
-from train.reward import RewardFn, sample_rewards
+from vidcap.model.s2vt import Captioner
+from vidcap.train.config import TrainConfig
+from vidcap.train.data import caption_batch, pick_captions
+from vidcap.train.losses import attr_loss, rl_loss, xe_loss
+from vidcap.train.reward import RewardFn, sample_rewards
 
 
 class RecipeLoss(nn.Module):

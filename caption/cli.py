@@ -1,5 +1,5 @@
 """`caption PATH... --model DIR | --ckpt CKPT [--out caps.jsonl]`: one caption per video file, for
-files and folders of them; `caption serve` is the HTTP service (train/serve.py).
+files and folders of them; `caption serve` is the HTTP service (caption/serve.py).
 
 Frames are sampled by the pipeline's own routine (pipeline.frames.sample_frames), so training and
 inference see the same frames, in the pipeline's decoder subprocesses (pipeline.clip_worker) with
@@ -12,7 +12,7 @@ clips at once (one CNN call of batch x frames images instead of one per clip).
 
 ``--out FILE`` appends one JSON row per input file -- ``path``, ``caption``, ``frame_times`` (the
 sampled frames' times in seconds) and ``error`` (null, or why this file has no caption) -- each row
-one write (evalkit.atomic.LineAppender), so a killed run loses no finished row and a re-run skips
+one write (vidcap.atomic.LineAppender), so a killed run loses no finished row and a re-run skips
 the paths already in FILE. Without ``--out``: ``PATH: caption`` lines on stdout, errors on stderr.
 """
 
@@ -28,13 +28,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from evalkit.atomic import LineAppender
-from evalkit.errors import ArgumentParser, UserError, cli_errors
-from model.base import VideoCaptioner
-from model.checkpoint import CheckpointError
-from model.folder import load_model
-from pipeline.clip_worker import ClipFailed, DecoderPool
-from pipeline.vocab import decode
+from vidcap.atomic import LineAppender
+from vidcap.errors import ArgumentParser, UserError, cli_errors
+from vidcap.model import decoding
+from vidcap.model.base import VideoCaptioner
+from vidcap.model.checkpoint import CheckpointError
+from vidcap.model.folder import load_model
+from vidcap.pipeline.clip_worker import ClipFailed, DecoderPool
+from vidcap.tokens import decode
 
 DEFAULT_TIMEOUT = 120.0
 # What a folder contributes (a file named on the command line is tried whatever its name).
@@ -67,7 +68,7 @@ def caption_frames(model: VideoCaptioner, clips: list[np.ndarray], itos: list[st
     """Captions of B clips of sampled frames ((K, H, W, 3) uint8 each): one CNN call, one batched decode."""
     x = torch.from_numpy(np.stack(clips)).permute(0, 1, 4, 2, 3)  # (B, K, 3, H, W)
     feats = model.frame_features(x)
-    seqs = model.greedy(feats) if beam <= 1 else model.beam(feats, beam)
+    seqs = decoding.decode(model, feats, beam)
     return [decode(s, itos) for s in seqs.tolist()]
 
 
@@ -121,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:  # a file named "serve" is ./serve
-        from train.serve import main as serve_main
+        from vidcap.caption.serve import main as serve_main
 
         return serve_main(argv[1:])
     with cli_errors("caption", also=(CheckpointError,)):

@@ -3,7 +3,7 @@ fsspec URL (``s3://``, ``gs://`` when that backend is installed), or a ``pipe:``
 
 A store reads one file of the build by its relative name (``vocab.json``,
 ``shards/manifest-train.json``) and opens a shard as a stream. Nothing else in vidcap opens a build
-file: names belong to :mod:`evalkit.layout`, bytes come from here. Every failure is one
+file: names belong to :mod:`vidcap.shards.layout`, bytes come from here. Every failure is one
 :class:`UserError` naming the URL -- ``URL: not found`` or ``URL: cannot read (why)`` -- so a dead
 server or a missing shard reaches the user as one line through the one user-error path.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
 
-from evalkit.errors import UserError
+from vidcap.errors import UserError
 
 HTTP_CONNECT_TIMEOUT_S = 30
 HTTP_READ_TIMEOUT_S = 120

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from evalkit.errors import UserError
+from vidcap.errors import UserError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)

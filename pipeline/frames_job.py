@@ -1,8 +1,8 @@
 """Job 1's unit of work: one WebDataset shard from a fixed, ordered group of clips.
 
-A shard is a plain tar (format and reader: ``evalkit.shards``; file names: ``evalkit.layout``), written deterministically (sorted
-members, mtime 0, uid/gid 0) so the same clips and settings give the same bytes however many
-workers run. It is written to a temporary name and renamed. Beside it, ``NAME_stats.json`` counts
+A shard is a plain tar in the format of ``vidcap.shards`` (its writer, reader and file names),
+written deterministically so the same clips and settings give the same bytes however many workers
+run. It is written to a temporary name and renamed. Beside it, ``NAME_stats.json`` counts
 its clips, successes and failures by reason (like video2dataset's per-shard stats), and a sidecar
 ``.state/NAME.json`` (sha256, samples, failures, settings fingerprint) written last marks it
 complete, so a re-run can skip it.
@@ -11,18 +11,16 @@ complete, so a re-run can skip it.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from evalkit.atomic import write_bytes_atomic, write_json_atomic
-from evalkit.layout import state_rel, stats_rel
-from evalkit.shards import sample_key
-from pipeline.clip_worker import DEFAULT_MEMORY_MB, ClipDecoder, ClipFailed
+from vidcap.atomic import write_bytes_atomic, write_json_atomic
+from vidcap.pipeline.clip_worker import DEFAULT_MEMORY_MB, ClipDecoder, ClipFailed
+from vidcap.shards.layout import state_rel, stats_rel
+from vidcap.shards.writer import ShardTar, sample_json
 
 # Bumped when the bytes a task writes change for the same clips and settings (2: percent-encoded keys).
 LAYOUT_VERSION = 2
@@ -66,16 +64,6 @@ class ShardResult:
                 "decoders": self.decoders, "repeated_frames": self.repeated, "seconds": self.seconds}
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    info.mode = 0o444
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
-
-
 def state_path(shard_dir: Path, name: str) -> Path:
     return shard_dir.parent / state_rel(name)
 
@@ -110,9 +98,8 @@ def build_shard(task: ShardTask, shard_dir: str) -> ShardResult:
         return done
     t0 = time.perf_counter()
     result = ShardResult(task.name, task.split, 0, "", 0)
-    buf = io.BytesIO()
-    with ClipDecoder(task.frames, task.size, task.quality, task.timeout, task.memory_mb) as decoder, \
-            tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+    tar = ShardTar()
+    with ClipDecoder(task.frames, task.size, task.quality, task.timeout, task.memory_mb) as decoder:
         for clip in task.clips:
             try:
                 rep = decoder.decode(clip["path"])
@@ -120,26 +107,11 @@ def build_shard(task: ShardTask, shard_dir: str) -> ShardResult:
                 result.failures.append({"clip_id": clip["clip_id"], "path": clip["path"], "split": task.split,
                                         "shard": f"{task.name}.tar", "reason": e.reason, "error": str(e)})
                 continue
-            key = sample_key(clip["clip_id"])
-            for i, jpg in enumerate(rep["jpegs"]):
-                _add(tar, f"{key}.{i}.jpg", jpg)
-            meta = {
-                "clip_id": clip["clip_id"], "split": task.split, "captions": clip["captions"],
-                "source": clip["path"], "duration": round(rep["duration"], 6), "fps": round(rep["fps"], 6),
-                "n_frames": rep["n_frames"], "frame_indices": rep["indices"],
-                "timestamps": [round(t, 6) for t in rep["timestamps"]], "decoder": rep["decoder"],
-                "repeated_frames": rep["repeated"], "size": task.size,
-            }
-            if rep["notes"]:
-                meta["decoder_notes"] = rep["notes"]
-            if "objects" in clip:
-                meta["objects"] = clip["objects"]
-            _add(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False, sort_keys=True).encode())
+            tar.add_sample(clip["clip_id"], rep["jpegs"], sample_json(clip, task.split, rep, task.size))
             result.samples += 1
             result.decoders[rep["decoder"]] = result.decoders.get(rep["decoder"], 0) + 1
             result.repeated += int(rep["repeated"])
-    data = buf.getvalue()
-    result.sha256 = hashlib.sha256(data).hexdigest()
+    data, result.sha256 = tar.finish()
     result.bytes = len(data)
     result.seconds = round(time.perf_counter() - t0, 3)
     write_bytes_atomic(shard_dir / f"{task.name}.tar", data)

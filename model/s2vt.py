@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.base import CaptionConfig, VideoCaptioner
-from model.decoding import BOS, EOS, PAD, word_logprobs
-from model.registry import register_model
+from vidcap.model.base import CaptionConfig, VideoCaptioner
+from vidcap.model.decoding import word_logprobs
+from vidcap.model.registry import register_model
+from vidcap.tokens import BOS, PAD
 
-__all__ = ["BOS", "EOS", "PAD", "PRESETS", "Captioner", "ModelConfig"]  # the token ids: older imports read them here
+__all__ = ["PRESETS", "Captioner", "ModelConfig"]
 
 
 @dataclass

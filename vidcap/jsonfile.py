@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from evalkit.errors import UserError
+from vidcap.errors import UserError
 
 
 def read_text(path: str | Path, what: str = "file") -> str:

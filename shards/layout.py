@@ -8,13 +8,13 @@ OUT/attributes.parquet             attribute_id int32, word, pos, clip_count int
 OUT/clip_attributes.parquet        clip_id, split, attribute_ids list<int32>
 OUT/cider_df.parquet               ngram, n int8, df int32                          (metadata: n_docs, max_len)
 OUT/shards/manifest-{split}.json   {"split", "samples", "frames", "size", "quality", "shards": [{name, samples, sha256, bytes}]}
-OUT/shards/{split}-NNNNNN.tar      samples (format and reader: evalkit.shards)
+OUT/shards/{split}-NNNNNN.tar      samples (format and reader: vidcap.shards.reader)
 OUT/shards/{split}-NNNNNN_stats.json   per-shard counts;   OUT/shards/.state/{stem}.json   resume sidecar
 ```
 
 The pipeline writes through the ``write_*`` functions; the trainer, ``pipeline inspect``,
 ``evalkit score``, the feature cache and ``train eval`` read through :class:`Build` (and
-:class:`DataInfo`, the trainer's view of one), from wherever the build lives (:mod:`evalkit.store`:
+:class:`DataInfo`, the trainer's view of one), from wherever the build lives (:mod:`vidcap.shards.store`:
 a folder, an fsspec URL, ``pipe:``).
 
 Why in evalkit: ``evalkit score --refs OUT`` reads a split's references from a build, and evalkit
@@ -36,11 +36,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from evalkit.atomic import write_bytes_atomic, write_json_atomic
-from evalkit.errors import UserError
-from evalkit.jsonfile import parse_json
-from evalkit.shards import Expect, ShardError, ShardRef, Slice, checked_samples
-from evalkit.store import LocalStore, Store, open_store
+from vidcap.atomic import write_bytes_atomic, write_json_atomic
+from vidcap.errors import UserError
+from vidcap.jsonfile import parse_json
+from vidcap.shards.reader import Expect, ShardError, ShardRef, Slice, checked_samples
+from vidcap.shards.store import LocalStore, Store, open_store
+from vidcap.tokens import SPECIALS
 
 SPLITS = ("train", "val", "test")
 BUILD_JSON, FAILURES, VOCAB = "build.json", "failures.jsonl", "vocab.json"
@@ -48,7 +49,6 @@ ATTRIBUTES, CLIP_ATTRIBUTES, CIDER_DF = "attributes.parquet", "clip_attributes.p
 SHARDS = "shards"
 # What a finished build writes besides shards; removed when a build starts, written when it ends.
 BUILD_OUTPUTS = (BUILD_JSON, FAILURES, VOCAB, ATTRIBUTES, CLIP_ATTRIBUTES, CIDER_DF)
-SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")  # the first four words of every vocabulary
 # The contract of this layout is docs/shards.md; its format version (MAJOR.MINOR) is in every manifest
 # and in build.json. MINOR: additions a reader may ignore; MAJOR: anything else, refused by readers.
 FORMAT_VERSION = "1.0"

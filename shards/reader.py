@@ -4,9 +4,9 @@ A shard is a plain, uncompressed tar of samples: ``KEY.0.jpg`` .. ``KEY.{K-1}.jp
 KEY is the clip id percent-encoded outside ``[A-Za-z0-9_-]`` (``clip.1`` -> ``clip%2E1``,
 ``/a/b`` -> ``%2Fa%2Fb``): webdataset splits keys at the first dot, so dots must go, and the
 encoding is reversible (``urllib.parse.unquote``), so two clip ids never share a key, and every
-member name is one flat, relative name. (Job 1 writes shards: ``pipeline.shard_writer``.)
+member name is one flat, relative name. (The writer beside it: ``writer.py``; job 1 runs it: ``vidcap.pipeline.frames_job``.)
 
-Shards are untrusted input, read from wherever the build lives (:mod:`evalkit.store`). Reading one
+Shards are untrusted input, read from wherever the build lives (:mod:`vidcap.shards.store`). Reading one
 is a pipeline of webdataset stages with three checks of ours around them:
 
 1. **open** (ours, in place of webdataset's ``url_opener``): the shard's bytes are read once, hashed
@@ -24,7 +24,7 @@ is a pipeline of webdataset stages with three checks of ours around them:
    exactly the manifest's K frames, each a JPEG whose header says the manifest's size.
 
 A problem is a ShardError naming the shard, the sample key and the problem. Nothing is ever
-extracted to disk. Which shards a split has, and what the manifest says, is :mod:`evalkit.layout`'s.
+extracted to disk. Which shards a split has, and what the manifest says, is :mod:`vidcap.shards.layout`'s.
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from PIL import Image
 from webdataset.handlers import reraise_exception
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from evalkit.errors import UserError
-from evalkit.store import LocalStore, NotFound, Store
+from vidcap.errors import UserError
+from vidcap.shards.store import LocalStore, NotFound, Store
+from vidcap.shards.writer import sample_key
 
 OBJECT_FIELDS = ("shape", "colour", "size", "action")  # a built-in clip's ground truth (pipeline synth)
-_UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _MEMBER = re.compile(r"^([A-Za-z0-9_%-]+)\.(json|\d{1,2}\.jpg)$")
 MAX_JSON_BYTES = 4 << 20
 MAX_JPEG_BYTES = 32 << 20
@@ -56,11 +56,6 @@ _READ_CHUNK = 1 << 20
 
 class ShardError(UserError):
     """A shard that cannot be used: the message names the shard, the sample key and the problem."""
-
-
-def sample_key(clip_id: str) -> str:
-    """The tar key of a clip id: reversible percent-encoding of everything outside [A-Za-z0-9_-]."""
-    return _UNSAFE_KEY_CHARS.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8")), clip_id)
 
 
 @dataclass(frozen=True)

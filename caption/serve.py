@@ -47,12 +47,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from evalkit.errors import ArgumentParser, UserError, cli_errors, one_line
-from model.base import VideoCaptioner
-from model.checkpoint import CheckpointError
-from pipeline.clip_worker import ClipFailed, DecoderPool
-from pipeline.frames import encode_jpeg
-from train.caption import caption_frames
+from vidcap.caption.cli import caption_frames
+from vidcap.errors import ArgumentParser, UserError, cli_errors, one_line
+from vidcap.model.base import VideoCaptioner
+from vidcap.model.checkpoint import CheckpointError
+from vidcap.pipeline.clip_worker import ClipFailed, DecoderPool
+from vidcap.pipeline.frames import encode_jpeg
 
 PAGE = Path(__file__).with_name("serve_page.html")
 DRAIN_CAP = 64 << 20  # bytes of an over-size body read (and dropped) so the client gets its 413
@@ -258,7 +258,7 @@ def main(argv: list[str]) -> None:
                             "--beam 1..100 / --port 0..65535: a value is out of range")
         import uvicorn
 
-        from model.folder import load_model
+        from vidcap.model.folder import load_model
 
         model, raw = load_model(a.ckpt, a.model)
         sock = _bind(a.host, a.port)

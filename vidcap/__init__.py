@@ -1,0 +1,34 @@
+"""vidcap: end-to-end video captioning with multitask reinforcement learning (Li & Gong, WACV 2019).
+
+One import namespace over the repository's rooms, each with one job:
+
+- ``vidcap.pipeline``: captioned videos -> frame shards, attributes, CIDEr-D df, vocabulary (Dask jobs)
+- ``vidcap.shards``: the on-disk format of a build -- layout, shard writer and reader, stores, version
+- ``vidcap.model``: the captioners (registry of architectures and backbones), checkpoints, model folders
+- ``vidcap.train``: the three stages, ``train eval``, ``probe``, ``ablate``, ``export``
+- ``vidcap.evalkit``: the paper's metrics and the CIDEr-D reward
+- ``vidcap.caption``: inference -- the Python API, the ``caption`` command and ``caption serve``
+- this package's own modules: what every room shares (errors, atomic files, bounded JSON, caption
+  text, token ids, the built-in world's grammar)
+
+``import vidcap`` is cheap (torch loads on first use): ``vidcap.load(DIR).caption([...])``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Captioner", "__version__", "load"]
+
+if TYPE_CHECKING:
+    from vidcap.caption.api import Captioner, load
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import vidcap` must not pull in torch for a user who only wants `vidcap.evalkit`.
+    if name in ("load", "Captioner"):
+        from vidcap.caption import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'vidcap' has no attribute {name!r}")
