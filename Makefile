@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO ?= demo
 
-.PHONY: setup system demo test lint bench clean
+.PHONY: setup system demo test lint docs wheel bench clean
 
 setup: system $(STAMP)
 
@@ -25,28 +25,39 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
-# The whole system on the built-in dataset: synth -> shards -> stages 1, 2, 3 (cpu-small) -> test
-# evaluation after each stage -> probes of the CNN before / after stage 3 -> model folder -> caption
-# real clips. About 15 minutes on 2 cores after set-up. `make demo DEMO=demo-s1 SEED=1`: another synth and training seed.
+# The whole system on the built-in dataset: the realistic world (noise, flicker, camera motion, photos,
+# clutter, distractors, occlusion, blur) -> shards -> stages 1, 2, 3 (cpu-small) -> test evaluation after
+# each stage (all clips, seen / unseen combinations, per nuisance) and on a clean-world test set ->
+# robustness of the stage-3 model -> probes of the CNN before / after stage 3 -> model folder -> caption
+# real clips. About 20 minutes on 2 cores after set-up. `make demo DEMO=demo-s1 SEED=1`: another seed.
 SEED ?= 0
 DEMO_N := 1200
+DEMO_CLEAN_N := 240
 DEMO_CLIPS := $(wildcard ../shared/data/videos/bikes.mp4 ../shared/data/videos/carphone_pristine.mp4)
 demo: setup
-	@test -f $(DEMO)/synth/videodatainfo.json || $(VENV)/bin/pipeline synth --out $(DEMO)/synth --clips $(DEMO_N) --seed $(SEED) --overwrite
+	@test -f $(DEMO)/synth/videodatainfo.json || $(VENV)/bin/pipeline synth --world real --out $(DEMO)/synth --clips $(DEMO_N) --seed $(SEED) --overwrite
 	$(VENV)/bin/pipeline build --dataset msrvtt --root $(DEMO)/synth --out $(DEMO)/data --size 160 --shard-size 128
 	$(VENV)/bin/pipeline inspect $(DEMO)/data
+	@test -f $(DEMO)/clean-synth/videodatainfo.json || $(VENV)/bin/pipeline synth --world clean --test-only --out $(DEMO)/clean-synth --clips $(DEMO_CLEAN_N) --seed $$(($(SEED) + 1000)) --overwrite
+	$(VENV)/bin/pipeline build --dataset msrvtt --root $(DEMO)/clean-synth --out $(DEMO)/clean-data --size 160 --shard-size 128
 	@for s in 1 2 3; do \
 	  $(VENV)/bin/train --stage $$s --data $(DEMO)/data --run $(DEMO)/run --preset cpu-small seed=$(SEED) || exit 1; \
-	  echo "== test split after stage $$s (beam 3) =="; \
+	  echo "== realistic test split after stage $$s (beam 3) =="; \
 	  $(VENV)/bin/train eval --ckpt $(DEMO)/run/stage$$s/best.pt --data $(DEMO)/data --split test --beam 3 || exit 1; \
+	  echo "== clean-world test clips after stage $$s (beam 3) =="; \
+	  $(VENV)/bin/train eval --ckpt $(DEMO)/run/stage$$s/best.pt --data $(DEMO)/clean-data --split test --beam 3 \
+	    --no-meteor --out $(DEMO)/run/stage$$s/eval-clean-test-beam3 || exit 1; \
 	done
+	$(VENV)/bin/train robustness --ckpt $(DEMO)/run/stage3/best.pt --data $(DEMO)/clean-data --strengths standard \
+	  --max-clips 120 --out $(DEMO)/run/stage3/robustness
 	$(VENV)/bin/train probe --ckpt $(DEMO)/run/stage2/best.pt --ckpt $(DEMO)/run/stage3/best.pt --data $(DEMO)/data \
 	  --split test --out $(DEMO)/run/probe.json
 	$(VENV)/bin/train export --ckpt $(DEMO)/run/stage3/best.pt --out $(DEMO)/model --name demo-cpu-small --overwrite
 	$(VENV)/bin/caption $(DEMO_CLIPS) $(DEMO)/synth/videos/video$$(($(DEMO_N) - 1)).mp4 --model $(DEMO)/model
 	@echo "demo outputs: $(DEMO)/synth (videos), $(DEMO)/data (shards, attributes, CIDEr-D df, vocabulary),"
-	@echo "  $(DEMO)/run/stage{1,2,3} (checkpoints, metrics.jsonl, curves.png, tb/, eval-test-beam3/gallery.html),"
-	@echo "  $(DEMO)/model (the stage-3 model folder and its README.md; caption serve --model $(DEMO)/model)"
+	@echo "  $(DEMO)/clean-data (a clean-world test set), $(DEMO)/run/stage{1,2,3} (checkpoints, metrics.jsonl,"
+	@echo "  curves.png, tb/, eval-test-beam3/gallery.html, eval-clean-test-beam3/), $(DEMO)/run/stage3/robustness/"
+	@echo "  (robustness.md, .png), $(DEMO)/model (the stage-3 model folder; caption serve --model $(DEMO)/model)"
 
 test: setup
 	$(PY) -m pytest -q tests
@@ -54,8 +65,17 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check vidcap shards caption pipeline model train evalkit tests bench examples
 
+# The reference site (docs/ + mkdocs.yml) into site/, strict: a broken link or a page missing from the
+# navigation fails. `make test` builds it too (tests/test_docs.py).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# One wheel, vidcap-VERSION-py3-none-any.whl, into dist/ (tests/test_wheel.py installs it in a fresh venv).
+wheel: setup
+	$(PY) -m pip wheel . --no-deps --no-build-isolation -w dist
+
 bench: setup
 	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py && $(PY) bench/checkpoint.py && $(PY) bench/ddp.py && $(PY) bench/scale.py && $(PY) bench/kv_cache.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .ruff_cache test-artifacts
+	rm -rf $(DEMO) .pytest_cache .ruff_cache test-artifacts site dist build

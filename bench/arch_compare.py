@@ -29,15 +29,18 @@ sys.path.insert(0, str(REPO))
 
 from vidcap.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
 from vidcap.evalkit.coco import Scorer  # noqa: E402
+from vidcap.evalkit.metric_names import OBJECT_SLOTS, label  # noqa: E402
 from vidcap.model import ARCHS  # noqa: E402
 from vidcap.train.ablate import over_seeds  # noqa: E402
 from vidcap.train.config import make_train_config  # noqa: E402
 from vidcap.train.evaluate import evaluate_checkpoint  # noqa: E402
 from vidcap.train.loop import run_stage  # noqa: E402
+from vidcap.train.recipes import STAGES  # noqa: E402
+from vidcap.train.run_folder import RunFolder  # noqa: E402
 
 # (key in the scored metrics, column title, scale)
-COLUMNS = (("CIDEr", "test CIDEr", 100), ("Bleu_4", "BLEU-4", 100), ("action_acc", "action %", 100),
-           ("colour_acc", "colour %", 100), ("shape_acc", "shape %", 100), ("train_minutes", "train min", 1))
+COLUMNS = (("CIDEr", "test CIDEr", 100), ("Bleu_4", label("Bleu_4"), 100),
+           *((k, f"{label(k)} %", 100) for k in OBJECT_SLOTS), ("train_minutes", "train min", 1))
 
 
 def built_in_data(work: Path, clips: int) -> Path:
@@ -57,19 +60,19 @@ def built_in_data(work: Path, clips: int) -> Path:
 def stage_row(data: str, run: Path, arch: str, stage: int, seed: int, preset: str, overrides: list[str],
               scorer: Scorer, progress: bool) -> dict:
     """Train one stage (or read back its scored row) and score its best checkpoint on the test split."""
-    d = run / f"stage{stage}"
-    if (d / "row.json").exists():
-        return json.loads((d / "row.json").read_text())
+    d = RunFolder(run).stage(STAGES[stage])
+    if d.row.exists():
+        return json.loads(d.row.read_text())
     cfg = make_train_config(stage, preset, [*overrides, f"seed={seed}", f"model.arch={arch}"], data=data,
-                            run=str(run), resume=(d / "last.pt").exists() or None)
+                            run=str(run), resume=d.last.exists() or None)
     t0 = time.perf_counter()
     run_stage(cfg, progress=progress)
     minutes = (time.perf_counter() - t0) / 60
-    r = evaluate_checkpoint(str(d / "best.pt"), data, "test", beam=1, out=str(d / "eval-test-greedy"), scorer=scorer)
-    start = json.loads((d / "metrics.jsonl").read_text().splitlines()[0])
+    r = evaluate_checkpoint(str(d.best), data, "test", beam=1, out=str(d.path / "eval-test-greedy"), scorer=scorer)
+    start = json.loads(d.metrics.read_text().splitlines()[0])
     row = {"arch": arch, "seed": seed, "stage": stage, "train_minutes": round(minutes, 2),
            "captioner_params": start["params"]["captioner"], **r["metrics"]}
-    write_json_atomic(d / "row.json", row)
+    write_json_atomic(d.row, row)
     return row
 
 

@@ -27,7 +27,9 @@ from vidcap.pipeline.build import BuildConfig, build  # noqa: E402
 from vidcap.pipeline.synth import synthesize  # noqa: E402
 from vidcap.train.config import make_train_config  # noqa: E402
 from vidcap.train.loop import Trainer  # noqa: E402
+from vidcap.train.recipes import STAGES  # noqa: E402
 from vidcap.train.resume import Position  # noqa: E402
+from vidcap.train.run_folder import LAST, RunFolder  # noqa: E402
 
 SAVE_EVERY = 100
 
@@ -44,13 +46,13 @@ def measure(stage: int, data: Path, run: Path) -> dict:
     step_s = (time.perf_counter() - t0) / n
     t0 = time.perf_counter()
     for _ in range(5):
-        t.save("last.pt", Position(0, n, n))
+        t.save(LAST, Position(0, n, n))
     save_s = (time.perf_counter() - t0) / 5
     if stage < 3:
-        save_checkpoint(run / f"stage{stage}" / "best.pt", t.model, t.info.itos, t.info.attributes)
+        save_checkpoint(RunFolder(run).stage(STAGES[stage]).best, t.model, t.info.itos, t.info.attributes)
     t.close()
     return {"batch": cfg.batch_size, "step_s": round(step_s, 3), "save_s": round(save_s, 3),
-            "last_pt_mb": round((run / f"stage{stage}" / "last.pt").stat().st_size / 1e6, 1),
+            "last_pt_mb": round(RunFolder(run).stage(STAGES[stage]).last.stat().st_size / 1e6, 1),
             "minutes_between_saves": round(SAVE_EVERY * step_s / 60, 1),
             "save_share_pct": round(100 * save_s / (SAVE_EVERY * step_s + save_s), 2)}
 

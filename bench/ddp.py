@@ -31,6 +31,8 @@ from vidcap.model import Captioner, make_config, save_checkpoint  # noqa: E402
 from vidcap.pipeline.build import BuildConfig, build  # noqa: E402
 from vidcap.pipeline.synth import synthesize  # noqa: E402
 from vidcap.shards.layout import DataInfo  # noqa: E402
+from vidcap.train.recipes import STAGES  # noqa: E402
+from vidcap.train.run_folder import RunFolder  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -42,7 +44,7 @@ def clips_per_s(n: int, stage: str, data: Path, run: Path, extra: list[str]) -> 
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if r.returncode:
         raise SystemExit(r.stderr[-3000:])
-    recs = [json.loads(x) for x in (run / f"stage{stage}" / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(x) for x in RunFolder(run).stage(STAGES[int(stage)]).metrics.read_text().splitlines()]
     last = [x for x in recs if x["event"] == "epoch"][-1]
     return {"processes": n, "clips_per_s": last["clips_per_s"], "epoch_s": last["train_seconds"],
             "steps_per_rank": last["steps"]}

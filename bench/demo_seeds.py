@@ -38,25 +38,31 @@ sys.path.insert(0, str(REPO))
 from vidcap.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
 from vidcap.evalkit.coco import Scorer  # noqa: E402
 from vidcap.evalkit.grounding import per_clip_correct  # noqa: E402
+from vidcap.evalkit.metric_names import OBJECT_SLOTS  # noqa: E402
+from vidcap.evalkit.metric_names import label as metric_label  # noqa: E402
 from vidcap.shards.layout import Build  # noqa: E402
+from vidcap.train import run_folder as rf  # noqa: E402
 from vidcap.train.ablate import over_seeds  # noqa: E402
 from vidcap.train.evaluate import paired_difference  # noqa: E402
+from vidcap.train.recipes import RECIPES  # noqa: E402
+from vidcap.train.recipes import STAGES as RECIPE_OF  # noqa: E402
+from vidcap.train.run_folder import RunFolder  # noqa: E402
 
 STAGES = (1, 2, 3)
 FROZEN = "3 (CNN frozen)"  # stage 3's recipe with the CNN frozen (--control): what training the CNN adds
 SLOTS = ("action", "colour", "shape")
 # (key in metrics.json, column title, scale)
-COLUMNS = (("CIDEr", "CIDEr", 100), ("Bleu_4", "BLEU-4", 100), ("METEOR", "METEOR", 100),
-           ("action_acc", "action %", 100), ("colour_acc", "colour %", 100), ("shape_acc", "shape %", 100))
+COLUMNS = (*((k, metric_label(k), 100) for k in ("CIDEr", "Bleu_4", "METEOR")),
+           *((k, f"{metric_label(k)} %", 100) for k in OBJECT_SLOTS))
 
 
 def load_eval(d: Path, refs: dict, objects: dict, scorer: Scorer) -> dict:
     """One `train eval` folder: metrics, confusion, and per clip CIDEr and slot correctness."""
-    preds = json.loads((d / "predictions.json").read_text())
+    preds = json.loads((d / rf.PREDICTIONS).read_text())
     per_clip = scorer.score(preds, refs, per_clip=True)["per_clip"]
     correct = per_clip_correct(preds, objects)
-    return {"metrics": json.loads((d / "metrics.json").read_text()), "predictions": preds,
-            "confusion": json.loads((d / "action_confusion.json").read_text()),
+    return {"metrics": json.loads((d / rf.EVAL_METRICS).read_text()), "predictions": preds,
+            "confusion": json.loads((d / rf.CONFUSION_JSON).read_text()),
             "cider": {c: v["CIDEr"] for c, v in per_clip.items()},
             "said_colour": {c: row["parsed"]["colour"] for c, row in correct.items()},
             **{slot: {c: row[slot] for c, row in correct.items()} for slot in SLOTS}}
@@ -67,9 +73,10 @@ def load_seed(demo: Path, beam: int, scorer: Scorer, control: Path | None = None
     metas = Build(demo / "data").split("test").metas
     refs = {m["clip_id"]: m["captions"] for m in metas}
     objects = {m["clip_id"]: m["objects"] for m in metas if m.get("objects")}
-    stages = {s: load_eval(demo / "run" / f"stage{s}" / f"eval-test-beam{beam}", refs, objects, scorer) for s in STAGES}
+    run = RunFolder(demo / "run")
+    stages = {s: load_eval(run.stage(RECIPE_OF[s]).eval_dir("test", beam), refs, objects, scorer) for s in STAGES}
     if control is not None:
-        stages[FROZEN] = load_eval(control / "stage3" / f"eval-test-beam{beam}", refs, objects, scorer)
+        stages[FROZEN] = load_eval(RunFolder(control).stage("e2e").eval_dir("test", beam), refs, objects, scorer)
     probe = demo / "run" / "probe.json"
     return {"demo": str(demo), "objects": objects, "stages": stages, "references": references_agreement(refs, scorer),
             "probe": json.loads(probe.read_text())["probes"] if probe.exists() else None}
@@ -140,7 +147,7 @@ def probes(seeds: list[dict]) -> dict:
     for label, stage in (("stage2", 2), ("stage3", 3)):
         runs = []
         for p in found:
-            (ckpt,) = [k for k in p if Path(k).parent.name == f"stage{stage}"]
+            (ckpt,) = [k for k in p if Path(k).parent.name == RECIPES[RECIPE_OF[stage]].dir]
             runs.append({f"{slot}/{inp}": acc for slot, by_input in p[ckpt].items() for inp, acc in by_input.items()})
         out[label] = over_seeds(runs, sorted({k for r in runs for k in r}))
     return out

@@ -42,12 +42,13 @@ def tool(name: str) -> str:
 def tiny_model(tmp: Path, clips: Path) -> Path:
     """Train the tiny preset for one epoch on a small built-in dataset and export it."""
     from vidcap.pipeline.build import BuildConfig, build
+    from vidcap.train.run_folder import RunFolder
 
     build(BuildConfig(dataset="msrvtt", root=str(clips), out=str(tmp / "data"), size=64, shard_size=8, min_count=1,
                       progress=False))
     for argv in (["train", "--stage", "1", "--data", str(tmp / "data"), "--run", str(tmp / "run"), "--preset", "tiny",
                   "epochs=1", "num_workers=0", "--quiet"],
-                 ["train", "export", "--ckpt", str(tmp / "run" / "stage1" / "best.pt"), "--out", str(tmp / "model"),
+                 ["train", "export", "--ckpt", str(RunFolder(tmp / "run").stage("s2vt").best), "--out", str(tmp / "model"),
                   "--name", "tiny-1-epoch"]):
         subprocess.run([tool(argv[0]), *argv[1:]], check=True, stdout=subprocess.DEVNULL)
     return tmp / "model"

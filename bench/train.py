@@ -36,6 +36,7 @@ from vidcap.shards.layout import DataInfo  # noqa: E402
 from vidcap.train.config import make_train_config  # noqa: E402
 from vidcap.train.data import SplitStream, torch_loader  # noqa: E402
 from vidcap.train.loop import Trainer  # noqa: E402
+from vidcap.train.run_folder import RunFolder  # noqa: E402
 
 
 class RawVideos(Dataset):
@@ -139,9 +140,9 @@ def main() -> None:
         print(report["cache_cpu_small"], flush=True)
         from vidcap.model.checkpoint import save_checkpoint as save
 
-        save(tmp / "run" / "stage1" / "best.pt", t1.model, info.itos, info.attributes)
+        save(RunFolder(tmp / "run").stage("s2vt").best, t1.model, info.itos, info.attributes)
         s2, n2, t2 = trainer_epoch(cfg(2))
-        save(tmp / "run" / "stage2" / "best.pt", t2.model, info.itos, info.attributes)
+        save(RunFolder(tmp / "run").stage("rfc+").best, t2.model, info.itos, info.attributes)
         s3, n3, _ = trainer_epoch(cfg(3))
         report["stages_cpu_small"] = {"stage1_clips_per_s": round(n / cached, 1), "stage2_clips_per_s": round(n2 / s2, 1),
                                       "stage3_clips_per_s": round(n3 / s3, 2)}

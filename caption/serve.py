@@ -12,13 +12,22 @@ empty upload or no ``file`` field, 413 an upload over ``--max-upload-mb``, 415 a
 video ffmpeg can decode, 422 a video that cannot be used (no frames, decoding past ``--timeout``).
 503 says the service is full: ``--workers`` requests are decoded at once (each in a decoder
 subprocess with its timeout and memory cap, pipeline.clip_worker), ``--queue`` more wait, and any
-request beyond those is refused at once instead of piling up behind them.
+request beyond those is refused at once instead of piling up behind them. 408: the upload did not
+arrive in full within ``--read-timeout`` seconds -- a slow or stalled client gives its slot back
+then, instead of holding it for as long as it keeps the connection open.
 
-An upload is written to a private temporary folder (created at start, removed at exit) and removed
+The service is a thin layer over the Python API (caption/api.py): a :class:`Captioner` decodes each
+upload (``Captioner.decode``) and captions its frames (``Captioner.caption_frames``), so a clip gets
+the caption the ``caption`` command gives it. The app is built from small parts: the shared state
+(:class:`_Service`), the lifespan (temporary folder, decoders), the error handlers, the routes, and
+the upload's steps (size limit, multipart form, temporary file).
+
+An upload is written to a private temporary folder (created at start, removed at exit; one left
+by a server that was killed is removed by the next one to start: caption/scratch.py) and removed
 when its request ends, whatever happened. An over-size body is counted as it arrives and never
 stored past the limit; the rest of it is read and thrown away (up to a cap) so the client sees the
-413 instead of a reset connection. The model runs one request at a time (a lock): on a CPU, torch
-already spreads one request over every core, and two at once only contend.
+413 instead of a reset connection. The model runs one request at a time (the Captioner's lock): on a
+CPU, torch already spreads one request over every core, and two at once only contend.
 
 Binds 127.0.0.1 unless ``--host`` says otherwise: it has no authentication.
 """
@@ -33,7 +42,6 @@ import re
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -47,16 +55,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from vidcap.caption.cli import caption_frames
+from vidcap.caption.api import Captioner, VideoError, load_from
+from vidcap.caption.scratch import scratch_folder
 from vidcap.errors import ArgumentParser, UserError, cli_errors, one_line
-from vidcap.model.base import VideoCaptioner
+from vidcap.flags import add_workers, check_range
 from vidcap.model.checkpoint import CheckpointError
-from vidcap.pipeline.clip_worker import ClipFailed, DecoderPool
 from vidcap.pipeline.frames import encode_jpeg
 
 PAGE = Path(__file__).with_name("serve_page.html")
 DRAIN_CAP = 64 << 20  # bytes of an over-size body read (and dropped) so the client gets its 413
-# ClipFailed.reason -> status: what the client sent is not a usable video
+# VideoError.reason -> status: what the client sent is not a usable video
 STATUS = {"empty": 400, "no_video_stream": 415, "undecodable": 415, "no_frames": 422, "timeout": 422,
           "out_of_memory": 422, "crashed": 422, "missing": 400}
 
@@ -68,6 +76,14 @@ class ServeSettings:
     workers: int = 2  # uploads decoded at once
     queue: int = 16  # requests waiting beyond those; more get 503
     beam: int = 3
+    read_timeout: float = 60.0  # seconds an upload may take to arrive in full; slower ones get 408
+
+
+# (lowest, highest, lowest excluded, unit) of each flag of `caption serve`
+LIMITS: dict[str, tuple[float, float, bool, str]] = {
+    "max_upload_mb": (0, 4096, True, "MB"), "timeout": (0, 3600, True, "s"), "workers": (1, 64, False, ""),
+    "queue": (0, 4096, False, ""), "beam": (1, 100, False, ""), "port": (0, 65535, False, ""),
+    "read_timeout": (0, 3600, True, "s")}
 
 
 class _TooLarge(Exception):
@@ -77,35 +93,94 @@ class _TooLarge(Exception):
 class _Refused(Exception):
     """A request answered with an error before (or instead of) captioning."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
 
 
-def create_app(model: VideoCaptioner, raw: dict, settings: ServeSettings) -> FastAPI:
-    """The FastAPI app serving `model` (loaded by model.folder.load_model; `raw` its vocab and name)."""
-    limit = int(settings.max_upload_mb * (1 << 20))
-    capacity = settings.workers + settings.queue
-    state = {"busy": 0}
-    model_lock = threading.Lock()
-    page = PAGE.read_text("utf-8")
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    """The one error reply: ``{"error": "one line"}`` with its status."""
+    return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
+
+
+class _Service:
+    """What the routes share: the captioner, the limits, how many requests are in, the upload folder."""
+
+    def __init__(self, captioner: Captioner, settings: ServeSettings):
+        self.captioner, self.settings = captioner, settings
+        self.limit = int(settings.max_upload_mb * (1 << 20))
+        self.capacity = settings.workers + settings.queue
+        self.busy = 0
+        self.tmp = ""  # set by the lifespan
+        self.decoding: asyncio.Semaphore | None = None
+
+    def health(self) -> dict:
+        return {"status": "ok", "model": self.captioner.name, "architecture": self.captioner.architecture,
+                "busy": self.busy, "capacity": self.capacity}
+
+    async def caption(self, request: Request) -> JSONResponse:
+        """POST /caption: admit (or 503), receive the upload, decode and caption it; the upload's
+        file is removed whatever happened."""
+        if self.busy >= self.capacity:
+            await _drain(request, self.limit, self.settings.read_timeout)
+            return error(503, f"busy: {self.busy} requests in progress or waiting; try again shortly",
+                         {"Retry-After": "2"})
+        self.busy += 1
+        path = None
+        try:
+            path, name = await _receive_upload(request, self.tmp, self.limit, self.settings)
+            return JSONResponse(await self._caption_file(path, name))
+        except _Refused as e:
+            return error(e.status, str(e), e.headers)
+        finally:
+            self.busy -= 1
+            if path is not None:
+                Path(path).unlink(missing_ok=True)
+
+    async def _caption_file(self, path: str, name: str) -> dict:
+        """The reply for one stored upload: at most ``--workers`` decode at once."""
+        assert self.decoding is not None
+        async with self.decoding:
+            t0 = time.perf_counter()
+            try:
+                clip = await run_in_threadpool(self.captioner.decode, path)
+            except VideoError as e:
+                why = str(e).replace(path, name)  # the client's name for it, not our temporary file's
+                raise _Refused(STATUS.get(e.reason, 422), f"{name}: not a usable video: {why}") from None
+            t1 = time.perf_counter()
+            text = await run_in_threadpool(self.captioner.caption_frames, clip.frames)
+        return {"caption": text, "frame_times": [round(t, 3) for t in clip.times], "model": self.captioner.name,
+                "frames": [_data_url(f) for f in clip.frames],
+                "seconds": {"decode": round(t1 - t0, 3), "caption": round(time.perf_counter() - t1, 3)}}
+
+
+def create_app(captioner: Captioner, settings: ServeSettings) -> FastAPI:
+    """The FastAPI app serving `captioner` (vidcap.caption.api.load) with `settings`'s limits."""
+    service = _Service(captioner, settings)
+    app = FastAPI(title="vidcap", lifespan=_lifespan(service), docs_url=None, redoc_url=None, openapi_url=None)
+    _add_error_handlers(app)
+    _add_routes(app, service)
+    return app
+
+
+def _lifespan(service: _Service):
+    """A private temporary folder for uploads (caption/scratch.py) and the decode semaphore while the
+    app runs; at exit the folder is removed and the captioner's decoder processes stopped."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        app.state.tmp = tempfile.mkdtemp(prefix="vidcap-serve-")
-        app.state.pool = DecoderPool(settings.workers, model.cfg.n_frames, model.cfg.image_size, None,
-                                     settings.timeout)
-        app.state.decoding = asyncio.Semaphore(settings.workers)
-        try:
-            yield
-        finally:
-            app.state.pool.close()
-            shutil.rmtree(app.state.tmp, ignore_errors=True)
+        with scratch_folder() as service.tmp:
+            service.decoding = asyncio.Semaphore(service.settings.workers)
+            try:
+                yield
+            finally:
+                service.captioner.close()
 
-    app = FastAPI(title="vidcap", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    return lifespan
 
-    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse({"error": one_line(message)}, status_code=status, headers=headers)
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is one JSON line, a bug included (uvicorn logs its traceback)."""
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
@@ -117,8 +192,13 @@ def create_app(model: VideoCaptioner, raw: dict, settings: ServeSettings) -> Fas
         return error(422, f"invalid request: {e.errors()[0].get('msg', 'invalid') if e.errors() else 'invalid'}")
 
     @app.exception_handler(Exception)
-    async def bug(request: Request, e: Exception) -> JSONResponse:  # still one JSON line; uvicorn logs the traceback
+    async def bug(request: Request, e: Exception) -> JSONResponse:
         return error(500, f"internal error ({type(e).__name__}); the server's log has the details")
+
+
+def _add_routes(app: FastAPI, service: _Service) -> None:
+    """GET / (the page), GET /health, POST /caption."""
+    page = PAGE.read_text("utf-8")
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -126,104 +206,90 @@ def create_app(model: VideoCaptioner, raw: dict, settings: ServeSettings) -> Fas
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": raw["name"], "architecture": model.cfg.arch, "busy": state["busy"],
-                "capacity": capacity}
+        return service.health()
 
     @app.post("/caption")
     async def caption(request: Request) -> JSONResponse:
-        if state["busy"] >= capacity:
-            await _drain(request, limit)
-            return error(503, f"busy: {state['busy']} requests in progress or waiting; try again shortly",
-                         {"Retry-After": "2"})
-        state["busy"] += 1
-        path = None
-        try:
-            path, name = await _receive_upload(request, request.app.state.tmp, limit)
-            async with request.app.state.decoding:
-                t0 = time.perf_counter()
-                try:
-                    reply = await run_in_threadpool(request.app.state.pool.decode, path)
-                except ClipFailed as e:
-                    why = str(e).replace(path, name)  # the client's name for it, not our temporary file's
-                    raise _Refused(STATUS.get(e.reason, 422), f"{name}: not a usable video: {why}") from None
-                t1 = time.perf_counter()
+        return await service.caption(request)
 
-                def run_model() -> str:
-                    with model_lock:
-                        return caption_frames(model, [reply["frames"]], raw["vocab"], settings.beam)[0]
 
-                text = await run_in_threadpool(run_model)
-            return JSONResponse({"caption": text, "frame_times": [round(t, 3) for t in reply["timestamps"]],
-                                 "model": raw["name"], "frames": [_data_url(f) for f in reply["frames"]],
-                                 "seconds": {"decode": round(t1 - t0, 3), "caption": round(time.perf_counter() - t1, 3)}})
-        except _Refused as e:
-            return error(e.status, str(e))
-        finally:
-            state["busy"] -= 1
-            if path is not None:
-                Path(path).unlink(missing_ok=True)
+# ---- one upload -------------------------------------------------------------------------------------
+async def _receive_upload(request: Request, tmp: str, limit: int, settings: ServeSettings) -> tuple[str, str]:
+    """The upload's field ``file`` as a file in `tmp` (the caller removes it), and its name."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit + (64 << 10):
+        await _drain(request, DRAIN_CAP, settings.read_timeout)
+        raise _Refused(413, f"upload of {int(length) / (1 << 20):.1f} MB; the limit is {settings.max_upload_mb:g} MB")
+    form = await _read_form(request, limit, settings)
+    try:
+        return await _save_upload(form, tmp)
+    finally:
+        await form.close()
 
-    async def _receive_upload(request: Request, tmp: str, limit: int) -> tuple[str, str]:
-        """The upload's field ``file`` as a file in `tmp` (the caller removes it), and its name."""
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit + (64 << 10):
-            await _drain(request, DRAIN_CAP)
-            raise _Refused(413, f"upload of {int(length) / (1 << 20):.1f} MB; the limit is {settings.max_upload_mb:g} MB")
-        got = 0
 
-        async def counted():
-            nonlocal got
-            message = await request.receive()
-            if message["type"] == "http.request":
-                got += len(message.get("body", b""))
-                if got > limit:
-                    raise _TooLarge
-            return message
+async def _read_form(request: Request, limit: int, settings: ServeSettings):
+    """The multipart form, its body counted as it arrives and refused past `limit` bytes or past
+    ``--read-timeout`` seconds (a slow client must not keep its slot)."""
+    got = 0
 
-        form = None
-        try:
-            form = await Request(request.scope, counted).form(max_files=1, max_fields=8)
-        except _TooLarge:
-            await _drain(request, DRAIN_CAP)
-            raise _Refused(413, f"upload larger than the limit of {settings.max_upload_mb:g} MB") from None
-        except HTTPException as e:  # starlette's multipart parser: a malformed body
-            raise _Refused(400, f"malformed multipart upload: {e.detail}") from None
-        except ClientDisconnect:  # nobody is left to answer; the status is for the log
-            raise _Refused(400, "the client went away during the upload") from None
-        try:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise _Refused(400, "no file: send a multipart/form-data body with the clip in the field 'file'")
-            suffix = Path(upload.filename or "").suffix
-            suffix = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ".bin"
-            fd, path = tempfile.mkstemp(prefix="upload-", suffix=suffix, dir=tmp)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    await run_in_threadpool(shutil.copyfileobj, upload.file, f, 1 << 20)
-                    size = f.tell()
-            except BaseException:
-                Path(path).unlink(missing_ok=True)
-                raise
-            name = one_line(upload.filename or "upload")[:120]
-            if size == 0:
-                Path(path).unlink(missing_ok=True)
-                raise _Refused(400, f"{name}: empty upload (0 bytes)")
-            return path, name
-        finally:
-            await form.close()
+    async def counted():
+        nonlocal got
+        message = await request.receive()
+        if message["type"] == "http.request":
+            got += len(message.get("body", b""))
+            if got > limit:
+                raise _TooLarge
+        return message
 
-    async def _drain(request: Request, cap: int) -> None:
-        """Read and drop what is left of the body (at most `cap` bytes), so the reply reaches the client."""
-        seen = 0
-        try:
+    try:
+        async with asyncio.timeout(settings.read_timeout):
+            return await Request(request.scope, counted).form(max_files=1, max_fields=8)
+    except TimeoutError:
+        raise _Refused(408, f"the upload did not arrive within {settings.read_timeout:g} s ({got} bytes came); "
+                       "send it faster, or ask for a longer --read-timeout", {"Connection": "close"}) from None
+    except _TooLarge:
+        await _drain(request, DRAIN_CAP, settings.read_timeout)
+        raise _Refused(413, f"upload larger than the limit of {settings.max_upload_mb:g} MB") from None
+    except HTTPException as e:  # starlette's multipart parser: a malformed body
+        raise _Refused(400, f"malformed multipart upload: {e.detail}") from None
+    except ClientDisconnect:  # nobody is left to answer; the status is for the log
+        raise _Refused(400, "the client went away during the upload") from None
+
+
+async def _save_upload(form, tmp: str) -> tuple[str, str]:
+    """The form's ``file`` copied to a private temporary file: its path and the client's name for it."""
+    upload = form.get("file")
+    if upload is None or isinstance(upload, str):
+        raise _Refused(400, "no file: send a multipart/form-data body with the clip in the field 'file'")
+    suffix = Path(upload.filename or "").suffix
+    suffix = suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ".bin"
+    fd, path = tempfile.mkstemp(prefix="upload-", suffix=suffix, dir=tmp)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            await run_in_threadpool(shutil.copyfileobj, upload.file, f, 1 << 20)
+            size = f.tell()
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    name = one_line(upload.filename or "upload")[:120]
+    if size == 0:
+        Path(path).unlink(missing_ok=True)
+        raise _Refused(400, f"{name}: empty upload (0 bytes)")
+    return path, name
+
+
+async def _drain(request: Request, cap: int, timeout: float) -> None:
+    """Read and drop what is left of the body (at most `cap` bytes, for at most `timeout` seconds), so
+    the reply reaches the client."""
+    seen = 0
+    try:
+        async with asyncio.timeout(timeout):  # a slow client: answer it anyway
             async for chunk in request.stream():
                 seen += len(chunk)
                 if seen > cap:
                     return
-        except (ClientDisconnect, RuntimeError):  # gone, or the stream was already read
-            return
-
-    return app
+    except (ClientDisconnect, RuntimeError, TimeoutError):  # gone, the stream already read, or too slow
+        return
 
 
 def _data_url(frame: np.ndarray) -> str:
@@ -241,32 +307,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--max-upload-mb", type=float, default=s.max_upload_mb, help=f"default {s.max_upload_mb:g}")
     p.add_argument("--timeout", type=float, default=s.timeout, help=f"seconds to decode one upload (default {s.timeout:g})")
-    p.add_argument("--workers", type=int, default=s.workers, help=f"uploads decoded at once (default {s.workers})")
+    add_workers(p, s.workers, "decoder processes, one upload each")
     p.add_argument("--queue", type=int, default=s.queue, help=f"requests that may wait beyond those; more get 503 "
                    f"(default {s.queue})")
     p.add_argument("--beam", type=int, default=s.beam, help=f"beam size (1 = greedy; default {s.beam})")
+    p.add_argument("--read-timeout", type=float, default=s.read_timeout,
+                   help=f"seconds an upload may take to arrive in full; a slower one gets 408 and its slot back "
+                        f"(default {s.read_timeout:g})")
     return p
 
 
 def main(argv: list[str]) -> None:
     with cli_errors("caption serve", also=(CheckpointError,)):
         a = parser().parse_args(argv)
-        settings = ServeSettings(a.max_upload_mb, a.timeout, a.workers, a.queue, a.beam)
-        if not (0 < a.max_upload_mb <= 4096 and 0 < a.timeout <= 3600 and 1 <= a.workers <= 64
-                and 0 <= a.queue <= 4096 and 1 <= a.beam <= 100 and 0 <= a.port <= 65535):
-            raise UserError("--max-upload-mb 0..4096 / --timeout 0..3600 / --workers 1..64 / --queue 0..4096 / "
-                            "--beam 1..100 / --port 0..65535: a value is out of range")
+        for key, (lo, hi, above, unit) in LIMITS.items():
+            check_range(f"--{key.replace('_', '-')}", getattr(a, key), lo, hi, above=above, unit=unit)
+        settings = ServeSettings(a.max_upload_mb, a.timeout, a.workers, a.queue, a.beam, a.read_timeout)
         import uvicorn
 
-        from vidcap.model.folder import load_model
-
-        model, raw = load_model(a.ckpt, a.model)
+        captioner = load_from(a.ckpt, a.model, beam=a.beam, timeout=a.timeout, workers=a.workers)
         sock = _bind(a.host, a.port)
-        config = uvicorn.Config(create_app(model, raw, settings), log_level="warning", timeout_keep_alive=5,
+        config = uvicorn.Config(create_app(captioner, settings), log_level="warning", timeout_keep_alive=5,
                                 limit_concurrency=4 * (a.workers + a.queue) + 32)
         shown = f"[{a.host}]" if ":" in a.host else a.host
         open_to_all = a.host not in ("127.0.0.1", "localhost", "::1")
-        print(f"caption serve: {raw['name']} on http://{shown}:{sock.getsockname()[1]}/"
+        print(f"caption serve: {captioner.name} on http://{shown}:{sock.getsockname()[1]}/"
               + (" -- reachable from other machines, and it has no authentication" if open_to_all else ""),
               flush=True)
     uvicorn.Server(config).run(sockets=[sock])

@@ -86,13 +86,16 @@ def slot_accuracy(predictions: Mapping[str, str], objects: Mapping[str, Sequence
     """
     ids = [c for c in predictions if objects.get(c)]
     correct = {s: 0 for s in SLOTS}
+    all_three = 0
     size_scored = 0
     confusion = np.zeros((len(ACTIONS), len(ACTIONS) + 1), dtype=np.int64)
     for c in ids:
         truth = objects[c][0]
         got = parse_caption(predictions[c])
-        for slot in ("action", "colour", "shape"):
-            correct[slot] += int(getattr(got, slot) == truth[slot])
+        right = [getattr(got, slot) == truth[slot] for slot in ("action", "colour", "shape")]
+        for slot, ok in zip(("action", "colour", "shape"), right, strict=True):
+            correct[slot] += int(ok)
+        all_three += int(all(right))
         if got.size is not None and truth["action"] not in SIZE_CHANGING:
             size_scored += 1
             correct["size"] += int(got.size == truth["size"])
@@ -104,10 +107,48 @@ def slot_accuracy(predictions: Mapping[str, str], objects: Mapping[str, Sequence
         "action_acc": correct["action"] / n if n else None,
         "colour_acc": correct["colour"] / n if n else None,
         "shape_acc": correct["shape"] / n if n else None,
+        "all_acc": all_three / n if n else None,  # action, colour and shape all right
         "size_acc": correct["size"] / size_scored if size_scored else None,
         "size_named": size_scored,
         "confusion": {"labels": list(ACTIONS), "none": NONE, "matrix": confusion.tolist()},
     }
+
+
+def triple(obj: Mapping) -> tuple[str, str, str]:
+    """The (colour, shape, action) combination of an object: the unit of the compositional split."""
+    return obj["colour"], obj["shape"], obj["action"]
+
+
+def clip_groups(objects: Mapping[str, Sequence[Mapping]], nuisances: Mapping[str, Mapping | None],
+                heldout: Sequence[Sequence[str]] | None) -> dict[str, list[str]]:
+    """Named groups of clips to report accuracies on: ``seen`` / ``unseen`` (the main object's
+    combination is in the held-out list or not), ``clean`` (no nuisance recorded) and, for each
+    recorded nuisance or background kind, the clips that have it (``noise``, ``background:photo``)."""
+    groups: dict[str, list[str]] = {}
+    held = {tuple(t) for t in heldout or ()}
+    for cid, objs in objects.items():
+        if held:
+            groups.setdefault("unseen" if triple(objs[0]) in held else "seen", []).append(cid)
+        rec = nuisances.get(cid)
+        if rec is None:
+            continue
+        names = [k for k in rec if k != "background"]
+        bg = str(rec.get("background", "gradient")).split(":")[0]
+        if bg != "gradient":
+            names.append(f"background:{bg}")
+        for name in names or ["clean"]:
+            groups.setdefault(name, []).append(cid)
+    return dict(sorted(groups.items()))
+
+
+def grouped_accuracy(predictions: Mapping[str, str], objects: Mapping[str, Sequence[Mapping]],
+                     groups: Mapping[str, Sequence[str]]) -> dict[str, dict]:
+    """Per group: clips, action / colour / shape / all-three accuracy (0..1)."""
+    out = {}
+    for name, ids in groups.items():
+        acc = slot_accuracy({c: predictions[c] for c in ids if c in predictions}, objects)
+        out[name] = {k: acc[k] for k in ("clips", "action_acc", "colour_acc", "shape_acc", "all_acc")}
+    return out
 
 
 def per_clip_correct(predictions: Mapping[str, str], objects: Mapping[str, Sequence[Mapping]]) -> dict[str, dict]:

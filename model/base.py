@@ -21,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidcap.model import decoding
+from vidcap.model import camera, decoding
 from vidcap.model.backbones import create_backbone
 from vidcap.tokens import MAX_LEN
 
+# the camera options' values (CaptionConfig; model/camera.py)
+CAMERA_OPTIONS = {"exposure": ("none", "gain"), "stabilize": ("none", "similarity"),
+                  "saliency": ("deviation", "robust")}
 # model.pool -> a frame's feature width as a multiple of the CNN's channels
 POOLS = {"avg": 1, "grid": 4, "grid3": 9, "focus": 5}
 GRID_SIDE = {"grid": 2, "grid3": 3, "focus": 2}
@@ -57,6 +60,19 @@ class CaptionConfig:
     # (``motion_focus``): with two objects in a clip, a grid's cells mix the moving one with the
     # still one, and the captioner named the other object's colour (51 of 76 two-object colour errors).
     pool: str = "avg"
+    # Undoing the camera before the motion cues (model/camera.py; each "none" = as before, the paper's):
+    # exposure "gain" matches each frame's brightness to the clip's middle frame; stabilize
+    # "similarity" warps each frame onto the middle frame's view (camera shift and zoom measured by
+    # phase correlation); saliency "robust" makes focus pooling weigh by deviation from the temporal
+    # median of blurred frames above the clip's noise floor (default "deviation": from the mean).
+    exposure: str = "none"
+    stabilize: str = "none"
+    saliency: str = "deviation"
+    # Where what moves is, frame by frame: the centroid, spread and mass of each frame's foreground
+    # (its deviation from the clip's temporal median, model/camera.py) as 5 more numbers per frame.
+    # Motion words are about where the object goes; pooled CNN features say it only through which
+    # grid cell changes, which clutter and photographs behind the object drown.
+    track: bool = False
     max_len: int = MAX_LEN
     n_attributes: int = 400
 
@@ -70,17 +86,23 @@ class CaptionConfig:
         return out
 
 
-def motion_focus(images: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
+def deviation_saliency(images: torch.Tensor) -> torch.Tensor:
+    """Where the clip moves (B, H, W): the pixels' mean absolute deviation from the clip's temporal
+    mean -- exact for a static, noise-free camera, and blind to everything else (model/camera.py
+    has the robust one)."""
+    px = images.float()
+    return (px - px.mean(1, keepdim=True)).abs().mean((1, 2))
+
+
+def motion_focus(motion: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
     """Each frame's feature map (B, K, C, h, w) averaged over where the clip moves: (B, K, C).
 
-    The weights are the pixels' mean absolute deviation from the clip's temporal mean, averaged
+    The weights are a saliency map (B, H, W) of how much each pixel changes over the clip, averaged
     over each cell of the map and normalised to sum 1 per clip -- a fixed, parameter-free saliency
     (no flow network). Pooling over the moving region binds what moves to what it looks like; a
     grid of the last map mixes a moving object with a still one in the same or a neighbouring cell.
     """
     b, k, c, h, w = fmap.shape
-    px = images.float()
-    motion = (px - px.mean(1, keepdim=True)).abs().mean((1, 2))  # (B, H, W)
     weights = F.adaptive_avg_pool2d(motion[:, None], (h, w)).flatten(1) + 1e-6  # (B, h*w)
     weights = weights / weights.sum(1, keepdim=True)
     return torch.einsum("bkcn,bn->bkc", fmap.flatten(3), weights.to(fmap.dtype))
@@ -114,10 +136,19 @@ class VideoCaptioner(nn.Module):
         cfg.pixel_std = tuple(cfg.pixel_std or info.std)
         if cfg.pool not in POOLS:
             raise ValueError(f"model.pool={cfg.pool!r}: must be one of {', '.join(POOLS)}")
+        for key, allowed in CAMERA_OPTIONS.items():
+            if getattr(cfg, key) not in allowed:
+                raise ValueError(f"model.{key}={getattr(cfg, key)!r}: must be one of {', '.join(allowed)}")
         self.feature_dim = d = info.feature_dim * POOLS[cfg.pool]  # a frame's feature width
         self.focus_levels = focus_levels(self.backbone) if cfg.pool == "focus" else []
         if self.focus_levels:  # the focus block is the fine maps' channels, not the last map's
             self.feature_dim = d = info.feature_dim * GRID_SIDE["focus"] ** 2 + sum(c for _, c in self.focus_levels)
+        self.blocks = [info.feature_dim * GRID_SIDE.get(cfg.pool, 1) ** 2]  # grid (or avg), focus, track
+        if d > self.blocks[0]:
+            self.blocks.append(d - self.blocks[0])
+        if cfg.track:
+            self.blocks.append(camera.TRACK_DIM)
+            self.feature_dim = d = d + camera.TRACK_DIM
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("feat_mean", torch.zeros(d), persistent=cfg.feature_norm)
@@ -150,24 +181,44 @@ class VideoCaptioner(nn.Module):
                     m.eval()
         return self
 
+    def compensate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The clip's frames as the CNN sees them, (B, K, 3, H, W) float in [0, 255] -- exposure
+        matched and the camera's motion undone where the config says so -- and where a warp left no
+        pixels (None without stabilisation)."""
+        dtype = self.pixel_mean.dtype
+        x = images.to(dtype) if images.dtype == torch.uint8 else images.to(dtype) * 255
+        valid = None
+        with torch.no_grad():  # parameter-free: nothing to learn through it
+            if self.cfg.exposure == "gain":
+                x = camera.exposure_gain(x)
+            if self.cfg.stabilize == "similarity":
+                x, valid = camera.stabilize(x)
+        return x, valid
+
+    def saliency(self, frames: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.saliency == "robust":
+            return camera.robust_saliency(frames, valid)
+        return deviation_saliency(frames)
+
     def frame_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, K, 3, H, W) uint8 or float in [0, 1] -> pooled features (B, K, D); one CNN batch of B*K."""
         b, k = images.shape[:2]
-        x = images.flatten(0, 1)
-        dtype = self.pixel_mean.dtype
-        x = x.to(dtype).div_(255) if x.dtype == torch.uint8 else x.to(dtype)
+        frames, valid = self.compensate(images)
+        x = frames.flatten(0, 1) / 255
         x = (x - self.pixel_mean) / self.pixel_std
+        track = [camera.track_features(frames, valid)] if self.cfg.track else []
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
             if self.cfg.pool == "avg":
-                return self.backbone(x).view(b, k, -1)
+                return torch.cat([self.backbone(x).view(b, k, -1), *[t.to(x.dtype) for t in track]], 2)
             if self.focus_levels:
                 fmap, fine = self.backbone.forward_intermediates(x, indices=[i for i, _ in self.focus_levels])
             else:
                 fmap = self.backbone.forward_features(x)
                 fine = [fmap] if self.cfg.pool == "focus" else []
             feats = F.adaptive_avg_pool2d(fmap, GRID_SIDE[self.cfg.pool]).flatten(1).view(b, k, -1)
-            focus = [motion_focus(images, m.view(b, k, *m.shape[1:])) for m in fine]
-            feats = torch.cat([feats, *focus], 2)
+            motion = self.saliency(frames, valid) if fine else None
+            focus = [motion_focus(motion, m.view(b, k, *m.shape[1:])) for m in fine]
+            feats = torch.cat([feats, *focus, *[t.to(feats.dtype) for t in track]], 2)
         return feats
 
     # ---- pooled features and the attribute head -----------------------------------------------
@@ -182,9 +233,10 @@ class VideoCaptioner(nn.Module):
         would otherwise be a few percent of the FC's input and ignored -- though a linear probe reads
         the moving object's colour and shape from it alone on every clip (built-in data, val)."""
         scale = torch.ones(self.feature_dim, device=self.feat_std.device)
-        grid = self.backbone_info.feature_dim * GRID_SIDE.get(self.cfg.pool, 1) ** 2
-        if self.cfg.pool == "focus" and self.feature_dim > grid:
-            scale[grid:] = ((self.feature_dim - grid) / grid) ** 0.5
+        start = self.blocks[0]
+        for size in self.blocks[1:]:  # the grid's dimensions keep 1; each later block gets as much variance
+            scale[start : start + size] = (size / self.blocks[0]) ** 0.5
+            start += size
         return scale
 
     def _normed(self, feats: torch.Tensor) -> torch.Tensor:

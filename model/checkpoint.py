@@ -23,6 +23,7 @@ import torch
 
 from vidcap.model.base import VideoCaptioner
 from vidcap.model.registry import ARCHS, create_model, upgrade_config
+from vidcap.tokens import SPECIALS
 
 CHECKPOINT_KEYS = ("config", "vocab", "attributes", "model", "extra")
 
@@ -76,6 +77,24 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def check_vocabulary(vocab: list[str], vocab_size: object, where: str | Path) -> None:
+    """The vocabulary must fit the model: one word per output of its output layer (``vocab_size``, whose
+    shape the weights were checked against), the special tokens first at their fixed ids, no word
+    twice. Why at load: a shorter vocabulary ends decoding in an IndexError, one without the special
+    tokens decodes ``<eos>`` as a word (captions of ``w17 w6 ...``), and both are silent until then."""
+    n = len(SPECIALS)
+    if tuple(vocab[:n]) != SPECIALS:
+        raise CheckpointError(f"{where}: its vocabulary does not start with the special tokens {' '.join(SPECIALS)} "
+                              f"(it starts {' '.join(map(str, vocab[:n])) or 'with nothing'}); not a vidcap vocabulary")
+    if len(vocab) != vocab_size:
+        raise CheckpointError(f"{where}: its vocabulary has {len(vocab)} words but its output layer has "
+                              f"{vocab_size} outputs (config vocab_size); the two must be equal")
+    if len(set(vocab)) != len(vocab):
+        seen: set[str] = set()
+        twice = next(w for w in vocab if w in seen or seen.add(w))
+        raise CheckpointError(f"{where}: its vocabulary holds the word {twice[:40]!r} twice")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
                     pretrained_backbone: bool = False) -> tuple[VideoCaptioner, dict]:
     """The model (weights loaded, eval mode) and the raw checkpoint dict (vocab, attributes, extra).
@@ -88,6 +107,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if not isinstance(config["arch"], str) or config["arch"] not in ARCHS:
         raise CheckpointError(f"{path}: architecture {config['arch']!r} is not one this vidcap knows "
                               f"({', '.join(sorted(ARCHS))})")
+    check_vocabulary(ckpt["vocab"], config.get("vocab_size"), path)
     try:
         config["pretrained"] = pretrained_backbone
         with torch.device("meta"):  # shapes first, allocating nothing: a config may claim any size

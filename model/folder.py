@@ -45,8 +45,8 @@ from pathlib import Path
 import torch
 
 from vidcap.model.base import VideoCaptioner
-from vidcap.model.checkpoint import CheckpointError, load_checkpoint
-from vidcap.model.registry import ARCHS, create_model
+from vidcap.model.checkpoint import CheckpointError, check_vocabulary, load_checkpoint
+from vidcap.model.registry import ADDED_SETTINGS, ARCHS, create_model
 from vidcap.tokens import SPECIALS
 
 FORMAT = "vidcap-model"
@@ -148,6 +148,9 @@ def read_model_folder(path: str | Path) -> ModelFolder:
             raise ModelFolderError(f"{where}: {section}.{_short(unknown[0], 40)} is not a setting of "
                                    f"architecture {arch}")
         for key in keys:
+            if key not in given and section == "model" and key in ADDED_SETTINGS:  # a folder written before it
+                config[key] = ADDED_SETTINGS[key]
+                continue
             if key not in given:
                 raise ModelFolderError(f"{where}: {section}.{key} missing")
             config[key] = _checked(given[key], fields_of[key].type, f"{where}: {section}.{key}", key)
@@ -163,6 +166,7 @@ def read_model_folder(path: str | Path) -> ModelFolder:
     if len(itos) != config["vocab_size"]:
         raise ModelFolderError(f"{path / VOCAB}: {len(itos)} words, but {CONFIG} says vocab_size "
                                f"{config['vocab_size']}")
+    check_vocabulary(itos, config["vocab_size"], path / VOCAB)  # and no word twice
     return ModelFolder(path, doc["name"] or path.name, config, itos, attributes)
 
 

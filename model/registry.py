@@ -5,6 +5,10 @@ turns a config -- a preset with overrides (``make_config``) or a checkpoint's di
 the trainer builds through it, and so does ``load_checkpoint`` (hence ``train eval``, ``caption``,
 the probes and the feature cache).
 
+Adding an architecture is one new file in model/ with a ``@register_model`` class: importing
+``vidcap.model`` imports every module of the package (:func:`discover`), so no list names them, and
+the CLI's help and every check read the registry.
+
 Checkpoints record ``arch`` with the rest of the config. One written before architectures existed
 has no ``arch`` -- it is S2VT -- and no ``pixel_mean`` / ``pixel_std``: every backbone was
 normalised with (0.5, 0.5, 0.5) then, so that is what it keeps (``upgrade_config``).
@@ -22,6 +26,10 @@ if TYPE_CHECKING:
 DEFAULT_ARCH = "s2vt"
 LEGACY_PIXEL_NORM = (0.5, 0.5, 0.5)  # what every backbone used before backbones carried their own
 NOT_SETTINGS = ("vocab_size", "pixel_mean", "pixel_std")  # fixed by the data and the backbone, not by model.KEY=
+# Settings added after checkpoints and model folders were first written, with the value every file
+# written before them was trained with -- what their absence means (issue 20's camera options). A
+# checkpoint gets them from its config's defaults; a model folder, strict about missing keys, from here.
+ADDED_SETTINGS = {"exposure": "none", "stabilize": "none", "saliency": "deviation", "track": False}
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,22 @@ def register_model(name: str, config: type, presets: dict[str, dict]) -> Callabl
         return cls
 
     return deco
+
+
+def discover() -> None:
+    """Import every module of vidcap.model (run once by the package's __init__): each file that
+    registers an architecture or a backbone is found without a list to keep."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{module.name}")
+
+
+def architectures() -> list[str]:
+    """The registered architectures' names, in registration order (s2vt first: the default)."""
+    return list(ARCHS)
 
 
 def get_arch(name: str) -> Arch:

@@ -55,8 +55,12 @@ PRESETS: dict[str, dict] = {
     # right) and the moving region's features from the stride-8/16 maps ("focus": which object moves
     # and what it looks like), standardised features, frame differences as a second input, one
     # dropout mask per clip.
+    # Issue 20 (real footage): the camera undone before the motion cues -- exposure matched, camera
+    # shift and zoom compensated, focus pooling weighed by the robust saliency -- and where the moving
+    # thing is in each frame as 5 more numbers (track; model/camera.py).
     "cpu-small": dict(backbone="tf_efficientnet_lite0", image_size=160, embed=256, hidden=512, n_attributes=400,
-                      pool="focus", feature_norm=True, motion="diff", frame_dropout="shared"),
+                      pool="focus", feature_norm=True, motion="diff", frame_dropout="shared",
+                      exposure="gain", stabilize="similarity", saliency="robust", track=True),
     # Seconds-fast, for tests.
     "tiny": dict(backbone="tiny", pretrained=False, image_size=64, embed=32, hidden=64, n_attributes=16),
 }

@@ -7,7 +7,7 @@ and attribute head as S2VT (model/base.py), then
 
 Pre-LayerNorm blocks, GELU MLPs, GPT-2 initialisation (normal, std 0.02; residual projections
 scaled by 1/sqrt(2 * layers)). Sizes per preset are chosen so that encoder + decoder hold about as
-many parameters as S2VT's two LSTMs at the same preset (README "Model").
+many parameters as S2VT's two LSTMs at the same preset (docs/model.md).
 
 Incremental decoding: ``encode`` runs the encoder once per clip and computes every decoder layer's
 cross-attention keys and values once; ``step`` feeds one word and caches each layer's

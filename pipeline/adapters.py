@@ -18,7 +18,7 @@ from vidcap.errors import UserError
 from vidcap.jsonfile import read_json as _read_json
 from vidcap.jsonfile import read_text as _read_text
 from vidcap.shards.layout import SPLITS
-from vidcap.shards.reader import OBJECT_FIELDS
+from vidcap.shards.reader import OBJECT_FIELDS, nuisances_problem
 from vidcap.text import tokenize
 
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
@@ -33,6 +33,7 @@ class Clip:
     split: str
     captions: list[str]
     objects: list[dict] | None = None  # ground truth of the built-in dataset (shape, colour, size, action)
+    nuisances: dict | None = None  # the built-in real world's per-clip nuisances (name -> strength or kind)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class AdapterResult:
     clips: list[Clip]
     empty_captions_dropped: int = 0  # empty or punctuation-only
     notes: list[str] = field(default_factory=list)
+    # (colour, shape, action) combinations the source kept out of training (the built-in real world)
+    heldout_triples: list[list[str]] | None = None
 
 
 def read_text(path: Path) -> str:
@@ -48,6 +51,16 @@ def read_text(path: Path) -> str:
 
 def read_json(path: Path):
     return _read_json(path, "annotation file")
+
+
+def _exists(path: Path) -> bool:
+    """Path.exists, but False for a name the file system cannot hold (a 300-character clip id makes
+    a file name over 255 bytes: ENAMETOOLONG) -- that clip then fails alone in job 1, named in
+    failures.jsonl, instead of ending the whole build."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
 
 
 def _type_name(value) -> str:
@@ -97,6 +110,27 @@ def _objects(value, path: Path, where: str) -> list[dict] | None:
     return [{k: o[k] for k in OBJECT_FIELDS} for o in value]
 
 
+def _nuisances(value, path: Path, where: str) -> dict | None:
+    """The optional per-clip nuisances (the built-in real world writes them): name -> number or word."""
+    if value is None:
+        return None
+    problem = nuisances_problem(value)
+    if problem:
+        raise UserError(f"{path}: {where}.nuisances: {problem}")
+    return dict(value)
+
+
+def _heldout(data, path: Path) -> list[list[str]] | None:
+    world = data.get("vidcap_world") if isinstance(data, dict) else None
+    if world is None:
+        return None
+    triples = world.get("heldout_triples") if isinstance(world, dict) else None
+    if not (isinstance(triples, list) and all(isinstance(t, list) and len(t) == 3 and all(isinstance(x, str) for x in t)
+                                              for t in triples)):
+        raise UserError(f"{path}: vidcap_world.heldout_triples: must be a list of [colour, shape, action] strings")
+    return triples
+
+
 def _require(obj, key: str, path: Path, where: str):
     if not isinstance(obj, dict):
         raise UserError(f"{path}: {where}: expected an object, got {_type_name(obj)}")
@@ -139,10 +173,11 @@ def msrvtt(root: Path) -> AdapterResult:
             where = f"videos[{i}]"
             vid = _string(_require(v, "video_id", f, where), f, f"{where}.video_id")
             split = _split(_require(v, "split", f, where), f, f"{where}.split")
-            path = next((d / f"{vid}.mp4" for d in dirs if (d / f"{vid}.mp4").exists()),
+            path = next((d / f"{vid}.mp4" for d in dirs if _exists(d / f"{vid}.mp4")),
                         (dirs[0] if dirs else root) / f"{vid}.mp4")
             result.clips.append(Clip(vid, path, split, _clean(caps.get(vid, []), result),
-                                     _objects(v.get("objects"), f, where)))
+                                     _objects(v.get("objects"), f, where), _nuisances(v.get("nuisances"), f, where)))
+        result.heldout_triples = _heldout(data, f) or result.heldout_triples
     return result
 
 
@@ -152,7 +187,7 @@ def _msvd_video(root: Path, clip_id: str) -> Path:
     for d in ("YouTubeClips", "videos", "."):
         for ext in (".avi", ".mp4", ".webm", ".mkv"):
             p = root / d / f"{clip_id}{ext}"
-            if p.exists():
+            if _exists(p):
                 return p
     return root / "YouTubeClips" / f"{clip_id}.avi"
 
@@ -224,7 +259,9 @@ def generic_json(root: Path) -> AdapterResult:
         split = _split(_require(v, "split", f, where), f, f"{where}.split")
         caps = _captions(_require(v, "captions", f, where), f, f"{where}.captions")
         result.clips.append(Clip(clip_id, path if path.is_absolute() else f.parent / path, split,
-                                 _clean(caps, result), _objects(v.get("objects"), f, where)))
+                                 _clean(caps, result), _objects(v.get("objects"), f, where),
+                                 _nuisances(v.get("nuisances"), f, where)))
+    result.heldout_triples = _heldout(data, f)
     return result
 
 

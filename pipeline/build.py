@@ -29,7 +29,7 @@ from vidcap.evalkit.ngrams import document_frequencies, reference_tokens
 from vidcap.pipeline import attributes as attr
 from vidcap.pipeline.adapters import load_dataset
 from vidcap.pipeline.clip_worker import DEFAULT_MEMORY_MB
-from vidcap.pipeline.cluster import as_finished, check_scheduler_url, dask_client
+from vidcap.pipeline.cluster import check_scheduler_url, dask_client, run_tasks
 from vidcap.pipeline.ffmpeg_check import require_ffmpeg
 from vidcap.pipeline.frames_job import ShardResult, ShardTask, build_shard
 from vidcap.pipeline.vocab import DEFAULT_MIN_COUNT, build_vocab
@@ -91,7 +91,8 @@ def plan_shards(clips, cfg: BuildConfig) -> list[ShardTask]:
         members = [c for c in clips if c.split == split]
         for i in range(0, len(members), cfg.shard_size):
             group = [{"clip_id": c.clip_id, "path": os.path.abspath(c.path), "captions": c.captions,
-                      **({"objects": c.objects} if c.objects is not None else {})}
+                      **({"objects": c.objects} if c.objects is not None else {}),
+                      **({"nuisances": c.nuisances} if c.nuisances is not None else {})}
                      for c in members[i : i + cfg.shard_size]]
             tasks.append(ShardTask(layout.shard_stem(split, i // cfg.shard_size), split, group, cfg.frames, cfg.size,
                                    cfg.quality, cfg.timeout, cfg.decoder_memory_mb))
@@ -120,15 +121,14 @@ def _prepare_out(out: Path, overwrite: bool, tasks: list[ShardTask]) -> Path:
 def run_frames_job(client, tasks: list[ShardTask], shard_dir: Path, progress: bool,
              worker_timeout: float = 60.0) -> list[ShardResult]:
     total = sum(len(t.clips) for t in tasks)
-    futures = {client.submit(build_shard, t, str(shard_dir.absolute()), key=f"shard-{t.name}-{t.fingerprint()[:12]}",
-                             pure=False): t for t in tasks}
+    calls = [(t, str(shard_dir.absolute())) for t in tasks]
+    keys = [f"shard-{t.name}-{t.fingerprint()[:12]}" for t in tasks]
     results: dict[str, ShardResult] = {}
     t0 = time.perf_counter()
     with tqdm(total=total, desc="job 1: frames -> shards", unit="clip", disable=not progress) as bar:
-        for fut in as_finished(client, list(futures), worker_timeout, "job 1 (shards)"):
-            res = fut.result()
+        for i, res in run_tasks(client, build_shard, calls, worker_timeout, "job 1 (shards)", keys):
             results[res.name] = res
-            bar.update(len(futures[fut].clips))
+            bar.update(len(tasks[i].clips))
             bar.set_postfix(clips_s=f"{bar.n / max(1e-9, time.perf_counter() - t0):.1f}",
                             skipped=sum(r.skipped for r in results.values()))
     return [results[t.name] for t in tasks]
@@ -164,30 +164,32 @@ def run_attributes_job(client, clips, cfg: BuildConfig, model: str, out: Path, p
             size = 0
         chunks[-1].append(i)
         size += len(clip.captions)
-    futures = {client.submit(attr.tag_clips, [clips[i].captions for i in ch], [clips[i].split == "train" for i in ch],
-                             model, pure=False): ch for ch in chunks}
+    calls = [([clips[i].captions for i in ch], [clips[i].split == "train" for i in ch], model) for ch in chunks]
     words: list[str] = [""] * len(clips)
     clip_count: Counter = Counter()
     pos_count: Counter = Counter()
     with tqdm(total=sum(len(c.captions) for c in clips), desc="job 2: spaCy tagging", unit="caption",
               disable=not progress) as bar:
-        for fut in as_finished(client, list(futures), cfg.worker_timeout, "job 2 (spaCy tagging)"):
-            chunk = futures[fut]
-            chunk_words, counts, pos = fut.result()
+        for n, (chunk_words, counts, pos) in run_tasks(client, attr.tag_clips, calls, cfg.worker_timeout,
+                                                        "job 2 (spaCy tagging)"):
+            chunk = chunks[n]
             for i, w in zip(chunk, chunk_words, strict=True):
                 words[i] = w
             clip_count.update(counts)
             pos_count.update(pos)
-            fut.release()
             bar.update(sum(len(clips[i].captions) for i in chunk))
     ranked = attr.rank_attributes(clip_count, pos_count, cfg.attributes)
-    if not ranked:
-        raise UserError("no attributes found: the training captions have no nouns, verbs or adjectives")
+    note = attr.language_note(model, attr.model_language(model), [c for clip in clips if clip.split == "train"
+                                                                  for c in clip.captions])
+    if not ranked and any(c.split == "train" for c in clips):  # (no training clips: an evaluation-only build)
+        raise UserError("no attributes found: the training captions have no nouns, verbs or adjectives"
+                        + (f" ({note})" if note else f" (as tagged by spaCy model {model})"))
     word_to_id = {r["word"]: r["attribute_id"] for r in ranked}
     layout.write_attributes(out, ranked, model)
     layout.write_clip_attributes(out, [c.clip_id for c in clips], [c.split for c in clips],
                                  [attr.clip_labels(w, word_to_id) for w in words])
-    return {"attributes": len(ranked), "spacy_model": model, "top": [r["word"] for r in ranked[:10]]}
+    return {"attributes": len(ranked), "spacy_model": model, "top": [r["word"] for r in ranked[:10]],
+            **({"note": note} if note else {})}
 
 
 def run_df_vocab_job(clips, cfg: BuildConfig, out: Path) -> dict:
@@ -208,8 +210,11 @@ def build(cfg: BuildConfig) -> dict:
     data = load_dataset(cfg.dataset, Path(cfg.root))
     clips = [c for c in data.clips if c.captions]
     no_caption = [c.clip_id for c in data.clips if not c.captions]
-    if not [c for c in clips if c.split == "train"]:
-        raise UserError(f"{cfg.root}: no training clips with captions")
+    if not clips:
+        raise UserError(f"{cfg.root}: no clips with captions")
+    if not [c for c in clips if c.split == "train"]:  # an evaluation-only build: a note, not an error
+        data.notes.append("no training clips: an evaluation-only build (vocabulary of the special tokens only, "
+                          "no attributes); models trained elsewhere are evaluated on it with their own vocabulary")
     out = Path(os.path.abspath(cfg.out))
     tasks = plan_shards(clips, cfg)
     seconds = {"read": time.perf_counter() - t0}
@@ -247,6 +252,7 @@ def build(cfg: BuildConfig) -> dict:
         "job_seconds": {k: round(v, 2) for k, v in seconds.items()},  # read annotations, job 1, job 2, job 3
         "clips_per_s": round(sum(r.samples for r in results) / max(elapsed, 1e-9), 2),
         "notes": data.notes,
+        **({"heldout_triples": data.heldout_triples} if data.heldout_triples is not None else {}),
     }
     layout.write_summary(out, summary)
     return summary
@@ -264,6 +270,8 @@ def format_summary(s: dict, out: str) -> str:
                  f"{s['clips_without_captions']}")
     lines.append(f"attributes: {s['attributes']['attributes']} ({s['attributes']['spacy_model']}), top: "
                  f"{' '.join(s['attributes']['top'])}")
+    if s["attributes"].get("note"):
+        lines.append(f"note: {s['attributes']['note']}")
     lines.append(f"vocabulary: {s['cider_df']['vocab']} tokens; CIDEr-D df: {s['cider_df']['ngrams']} n-grams over "
                  f"{s['cider_df']['documents']} clips")
     lines.append(f"elapsed {s['elapsed_s']:.1f} s, {s['clips_per_s']:.1f} clips/s"

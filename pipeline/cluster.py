@@ -1,7 +1,10 @@
-"""The Dask client the pipeline runs on: a LocalCluster of worker processes by default, or an
-existing cluster at ``tcp://HOST:PORT`` when one machine is not enough -- and the one way the
-driver waits for its tasks, which gives up with a clear error when the cluster has had no worker
-for ``worker_timeout`` seconds (a cluster whose workers are gone would otherwise wait forever)."""
+"""The pipeline's one seam to its distributed engine (Dask), as video2dataset's distributor: the
+client the jobs run on (:func:`dask_client`: a LocalCluster of worker processes by default, or an
+existing cluster at ``tcp://HOST:PORT`` when one machine is not enough) and the one way a job runs
+its tasks (:func:`run_tasks`: submit them all, take each result as it finishes). pipeline/build.py
+calls nothing else of Dask, so running the pipeline on another engine (Ray, Spark, a process pool)
+is these two functions rewritten. Waiting gives up with a clear error when the cluster has had no
+worker for ``worker_timeout`` seconds (a cluster whose workers are gone would otherwise wait forever)."""
 
 from __future__ import annotations
 
@@ -9,16 +12,18 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from vidcap.errors import UserError
 
-SCHEDULER_URL = re.compile(r"^(tcp|tls|ws|wss|ucx)://[A-Za-z0-9_.\-\[\]:]+:\d{1,5}/?$")
+# A host name or IPv4 address, or an IPv6 address in brackets (a lone "[" made Dask raise ValueError).
+SCHEDULER_URL = re.compile(r"^(tcp|tls|ws|wss|ucx)://([A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\]):(\d{1,5})/?$")
 
 
 def check_scheduler_url(url: str) -> None:
-    if not SCHEDULER_URL.match(url):
+    m = SCHEDULER_URL.match(url)
+    if not m or not 1 <= int(m.group(3)) <= 65535:
         raise UserError(f"--scheduler {url}: expected a Dask scheduler address like tcp://HOST:PORT")
 
 
@@ -35,6 +40,8 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
             client = Client(scheduler, timeout="15s")
         except OSError as e:
             raise UserError(f"cannot reach Dask scheduler at {scheduler}: {e}") from None
+        except ValueError as e:  # an address Dask cannot parse, whatever our check let through
+            raise UserError(f"--scheduler {scheduler}: not an address Dask can use ({e})") from None
         try:
             yield client
         finally:
@@ -45,6 +52,21 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                       silence_logs=logging.CRITICAL) as cluster, Client(cluster) as client:
         yield client
+
+
+def run_tasks(client, fn: Callable, calls: Sequence[tuple], worker_timeout: float, what: str,
+              keys: Sequence[str] | None = None) -> Iterator[tuple[int, object]]:
+    """``fn(*calls[i])`` for every i on the cluster: (i, result) as each finishes (completion order),
+    its result then released on the cluster. `keys` name the tasks (Dask keys; a task whose key
+    already ran is not run twice). `what` names the job in errors."""
+    futures = {}
+    for i, args in enumerate(calls):
+        named = {"key": keys[i]} if keys is not None else {}
+        futures[client.submit(fn, *args, pure=False, **named)] = i
+    for fut in as_finished(client, list(futures), worker_timeout, what):
+        result = fut.result()
+        fut.release()
+        yield futures[fut], result
 
 
 def as_finished(client, futures: list, worker_timeout: float, what: str) -> Iterator:

@@ -151,8 +151,11 @@ def _last_line(stderr: bytes | None) -> str:
 def sample_frames(path: str | Path, k: int = 5, size: int = 224) -> SampledFrames:
     """K frames at segment centres, resized to size x size RGB; raises DecodeError with the reason."""
     path = Path(os.path.abspath(path))  # never an option or a protocol for decord / ffmpeg
-    if not path.exists():
-        raise DecodeError("file not found", "missing")
+    try:
+        path.stat()
+    except OSError as e:  # not found, a name longer than the file system allows, no permission...
+        raise DecodeError("file not found" if isinstance(e, FileNotFoundError) else (e.strerror or str(e)),
+                          "missing") from None
     if path.is_dir():
         raise DecodeError("is a directory, not a video file", "missing")
     if path.is_file() and path.stat().st_size == 0:

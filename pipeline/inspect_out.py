@@ -15,29 +15,59 @@ from vidcap.shards.layout import SPLITS, Build
 from vidcap.shards.reader import ShardError, iter_samples
 
 
+def _nuisance_names(meta: dict) -> set[str]:
+    rec = meta.get("nuisances") or {}
+    names = {k for k in rec if k != "background"}
+    if rec.get("background"):
+        names.add("background:" + str(rec["background"]).split(":")[0])
+    return names
+
+
 def _first_samples(build: Build, split: str, n: int) -> list[tuple[dict, list[Image.Image]]]:
+    """The first `n` samples of the split's first shard -- or, where the clips record nuisances (the
+    realistic built-in world), first samples that together show every nuisance the shard has."""
     refs, expect = build.split(split).refs, build.split(split).expect
-    out = []
+    scanned = []
     for s in iter_samples(build.store, refs[0], expect):
+        scanned.append(s)
+        if len(scanned) == max(n, 128):
+            break
+    picked = scanned[:n]
+    if any(s["json"].get("nuisances") for s in scanned):
+        todo = set().union(*(_nuisance_names(s["json"]) for s in scanned))
+        picked = []
+        while todo and len(picked) < max(n, 16):  # greedy cover: each new row shows the most unseen
+            best = max(scanned, key=lambda s: len(_nuisance_names(s["json"]) & todo))
+            picked.append(best)
+            todo -= _nuisance_names(best["json"])
+        picked += [s for s in scanned if s not in picked][: max(0, n - len(picked))]
+    out = []
+    for s in picked:
         try:
             frames = [Image.open(io.BytesIO(jpeg)).convert("RGB") for jpeg in s["frames"]]
         except Exception as e:  # a header that looked right over a broken body
             raise ShardError(f"{s['shard']}: sample {s['key']}: a frame does not decode ({e})") from None
         out.append((s["json"], frames))
-        if len(out) == n:
-            break
     return out
+
+
+def _nuisance_label(meta: dict) -> str:
+    rec = meta.get("nuisances") or {}
+    return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in rec.items())
 
 
 def contact_sheet(samples: list[tuple[dict, list[Image.Image]]], thumb: int = 112) -> Image.Image:
     cols = max(len(f) for _, f in samples)
-    sheet = Image.new("RGB", (cols * thumb, len(samples) * (thumb + 14)), "white")
+    label = 26 if any(m.get("nuisances") for m, _ in samples) else 14
+    sheet = Image.new("RGB", (max(cols * thumb, 560), len(samples) * (thumb + label)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, (meta, frames) in enumerate(samples):
-        y = r * (thumb + 14)
-        draw.text((2, y), f"{meta['clip_id']}: {meta['captions'][0][:60] if meta['captions'] else ''}", fill="black")
+        y = r * (thumb + label)
+        draw.text((2, y), f"{meta['clip_id']}: {meta['captions'][0][:80] if meta['captions'] else ''}", fill="black")
+        if label > 14:
+            draw.text((2, y + 12), _nuisance_label(meta)[:110], fill=(150, 20, 20))
         for c, f in enumerate(frames):
-            sheet.paste(f.resize((thumb, thumb)), (c * thumb, y + 14))
+            sheet.paste(f.resize((thumb, thumb)), (c * thumb, y + label))
     return sheet
 
 

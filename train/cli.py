@@ -12,8 +12,13 @@ import os
 import sys
 
 from vidcap.errors import ArgumentParser, UserError, cli_errors
+from vidcap.flags import add_file_flag, check_range, subcommand
 from vidcap.model.checkpoint import CheckpointError
-from vidcap.train.recipes import TABLE3_ORDER
+from vidcap.shards.layout import SPLITS
+from vidcap.train.config import DEVICES, LOADERS, SCHEDULES
+from vidcap.train.recipes import STAGES, TABLE3_ORDER
+
+PRESETS = list(SCHEDULES)  # the choices are the registries' (train/config.py, train/recipes.py): one edit adds one
 
 
 def _eval_main(argv: list[str]) -> None:
@@ -24,22 +29,24 @@ def _eval_main(argv: list[str]) -> None:
     which.add_argument("--ckpt", help="checkpoint (e.g. RUN/stage3/best.pt)")
     which.add_argument("--model", help="model folder (from `train export`)")
     p.add_argument("--data", required=True, help="pipeline build output")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=list(SPLITS))
     p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
     p.add_argument("--out", default=None, help="output dir (default next to the checkpoint, or in the model folder)")
     p.add_argument("--max-clips", type=int, default=None)
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~8 s of Java start-up)")
     a = p.parse_args(argv)
-    if not 1 <= a.beam <= 100 or (a.max_clips is not None and a.max_clips < 1):
-        raise UserError(f"--beam {a.beam} / --max-clips {a.max_clips}: must be 1..100 / >= 1")
+    check_range("--beam", a.beam, 1, 100)
+    check_range("--max-clips", a.max_clips, 1, None)
     r = evaluate_checkpoint(a.ckpt, a.data, a.split, a.beam, a.out, max_clips=a.max_clips, meteor=not a.no_meteor,
                             model_dir=a.model)
     from vidcap.evalkit.cli import format_table
-    from vidcap.train.evaluate import format_grounded
+    from vidcap.train.evaluate import format_grounded, format_groups
 
     print(format_table(r["metrics"]))
     if format_grounded(r["metrics"]):
         print(format_grounded(r["metrics"]))
+    if len(r["groups"]) > 1:
+        print(format_groups(r["groups"]))
     print(f"{r['clips']} clips; predictions, metrics and gallery.html in {r['dir']}")
 
 
@@ -65,13 +72,51 @@ def _probe_main(argv: list[str]) -> None:
                                 "(action / colour / shape of the built-in dataset), e.g. before and after stage 3")
     p.add_argument("--ckpt", required=True, action="append", help="checkpoint (repeat to compare several)")
     p.add_argument("--data", required=True, help="pipeline build output (built-in dataset)")
-    p.add_argument("--split", default="val", choices=["val", "test"], help="split the probes are scored on")
-    p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--split", default="val", choices=[s for s in SPLITS if s != "train"],
+                   help="split the probes are scored on")
+    add_file_flag(p, "--json", "json", default=None, metavar="FILE", help="also write the results to this JSON file")
     a = p.parse_args(argv)
     results = {c: probe_checkpoint(c, a.data, a.split) for c in a.ckpt}
     print(format_probes(results, a.split))
-    if a.out:
-        write_json_atomic(a.out, {"split": a.split, "probes": results})
+    if a.json:
+        write_json_atomic(a.json, {"split": a.split, "probes": results})
+
+
+def _robustness_main(argv: list[str]) -> None:
+    from vidcap.train.robustness import (
+        STRENGTH_NAMES,
+        format_markdown,
+        parse_nuisances,
+        parse_strengths,
+        robustness,
+    )
+
+    p = ArgumentParser(prog="train robustness", description="caption a split clean and with one nuisance of real "
+                       "footage at a time (noise, flicker, camera motion, blur, occlusion, and held-out camera "
+                       "faults) at each strength; writes robustness.{json,md,png}")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--ckpt", help="checkpoint (e.g. RUN/stage3/best.pt)")
+    which.add_argument("--model", help="model folder (from `train export`)")
+    p.add_argument("--data", required=True, help="pipeline build output")
+    p.add_argument("--split", default="test", choices=list(SPLITS))
+    p.add_argument("--nuisances", default="all", help="all (default), listed, held-out, or names: "
+                   "noise,flicker,gain_drift,shake,pan,zoom,blur,occlusion,colour_cast,vignette,low_contrast,"
+                   "salt_pepper,jpeg,frame_drop")
+    p.add_argument("--strengths", default=",".join(STRENGTH_NAMES), help="comma-separated subset of "
+                   f"{', '.join(STRENGTH_NAMES)} (default all three)")
+    p.add_argument("--max-clips", type=int, default=120, help="clips of the split (default 120)")
+    p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy; default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the perturbations (default 0)")
+    p.add_argument("--out", default=None, help="output folder (default: robustness/ beside the checkpoint "
+                   "or in the model folder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    check_range("--beam", a.beam, 1, 100)
+    check_range("--max-clips", a.max_clips, 1, None)
+    r = robustness(a.ckpt, a.model, a.data, a.split, parse_nuisances(a.nuisances), parse_strengths(a.strengths),
+                   a.max_clips, a.beam, a.seed, a.out, progress=not a.quiet)
+    print(format_markdown(r))
+    print(f"written: {r['dir']}/robustness.json, robustness.md" + (", robustness.png" if "all_acc" in r["rows"][0] else ""))
 
 
 def _ablate_main(argv: list[str]) -> None:
@@ -83,7 +128,7 @@ def _ablate_main(argv: list[str]) -> None:
                                 epilog="key=value overrides apply to every row (e.g. max_clips=100)")
     p.add_argument("--data", required=True, help="pipeline build output directory")
     p.add_argument("--run", required=True, help="output directory (RUN/seedN/<row>/ and the tables)")
-    p.add_argument("--preset", default="cpu-small", choices=["paper", "cpu-small", "tiny"])
+    p.add_argument("--preset", default="cpu-small", choices=PRESETS)
     p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default 3)")
     p.add_argument("--beam", type=int, default=1, help="decoding for the table (default 1: greedy, as the paper)")
     p.add_argument("--rows", default=",".join(TABLE3_ORDER), help="comma-separated subset of the rows")
@@ -92,26 +137,36 @@ def _ablate_main(argv: list[str]) -> None:
     a = p.parse_args(argv)
     r = ablate(a.data, a.run, a.preset, a.seeds, a.overrides, a.rows.split(","), a.beam, progress=not a.quiet)
     print(format_markdown(r))
-    print(f"written: {a.run}/ablation.md, {a.run}/ablation.json")
+    from vidcap.train.run_folder import RunFolder
+
+    print(f"written: {RunFolder(a.run).ablation_md}, {RunFolder(a.run).ablation_json}")
+
+
+SUBCOMMANDS = {"eval": _eval_main, "export": _export_main, "probe": _probe_main, "robustness": _robustness_main,
+               "ablate": _ablate_main}
 
 
 def parser() -> argparse.ArgumentParser:
+    from vidcap.model.backbones import BACKBONES
+    from vidcap.model.registry import architectures
+
     p = ArgumentParser(
         prog="train", description="train the captioner: stage 1 (XE), 2 (REINFORCE+), 3 (end-to-end multitask); "
-        "or `train eval|export|probe|ablate --help`",
+        f"or `train {'|'.join(SUBCOMMANDS)} --help`",
         epilog="key=value overrides any TrainConfig field (e.g. epochs=3 lr=1e-5 samples=4) or model field "
-               "(model.hidden=256)")
+               f"(model.hidden=256; model.arch={'|'.join(architectures())}; model.backbone={'|'.join(BACKBONES)})")
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--stage", type=int, choices=[1, 2, 3], help="the paper's stages: 1 = s2vt, 2 = rfc+, 3 = e2e")
+    which.add_argument("--stage", type=int, choices=list(STAGES),
+                       help="the paper's stages: " + ", ".join(f"{n} = {r}" for n, r in STAGES.items()))
     which.add_argument("--recipe", choices=TABLE3_ORDER, help="any recipe of the paper's Table 3 (train/recipes.py)")
     p.add_argument("--data", required=True, help="pipeline build output: a folder, file://, http(s)://, s3://, "
                                                  "gs:// URL or pipe:COMMAND")
     p.add_argument("--run", required=True, help="run directory (stage N writes RUN/stageN/)")
-    p.add_argument("--preset", default="cpu-small", choices=["paper", "cpu-small", "tiny"])
+    p.add_argument("--preset", default="cpu-small", choices=PRESETS)
     p.add_argument("--init", default=None, help="start from this checkpoint (default: previous stage's best.pt)")
     p.add_argument("--resume", action="store_true", help="continue this stage from RUN/stageN/last.pt")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--loader", default=None, choices=["torch", "dali"])
+    p.add_argument("--device", default=None, choices=list(DEVICES))
+    p.add_argument("--loader", default=None, choices=list(LOADERS))
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key=value")
     return p
@@ -120,21 +175,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     with cli_errors("train", also=(CheckpointError,)) as ctx:
-        if argv[:1] == ["eval"]:
-            ctx.prog = "train eval"
-            _eval_main(argv[1:])
-            return
-        if argv[:1] == ["export"]:
-            ctx.prog = "train export"
-            _export_main(argv[1:])
-            return
-        if argv[:1] == ["probe"]:
-            ctx.prog = "train probe"
-            _probe_main(argv[1:])
-            return
-        if argv[:1] == ["ablate"]:
-            ctx.prog = "train ablate"
-            _ablate_main(argv[1:])
+        found = subcommand(argv, SUBCOMMANDS)
+        if found is not None:
+            ctx.prog = f"train {found[0]}"
+            found[1](argv[1:])
             return
         a = parser().parse_args(argv)
         from vidcap.train.config import make_train_config

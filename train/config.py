@@ -13,6 +13,9 @@ from pathlib import Path
 from vidcap.train.recipes import RECIPES, STAGES, get_recipe
 from vidcap.train.reward import BASELINES, REWARDS
 
+DEVICES = ("cpu", "cuda")  # --device, device=
+LOADERS = ("torch", "dali")  # --loader, loader=
+
 
 @dataclass
 class TrainConfig:
@@ -49,7 +52,7 @@ class TrainConfig:
     shuffle_buffer: int = 256
     max_clips: int | None = None  # cap clips per split (smoke tests, quick looks)
     skip_bad_shards: bool = False  # leave out shards that fail their manifest check, with a warning
-    save_every: int = 100  # steps between last.pt checkpoints (0: epoch ends only); see README "Resume"
+    save_every: int = 100  # steps between last.pt checkpoints (0: epoch ends only); see docs/training.md "Resume"
     dist_timeout: float = 1800.0  # seconds a torchrun rank waits in a collective before giving up
     backbone_weights: str | None = None
     model_overrides: dict = field(default_factory=dict)  # e.g. model.hidden=256
@@ -66,7 +69,7 @@ class TrainConfig:
 # replaces the recipe's M where the recipe samples more than one caption (RFC keeps M = 1).
 # paper: Adam, lr 1e-4 (cross-entropy) then 1e-6, batch sizes 64 / 256 / 16 (the official code).
 # cpu-small: what trains on this 2-core CPU in the demo's minutes, measured on the built-in dataset
-# (README "Training"; the numbers behind each choice are in the notes of issue 9).
+# (docs/training.md; the numbers behind each choice are in the notes of issue 9).
 SCHEDULES: dict[str, dict[str, dict]] = {
     "paper": {
         "xe": dict(lr=1e-4, batch_size=64, epochs=50),
@@ -81,7 +84,7 @@ SCHEDULES: dict[str, dict[str, dict]] = {
         "rl": dict(lr=5e-5, batch_size=32, epochs=5),
         # the CNN at a tenth of the captioner's lr: at 5e-5 one epoch moved its standardised features
         # by 0.74 of their length (0.42 at 5e-6) and on 1 of 6 demo seeds the captions lost "orange"
-        # (colour 99.6% -> 92.9%); with 0.1, stage 3 beat stage 2 on all six (README "Results").
+        # (colour 99.6% -> 92.9%); with 0.1, stage 3 beat stage 2 on all six (docs/results.md).
         "e2e": dict(lr=5e-5, batch_size=16, epochs=1, samples=4, cnn_lr_scale=0.1),
         "scratch": dict(lr=1e-3, batch_size=16, epochs=4),
     },
@@ -114,8 +117,8 @@ _RANGES = {
     "max_clips": (lambda v: v is None or v >= 1, "must be >= 1 (or none)"),
     "save_every": (lambda v: v >= 0, "must be >= 0 (0: at epoch ends only)"),
     "dist_timeout": (lambda v: 10 <= v <= 86400, "must be between 10 and 86400 (seconds)"),
-    "device": (lambda v: v in ("cpu", "cuda"), "must be cpu or cuda"),
-    "loader": (lambda v: v in ("torch", "dali"), "must be torch or dali"),
+    "device": (lambda v: v in DEVICES, f"must be {' or '.join(DEVICES)}"),
+    "loader": (lambda v: v in LOADERS, f"must be {' or '.join(LOADERS)}"),
     "reward": (lambda v: v in REWARDS, f"must be one of {', '.join(sorted(REWARDS))}"),
     "baseline": (lambda v: v in BASELINES, f"must be one of {', '.join(BASELINES)}"),
 }

@@ -159,13 +159,14 @@ class FrameDecoder(Dataset):
         attrs = np.zeros(self.n_attr, dtype=np.float32)
         attrs[self.labels.get(meta["clip_id"], [])] = 1.0
         return {"clip_id": meta["clip_id"], "frames": torch.from_numpy(frames), "captions": meta["captions"],
-                "attrs": torch.from_numpy(attrs), "objects": meta.get("objects")}
+                "attrs": torch.from_numpy(attrs), "objects": meta.get("objects"),
+                "nuisances": meta.get("nuisances")}
 
 
 def collate(samples: list[dict]) -> dict:
     return {"clip_id": [s["clip_id"] for s in samples], "frames": torch.stack([s["frames"] for s in samples]),
             "captions": [s["captions"] for s in samples], "attrs": torch.stack([s["attrs"] for s in samples]),
-            "objects": [s["objects"] for s in samples]}
+            "objects": [s["objects"] for s in samples], "nuisances": [s["nuisances"] for s in samples]}
 
 
 def torch_loader(stream: SplitStream, image_size: int, batch_size: int, num_workers: int, skip: int = 0

@@ -14,18 +14,25 @@ import numpy as np
 import torch
 
 from vidcap.atomic import write_json_atomic
-from vidcap.errors import UserError
 from vidcap.evalkit.coco import Scorer, score
-from vidcap.evalkit.grounding import attribute_map, per_clip_correct, slot_accuracy
+from vidcap.evalkit.grounding import (
+    attribute_map,
+    clip_groups,
+    grouped_accuracy,
+    per_clip_correct,
+    slot_accuracy,
+)
+from vidcap.evalkit.metric_names import SLOTS, label
 from vidcap.model import decoding
 from vidcap.model.folder import load_model
 from vidcap.shards.layout import DataInfo
 from vidcap.shards.reader import checked_samples
 from vidcap.tokens import decode
+from vidcap.train import run_folder as rf
 from vidcap.train.data import SplitStream, torch_loader
 from vidcap.train.report import gallery, plot_confusion, write_scalars
 
-GROUNDED_KEYS = ("action_acc", "colour_acc", "shape_acc", "size_acc", "size_named")
+GROUNDED_KEYS = (*SLOTS, "size_named")  # the slot accuracies, and how many captions named a size
 
 
 @torch.no_grad()
@@ -38,39 +45,46 @@ def evaluate_checkpoint(ckpt_path: str | None, data: str, split: str = "test", b
     model, ckpt = load_model(ckpt_path, model_dir)
     source = ckpt["source"]
     home = Path(model_dir) if model_dir else Path(source).parent
-    info = DataInfo.load(data)
-    if ckpt["vocab"] != info.itos:
-        raise UserError(f"{source}: its vocabulary differs from {info.build.url('vocab.json')}")
+    info = DataInfo.load(data)  # any build: the captions are decoded with the model's own vocabulary
     stream = SplitStream(info, split, max_clips=max_clips)
-    preds, refs, objects, attr_scores, attr_labels = {}, {}, {}, [], []
+    preds, refs, objects, nuisances, attr_scores, attr_labels = {}, {}, {}, {}, [], []
     for batch in torch_loader(stream, model.cfg.image_size, batch_size, 0):
         feats = model.frame_features(batch["frames"])
         seqs = decoding.decode(model, feats, beam)
         attr_scores.append(model.attribute_logits(feats).float())
         attr_labels.append(batch["attrs"])
-        for cid, s, caps, objs in zip(batch["clip_id"], seqs.tolist(), batch["captions"], batch["objects"], strict=True):
-            preds[cid], refs[cid] = decode(s, info.itos), caps
+        for cid, s, caps, objs, nuis in zip(batch["clip_id"], seqs.tolist(), batch["captions"], batch["objects"],
+                                            batch["nuisances"], strict=True):
+            preds[cid], refs[cid] = decode(s, ckpt["vocab"]), caps
             if objs:
-                objects[cid] = objs
+                objects[cid], nuisances[cid] = objs, nuis
     metrics = scorer.score(preds, refs) if scorer is not None else score(preds, refs, meteor=meteor)
     grounded = slot_accuracy(preds, objects) if objects else None
+    groups = {}
     if grounded is not None:
         metrics.update({k: grounded[k] for k in GROUNDED_KEYS})
-    if len(ckpt["attributes"]) == attr_labels[0].shape[1]:
+        groups = grouped_accuracy(preds, objects, clip_groups(objects, nuisances, info.build.summary().get("heldout_triples")))
+        for name in ("seen", "unseen"):
+            if name in groups:
+                metrics.update({f"{name}_{k}": groups[name][k] for k in ("action_acc", "colour_acc", "shape_acc",
+                                                                          "all_acc")})
+    if list(ckpt["attributes"]) == list(info.attributes):  # the head's words are this build's attributes
         attrs = attribute_map(torch.cat(attr_scores).numpy(), torch.cat(attr_labels).numpy(), info.attribute_pos)
         metrics.update({f"attribute_{k}": v for k, v in attrs.items()})
-    out_dir = Path(out) if out else home / f"eval-{split}-beam{beam}"
+    out_dir = Path(out) if out else home / rf.eval_name(split, beam)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "predictions.json", preds)
-    write_json_atomic(out_dir / "metrics.json", {"split": split, "beam": beam, "checkpoint": source,
+    write_json_atomic(out_dir / rf.PREDICTIONS, preds)
+    write_json_atomic(out_dir / rf.EVAL_METRICS, {"split": split, "beam": beam, "checkpoint": source,
                                                  "clips": len(preds), **metrics})
+    if groups:
+        write_json_atomic(out_dir / rf.GROUPS, groups)
     if grounded is not None:
-        write_json_atomic(out_dir / "action_confusion.json", grounded["confusion"])
-        plot_confusion(grounded["confusion"], out_dir / "action_confusion.png",
+        write_json_atomic(out_dir / rf.CONFUSION_JSON, grounded["confusion"])
+        plot_confusion(grounded["confusion"], out_dir / rf.CONFUSION_PNG,
                        f"{home.name}: action on {split} ({100 * grounded['action_acc']:.1f}% right)")
     if not model_dir:  # a run's stage folder keeps TensorBoard events; a model folder does not
         step = sum(h.get("steps", 0) for h in ckpt["extra"].get("history", []))
-        write_scalars(home / "tb", f"{split}_beam{beam}", metrics, step)
+        write_scalars(home / rf.TB, f"{split}_beam{beam}", metrics, step)
     correct = per_clip_correct(preds, objects)
     rows = []
     for s in checked_samples(stream.slices, info.build.store, info.expect):
@@ -80,18 +94,29 @@ def evaluate_checkpoint(ckpt_path: str | None, data: str, split: str = "test", b
         if cid in preds:
             rows.append({"clip_id": cid, "jpegs": s["frames"], "prediction": preds[cid], "references": refs[cid],
                          "correct": correct.get(cid)})
-    gallery(out_dir / "gallery.html", rows, metrics, f"{ckpt['name']} on {split} (beam {beam})")
-    return {"metrics": metrics, "dir": str(out_dir), "clips": len(preds), "grounded": grounded,
+    gallery(out_dir / rf.GALLERY, rows, metrics, f"{ckpt['name']} on {split} (beam {beam})")
+    return {"metrics": metrics, "dir": str(out_dir), "clips": len(preds), "grounded": grounded, "groups": groups,
             "per_clip": correct, "predictions": preds}
 
 
 def format_grounded(metrics: dict) -> str:
     """One line: the slot accuracies (and the attribute mAP) that `train eval` prints under the table."""
-    parts = [f"{k[:-4]} {100 * metrics[k]:.1f}%" for k in ("action_acc", "colour_acc", "shape_acc", "size_acc")
-             if metrics.get(k) is not None]
+    parts = [f"{label(k)} {100 * metrics[k]:.1f}%" for k in SLOTS if metrics.get(k) is not None]
     if metrics.get("attribute_mAP") is not None:
-        parts.append(f"attribute mAP {100 * metrics['attribute_mAP']:.1f}")
+        parts.append(f"{label('attribute_mAP')} {100 * metrics['attribute_mAP']:.1f}")
     return ("grounded: " + ", ".join(parts)) if parts else ""
+
+
+def format_groups(groups: Mapping[str, Mapping]) -> str:
+    """The grounded accuracies per group of clips (seen / unseen combinations, each nuisance) as a table."""
+    if not groups:
+        return ""
+    lines = [f"{'clips with':<22}{'n':>5}{'action':>8}{'colour':>8}{'shape':>8}{'all 3':>8}"]
+    for name, g in groups.items():
+        cells = "".join(f"{100 * g[k]:>7.1f}%" if g[k] is not None else f"{'-':>8}"
+                        for k in ("action_acc", "colour_acc", "shape_acc", "all_acc"))
+        lines.append(f"{name:<22}{g['clips']:>5}{cells}")
+    return "\n".join(lines)
 
 
 def paired_difference(a: Mapping[Hashable, float | None], b: Mapping[Hashable, float | None]) -> tuple[float, float]:

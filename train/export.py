@@ -5,22 +5,31 @@ The card is for someone who did not train the model: what it is, how to use it, 
 which stages made it, and how good it is on the test split -- the metrics and the grounded
 accuracies of ``train eval`` (``RUN/stageN/eval-test-beamB/metrics.json`` of the same checkpoint),
 or "not evaluated" where that file is absent. Nothing is guessed: a number the run folder does not
-hold is not in the card.
+hold is not in the card. It opens with the YAML front matter model hubs read (Hugging Face's model
+card metadata: ``library_name``, ``pipeline_tag``, ``license``, ``tags``, ``metrics`` and, where the
+test split was evaluated, a ``model-index`` with those numbers), so the folder can be uploaded as it is.
 
-Every file is written atomically, config.json last (a folder without it is no model folder), and
-the folder is read back through ``model.folder.load_model_folder`` and compared tensor by tensor
-before the command says it is done.
+Nothing is written to ``--out`` before the model is known good: the checkpoint is checked as every
+loader checks it (weights against config, vocabulary against the output layer and the special
+tokens), the folder is written into a temporary folder beside ``--out``, read back there through
+``model.folder.load_model_folder`` and compared tensor by tensor, and only then are its files
+renamed into ``--out``, config.json last (a folder without it is no model folder). A failure at
+any point leaves ``--out`` as it was and no temporary folder.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from vidcap.atomic import write_bytes_atomic
 from vidcap.errors import UserError
+from vidcap.evalkit.metric_names import MODEL_CARD, OBJECT_SLOTS, label, metric
 from vidcap.model.base import VideoCaptioner
 from vidcap.model.checkpoint import load_checkpoint
 from vidcap.model.folder import (
@@ -34,12 +43,11 @@ from vidcap.model.folder import (
 )
 from vidcap.shards.layout import Build
 from vidcap.train.recipes import RECIPES
+from vidcap.train.run_folder import StageFolder, stage_of
 
 ARCH_TEXT = {"s2vt": "S2VT (the paper's: CNN -> FC -> two-layer LSTM)",
              "transformer": "a transformer encoder-decoder over the frames' CNN features"}
-TEST_KEYS = (("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"), ("ROUGE_L", "ROUGE-L"), ("CIDEr", "CIDEr"),
-             ("action_acc", "action"), ("colour_acc", "colour"), ("shape_acc", "shape"), ("size_acc", "size"),
-             ("attribute_mAP", "attribute mAP"))
+TEST_KEYS = tuple((k, label(k)) for k in MODEL_CARD)  # the test row's columns (evalkit/metric_names.py)
 
 
 def export_model(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite: bool = False) -> dict:
@@ -56,30 +64,43 @@ def export_model(ckpt: str | Path, out: str | Path, name: str | None = None, ove
     name = name or f"{ckpt.parent.parent.name}-{ckpt.parent.name}-{ckpt.stem}".strip("-")
     files = model_folder_files(model, raw["vocab"], raw["attributes"], name)
     files[CARD] = model_card(ckpt, model, raw, name).encode("utf-8")
-    (out / CONFIG).unlink(missing_ok=True)  # an overwritten folder is no model folder until it is whole again
-    for fname in (WEIGHTS, VOCAB, CARD, CONFIG):
-        write_bytes_atomic(out / fname, files[fname])
-    back, _ = load_model_folder(out)
-    mine, theirs = model.state_dict(), back.state_dict()
-    if mine.keys() != theirs.keys() or not all(torch.equal(mine[k], theirs[k]) for k in mine):
-        raise RuntimeError(f"{out}: the exported weights read back differently")  # a bug, not a user error
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for fname in (WEIGHTS, VOCAB, CARD, CONFIG):
+            try:
+                write_bytes_atomic(stage / fname, files[fname])
+            except OSError as e:  # a full disk: name the file the user asked for, not the temporary one
+                raise OSError(e.errno, e.strerror, str(out / fname)) from None
+        back, _ = load_model_folder(stage)
+        mine, theirs = model.state_dict(), back.state_dict()
+        if mine.keys() != theirs.keys() or not all(torch.equal(mine[k], theirs[k]) for k in mine):
+            raise RuntimeError(f"{out}: the exported weights read back differently")  # a bug, not a user error
+        out.mkdir(exist_ok=True)
+        (out / CONFIG).unlink(missing_ok=True)  # an overwritten folder is no model folder until it is whole again
+        for fname in (WEIGHTS, VOCAB, CARD, CONFIG):
+            os.replace(stage / fname, out / fname)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return {"dir": str(out), "name": name, "bytes": sum(len(b) for b in files.values())}
 
 
 # ---- the model card -------------------------------------------------------------------------------
 def model_card(ckpt: Path, model: VideoCaptioner, raw: dict, name: str) -> str:
-    """README.md of the folder: use, model, data, training stages, test metrics, limitations."""
+    """README.md of the folder: front matter, use, model, data, training stages, test metrics, limitations."""
     cfg, counts = model.cfg, model.parameter_counts()
     stages = training_stages(ckpt, raw["extra"])
     data = data_summary(stages[-1]["dir"], stages[-1]["config"]) if stages else None
-    lines = [f"# {name}", "",
+    lines = [*front_matter(name, cfg.arch, cfg.backbone, data, _test_evals(ckpt)),
+             f"# {name}", "",
              f"A video captioner trained with vidcap, the method of Li & Gong (WACV 2019, arXiv 1803.07950): "
              f"it reads {cfg.n_frames} frames of a clip and writes one English sentence. Architecture: "
              f"{ARCH_TEXT.get(cfg.arch, cfg.arch)}. Exported by `train export` from `{ckpt}`.", "",
              "## Use", "", "```bash",
              "caption clip.mp4 --model THIS_FOLDER                      # one caption",
-             "caption videos/ --model THIS_FOLDER --out caps.jsonl      # a folder, one JSON row per file",
+             "caption videos/ --model THIS_FOLDER --jsonl caps.jsonl    # a folder, one JSON row per file",
              "caption serve --model THIS_FOLDER                         # http://127.0.0.1:8000/", "```", "",
+             "```python", "import vidcap", "", 'vidcap.load("THIS_FOLDER").caption("clip.mp4")', "```", "",
              "Loading reads `config.json`, `vocab.json` and `model.safetensors`: no pickle, no code.", "",
              "## Model", "", "| setting | value |", "|---|---|",
              f"| architecture | `{cfg.arch}` |",
@@ -116,8 +137,8 @@ def training_stages(ckpt: Path, extra: dict) -> list[dict]:
     while where is not None and where.parent.resolve() not in seen and len(stages) < 20:
         stage_dir = where.parent
         seen.add(stage_dir.resolve())
-        config = _json(stage_dir / "config.json")
-        records, init_from = _metrics_records(stage_dir / "metrics.jsonl")
+        config = _json(StageFolder(stage_dir).config)
+        records, init_from = _metrics_records(StageFolder(stage_dir).metrics)
         if history is not None:  # the checkpoint's own history: the epochs up to this checkpoint
             records, history = [h for h in history if isinstance(h, dict)], None
             init_from = extra.get("init_from", init_from)
@@ -165,7 +186,7 @@ def _stage_lines(stages: list[dict]) -> list[str]:
         c, recipe = s["config"], RECIPES.get(s["recipe"] or "")
         vals = [e for e in s["epochs"] if isinstance(e.get("val_CIDEr"), (int, float))]
         best = max(vals, key=lambda e: e["val_CIDEr"]) if vals else {}
-        acc = " / ".join(_pct(best.get(f"val_{k}_acc")) for k in ("action", "colour", "shape")) if best else "-"
+        acc = " / ".join(_pct(best.get(f"val_{k}")) for k in OBJECT_SLOTS) if best else "-"
         out.append(f"| `{s['dir'].name}` | {recipe.title if recipe else s['recipe']} | {c.get('preset', '-')} | "
                    f"{len(s['epochs'])} | {c.get('lr', '-')} | {c.get('batch_size', '-')} | "
                    f"{_num(best.get('val_CIDEr'), 100)} | {acc} |")
@@ -174,19 +195,56 @@ def _stage_lines(stages: list[dict]) -> list[str]:
     return out
 
 
-def _test_lines(ckpt: Path) -> list[str]:
+# ---- the front matter model hubs read -----------------------------------------------------------
+LICENSE = "mit"  # vidcap's; the weights also carry the terms of their training data and pretrained backbone
+PIPELINE_TAG = "video-text-to-text"  # the Hub's task for models that read video and write text
+
+
+def front_matter(name: str, arch: str, backbone: str, data: dict | None, evals: list[tuple[Path, dict]]) -> list[str]:
+    """Hugging-Face-style YAML metadata between ``---`` lines. Strings are written as JSON strings
+    (valid YAML); the model-index holds the test numbers of ``train eval``, scaled as in the card."""
+    q = json.dumps
+    keys = [k for k in MODEL_CARD if any(isinstance(m.get(k), (int, float)) for _, m in evals)]
+    lines = ["---", "library_name: vidcap", f"pipeline_tag: {PIPELINE_TAG}", f"license: {LICENSE}", "tags:",
+             *(f"- {q(t)}" for t in ("vidcap", "video-captioning", "video-to-text", arch, backbone)),
+             *(["metrics:", *(f"- {h}" for h in dict.fromkeys(metric(k).hub for k in keys))] if keys else [])]
+    if evals:
+        build = (data or {}).get("build") or {}
+        config = build.get("config", {})
+        dataset = "vidcap built-in synthetic dataset" if build and _is_synth(data) else \
+            Path(str(config.get("root") or (data or {}).get("where") or "unknown")).name
+        lines += ["model-index:", f"- name: {q(name)}", "  results:"]
+        for _, m in evals:
+            lines += ["  - task:", f"      type: {PIPELINE_TAG}", "      name: Video captioning", "    dataset:",
+                      f"      name: {q(dataset)}", f"      type: {q(str(config.get('dataset', 'unknown')))}",
+                      "      split: test", "    metrics:"]
+            for k in keys:
+                value = m.get(k)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    title = f"{label(k)}{' %' if metric(k).percent else ''} (beam {m.get('beam')})"
+                    lines += [f"    - type: {metric(k).hub}", f"      name: {q(title)}", f"      value: {round(100 * value, 2)}"]
+    return [*lines, "---", ""]
+
+
+def _test_evals(ckpt: Path) -> list[tuple[Path, dict]]:
+    """`train eval`'s test metrics of this very checkpoint, found beside it."""
     rows = []
-    for path in sorted(ckpt.parent.glob("eval-test-beam*/metrics.json")):
+    for path in stage_of(ckpt).eval_metrics("test"):
         m = _json(path)
         if isinstance(m, dict) and Path(str(m.get("checkpoint", ""))).name == ckpt.name:
             rows.append((path, m))
+    return rows
+
+
+def _test_lines(ckpt: Path) -> list[str]:
+    rows = _test_evals(ckpt)
     if not rows:
         return [f"Not evaluated: no `eval-test-beam*/metrics.json` of `{ckpt.name}` beside it. "
                 "`train eval --model THIS_FOLDER --data BUILD --split test` evaluates it."]
     out = ["| decoding | clips | " + " | ".join(label for _, label in TEST_KEYS) + " |",
            "|---|---|" + "---|" * len(TEST_KEYS)]
     for _, m in rows:
-        cells = [_pct(m.get(k)) if k.endswith("_acc") else _num(m.get(k), 100) for k, _ in TEST_KEYS]
+        cells = [_pct(m.get(k)) if metric(k).percent else _num(m.get(k), 100) for k, _ in TEST_KEYS]
         out.append(f"| beam {m.get('beam')} | {m.get('clips')} | " + " | ".join(cells) + " |")
     out += ["", f"From `train eval` ({', '.join(f'`{p.parent.name}/metrics.json`' for p, _ in rows)}). BLEU, "
             "METEOR, ROUGE-L and CIDEr(-D) x 100 against the reference captions; action, colour, shape and size: the "

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vidcap.atomic import write_bytes_atomic
+from vidcap.train.run_folder import METRICS, TB
 
 
 class MetricsLog:
@@ -24,14 +25,14 @@ class MetricsLog:
     """
 
     def __init__(self, run_dir: Path, resume_at: tuple[int, int] | None = None):
-        self.path = Path(run_dir) / "metrics.jsonl"
+        self.path = Path(run_dir) / METRICS
         if resume_at is not None and self.path.exists():
             write_bytes_atomic(self.path, records_until(self.path.read_bytes(), *resume_at))
         self.file = open(self.path, "a" if resume_at is not None else "w")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(Path(run_dir) / "tb"))
+            self.tb = SummaryWriter(str(Path(run_dir) / TB))
         except ImportError:  # tensorboard is optional at run time
             self.tb = None
 

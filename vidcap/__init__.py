@@ -11,7 +11,8 @@ One import namespace over the repository's rooms, each with one job:
 - this package's own modules: what every room shares (errors, atomic files, bounded JSON, caption
   text, token ids, the built-in world's grammar)
 
-``import vidcap`` is cheap (torch loads on first use): ``vidcap.load(DIR).caption([...])``.
+``import vidcap`` is cheap (torch loads on first use): ``vidcap.load(DIR).caption([...])`` -- the
+Python API of caption/api.py (docs/api.md), the same captions as the ``caption`` command.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Captioner", "__version__", "load"]
+__all__ = ["Caption", "Captioner", "VideoError", "__version__", "load"]
+_API = ("Caption", "Captioner", "VideoError", "load")
 
 if TYPE_CHECKING:
-    from vidcap.caption.api import Captioner, load
+    from vidcap.caption.api import Caption, Captioner, VideoError, load
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import vidcap` must not pull in torch for a user who only wants `vidcap.evalkit`.
-    if name in ("load", "Captioner"):
+    if name in _API:
         from vidcap.caption import api
 
         return getattr(api, name)

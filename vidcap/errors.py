@@ -5,9 +5,9 @@ command with exit status 2 and exactly one line on stderr, ``PROG: error: ...``,
 key or setting at fault. Anything else is a bug and keeps its traceback. ``VIDCAP_DEBUG=1`` shows
 the traceback of user errors too.
 
-It lives in evalkit because evalkit is the bottom layer that all four commands import (pipeline
-imports evalkit, never the reverse; model imports nothing of the project, so model's own
-``CheckpointError`` is handed to :func:`cli_errors` by the commands that load checkpoints).
+It lives in the foundation (``vidcap/``), which every room imports and which imports none of them;
+model's own ``CheckpointError`` is handed to :func:`cli_errors` by the commands that load checkpoints.
+The flag convention every command follows is beside it, in :mod:`vidcap.flags`.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 parses them back with. Keeping both sides on this table is what stops them drifting apart: a new
 synonym added here is emitted by the generator and understood by the parser in the same commit.
 
-It lives in evalkit (the bottom layer: the pipeline already imports evalkit, never the reverse).
+It lives in the foundation (``vidcap``), below both the pipeline and evalkit.
 
-A caption describes the clip's *main* object (the one that acts), optionally a second, static one
-in a tail phrase, and optionally the background:
+A caption describes the clip's *main* object (the one that acts and the biggest), optionally a
+second one in a tail phrase (still, or with its own action after the main one's), and optionally
+the background (gradients only):
 
     [intro] DET [SIZE] [COLOUR] SHAPE ACTION-PHRASE [TAIL] [BACKGROUND]
 """
@@ -63,6 +64,8 @@ TEMPLATES = (
     "{np} {present} in this clip{bg}",
 )
 TAILS = (" while {other} stays still", " next to {other}", " and {other} does not move")
+# A second object that moves too (the real world): its own action phrase, after the main one's.
+MOVING_TAILS = (" while {other} {present}", " as {other} is {ing}", " and {other} {present}")
 BACKGROUND_PHRASE = " on a {bg} background"
 
 # Actions whose clip changes the object's size: captions never name a size for them.

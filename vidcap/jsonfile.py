@@ -5,10 +5,13 @@ one -- instead of a decoder traceback."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from vidcap.errors import UserError
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def read_text(path: str | Path, what: str = "file") -> str:
@@ -47,10 +50,32 @@ def parse_json(text: str | bytes, where: str | Path) -> Any:
     if isinstance(text, bytes):
         text = decode_text(text, where)
     try:
-        return json.loads(text, parse_constant=no_constants)
+        value = json.loads(text, parse_constant=no_constants)
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except ValueError as e:
         raise UserError(f"{path}: invalid JSON: {e}") from None
     except RecursionError:
         raise UserError(f"{path}: invalid JSON: nested too deeply") from None
+    if _SURROGATE_ESCAPE.search(text):  # only a \\uD800-\\uDFFF escape can make a surrogate
+        _check_strings(value, path)
+    return value
+
+
+def _check_strings(value: Any, where: str | Path) -> None:
+    """Refuse a lone surrogate (``"\\ud800"``): valid JSON, but no Unicode text -- it could not be
+    written back as UTF-8 (a shard's json, a CSV) and would end a later step with a traceback."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str) and not v.isascii():
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise UserError(f"{where}: invalid JSON: the string {v[:40]!r} holds a lone surrogate "
+                                f"(U+{ord(v[e.start]):04X}), which is not Unicode text") from None

@@ -1,0 +1,174 @@
+"""The README's results on the realistic built-in world (issue 20), from `make demo` runs at several seeds.
+
+Reads back what each demo left -- it trains nothing -- and reports:
+- per stage, mean ± std over seeds of CIDEr and the action / colour / shape / all-three accuracies on
+  the realistic test split, on its unseen (held-out) combinations, and on the clean-world test set;
+- paired differences between stages over all seeds' realistic test clips pooled (per-clip CIDEr and
+  slot correctness: the same clips under two checkpoints), with their standard errors;
+- per recorded nuisance of the realistic test clips, the stage-3 accuracies (pooled over seeds);
+- the robustness tables of the stage-3 models (mean over seeds, and the worst drop from clean);
+- with --before MODEL_DIR..., the same robustness table of older models (e.g. the clean-world demo model),
+  read from their robustness.json files.
+
+Usage: python bench/real_world_seeds.py DEMO [DEMO ...] [--before ROB_JSON ...] [--out bench/real_world_seeds_report.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from vidcap.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
+from vidcap.evalkit.coco import Scorer  # noqa: E402
+from vidcap.evalkit.grounding import per_clip_correct  # noqa: E402
+from vidcap.shards.layout import Build  # noqa: E402
+from vidcap.train.ablate import over_seeds  # noqa: E402
+from vidcap.train.evaluate import paired_difference  # noqa: E402
+
+STAGES = (1, 2, 3)
+ACC = ("action_acc", "colour_acc", "shape_acc", "all_acc")
+SLOTS = ("action", "colour", "shape", "all")
+
+
+def _correct(preds: dict, objects: dict) -> dict[str, dict[str, bool]]:
+    rows = per_clip_correct(preds, objects)
+    return {c: {**{s: r[s] for s in SLOTS[:3]}, "all": all(r[s] for s in SLOTS[:3])} for c, r in rows.items()}
+
+
+def load_seed(demo: Path, scorer: Scorer) -> dict:
+    metas = Build(demo / "data").split("test").metas
+    refs = {m["clip_id"]: m["captions"] for m in metas}
+    objects = {m["clip_id"]: m["objects"] for m in metas if m.get("objects")}
+    stages = {}
+    for s in STAGES:
+        d = demo / "run" / f"stage{s}"
+        preds = json.loads((d / "eval-test-beam3" / "predictions.json").read_text())
+        per_clip = scorer.score(preds, refs, per_clip=True)["per_clip"]
+        stages[s] = {"realistic": json.loads((d / "eval-test-beam3" / "metrics.json").read_text()),
+                     "groups": json.loads((d / "eval-test-beam3" / "grounded_groups.json").read_text()),
+                     "clean": json.loads((d / "eval-clean-test-beam3" / "metrics.json").read_text()),
+                     "cider": {c: v["CIDEr"] for c, v in per_clip.items()}, "correct": _correct(preds, objects)}
+    rob = demo / "run" / "stage3" / "robustness" / "robustness.json"
+    return {"demo": str(demo), "stages": stages, "robustness": json.loads(rob.read_text()) if rob.exists() else None}
+
+
+def per_stage(seeds: list[dict]) -> list[dict]:
+    rows = []
+    for s in STAGES:
+        row = {"stage": s}
+        for where in ("realistic", "clean"):
+            row[where] = over_seeds([sd["stages"][s][where] for sd in seeds], ["CIDEr", *ACC])
+        row["unseen"] = over_seeds([{k: sd["stages"][s]["groups"]["unseen"][k] for k in ACC}
+                                    for sd in seeds if "unseen" in sd["stages"][s]["groups"]], list(ACC))
+        row["seen"] = over_seeds([{k: sd["stages"][s]["groups"]["seen"][k] for k in ACC}
+                                  for sd in seeds if "seen" in sd["stages"][s]["groups"]], list(ACC))
+        rows.append(row)
+    return rows
+
+
+def paired(seeds: list[dict], a: int, b: int) -> dict:
+    out = {}
+    pool = lambda f: {(i, c): v for i, sd in enumerate(seeds) for c, v in f(sd).items()}  # noqa: E731
+    m, se = paired_difference(pool(lambda sd: sd["stages"][a]["cider"]), pool(lambda sd: sd["stages"][b]["cider"]))
+    out["CIDEr"] = {"diff": 100 * m, "se": 100 * se}
+    for slot in SLOTS:
+        ca = pool(lambda sd, s=slot: {c: float(r[s]) for c, r in sd["stages"][a]["correct"].items()})
+        cb = pool(lambda sd, s=slot: {c: float(r[s]) for c, r in sd["stages"][b]["correct"].items()})
+        m, se = paired_difference(ca, cb)
+        out[slot] = {"diff": 100 * m, "se": 100 * se, "fixed": sum(cb[k] > ca[k] for k in ca),
+                     "broken": sum(cb[k] < ca[k] for k in ca)}
+    return out
+
+
+def by_nuisance(seeds: list[dict], stage: int = 3) -> dict:
+    """Per group of `train eval` (each nuisance, seen / unseen): clips pooled over seeds, accuracies."""
+    groups: dict[str, dict] = {}
+    for sd in seeds:
+        for name, g in sd["stages"][stage]["groups"].items():
+            acc = groups.setdefault(name, {"clips": 0, **{k: 0.0 for k in ACC}})
+            acc["clips"] += g["clips"]
+            for k in ACC:
+                acc[k] += g[k] * g["clips"]
+    return {n: {"clips": g["clips"], **{k: g[k] / g["clips"] for k in ACC}} for n, g in sorted(groups.items())}
+
+
+def robustness_mean(results: list[dict]) -> list[dict]:
+    """Rows of several robustness.json files (the same conditions), mean and std over them."""
+    rows = []
+    for i, r0 in enumerate(results[0]["rows"]):
+        runs = [r["rows"][i] for r in results]
+        rows.append({"nuisance": r0["nuisance"], "strength": r0["strength"], "held_out": r0["held_out"],
+                     **over_seeds(runs, [*ACC, "CIDEr"])})
+    return rows
+
+
+def summarise(seeds: list[dict], before: list[dict]) -> dict:
+    rob = [sd["robustness"] for sd in seeds if sd["robustness"]]
+    return {"demos": [sd["demo"] for sd in seeds], "per_stage": per_stage(seeds),
+            "paired": {f"{b} - {a}": paired(seeds, a, b) for a, b in ((1, 2), (2, 3), (1, 3))},
+            "stage3_by_nuisance": by_nuisance(seeds),
+            "robustness": robustness_mean(rob) if rob else None,
+            "robustness_before": robustness_mean(before) if before else None}
+
+
+def _ms(d: dict | None, k: str) -> str:
+    if not d or k not in d:
+        return "-"
+    return f"{100 * d[k]['mean']:.1f} ± {100 * d[k]['std']:.1f}"
+
+
+def format_markdown(r: dict) -> str:
+    n = len(r["demos"])
+    out = [f"## Per stage, mean ± std over {n} seeds (test split, beam 3)", "",
+           "| after | set | CIDEr | action % | colour % | shape % | all three % |", "|---|---|---|---|---|---|---|"]
+    for row in r["per_stage"]:
+        for where in ("realistic", "unseen", "clean"):
+            cider = _ms(row[where], "CIDEr") if where != "unseen" else "-"
+            out.append(f"| stage {row['stage']} | {where} | {cider} | " + " | ".join(_ms(row[where], k) for k in ACC) + " |")
+    out += ["", f"## Paired stage differences, realistic test clips of the {n} seeds pooled (mean ± SE; fixed / broken clips)",
+            "", "| | CIDEr | action | colour | shape | all three |", "|---|---|---|---|---|---|"]
+    for name, p in r["paired"].items():
+        cells = [f"{p['CIDEr']['diff']:+.1f} ± {p['CIDEr']['se']:.1f} ({p['CIDEr']['diff'] / max(p['CIDEr']['se'], 1e-9):.1f} SE)"]
+        for slot in SLOTS:
+            q = p[slot]
+            cells.append(f"{q['diff']:+.1f} ± {q['se']:.1f} ({q['diff'] / max(q['se'], 1e-9):.1f} SE); "
+                         f"{q['fixed']} fixed, {q['broken']} broken")
+        out.append(f"| stage {name} | " + " | ".join(cells) + " |")
+    out += ["", "## Stage 3 per recorded nuisance of the realistic test clips (pooled over seeds)", "",
+            "| clips with | n | action % | colour % | shape % | all three % |", "|---|---|---|---|---|---|"]
+    for name, g in r["stage3_by_nuisance"].items():
+        out.append(f"| {name} | {g['clips']} | " + " | ".join(f"{100 * g[k]:.1f}" for k in ACC) + " |")
+    for key, title in (("robustness_before", "before (the clean-world demo model)"), ("robustness", "after (stage 3)")):
+        if not r.get(key):
+            continue
+        out += ["", f"## Robustness, {title}: clean-world test clips, one nuisance at a time (* held out)", "",
+                "| nuisance | strength | action % | colour % | shape % | all three % | CIDEr |",
+                "|---|---|---|---|---|---|---|"]
+        for row in r[key]:
+            name = row["nuisance"] + (" *" if row["held_out"] else "")
+            out.append(f"| {name} | {row['strength'] or '-'} | " + " | ".join(_ms(row, k) for k in (*ACC, "CIDEr")) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("demos", nargs="+", type=Path)
+    ap.add_argument("--before", nargs="*", type=Path, default=[], help="robustness.json files of older models")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "real_world_seeds_report.json")
+    a = ap.parse_args()
+    with Scorer(meteor=False) as scorer:
+        seeds = [load_seed(d, scorer) for d in a.demos]
+    report = summarise(seeds, [json.loads(p.read_text()) for p in a.before])
+    write_json_atomic(a.out, report)
+    md = format_markdown(report)
+    write_bytes_atomic(a.out.with_suffix(".md"), md.encode())
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

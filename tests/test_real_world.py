@@ -1,0 +1,339 @@
+"""Issue 20: the built-in world with the nuisances of real footage -- every nuisance rendered into the
+frames and recorded in the metadata, the direction words under a moving camera, the compositional
+split, the camera compensation that undoes them, and `train robustness`."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_BUILD, one_line_error, tool
+
+from vidcap.evalkit.grounding import parse_caption, triple
+from vidcap.model import camera
+from vidcap.model.base import deviation_saliency
+from vidcap.pipeline import nuisances, scene
+from vidcap.pipeline.synth import (
+    COLOURS,
+    ClipSpec,
+    heldout_triples,
+    make_specs,
+    nuisance_record,
+    object_state,
+    render_clip,
+    synthesize,
+)
+
+TIMES = [0.1, 0.3, 0.5, 0.7, 0.9]  # the 5 frames the pipeline samples
+
+
+def _quiet(spec: ClipSpec) -> ClipSpec:
+    """A real-world clip with every nuisance off: one still-ish object over a gradient, camera at rest."""
+    s = copy.deepcopy(spec)
+    s.real.update(noise=0.0, flicker=0.0, gain_drift=0.0, shake=0.0, pan=[0.0, 0.0], zoom=1.0, blur=0.0,
+                  occluder=None, background={"kind": "gradient"})
+    s.objects = s.objects[:1]
+    return s
+
+
+@pytest.fixture(scope="module")
+def base_spec() -> ClipSpec:
+    """A right-moving main object, gradient background, nuisances off (then switched on one by one)."""
+    spec = next(s for s in make_specs(200, 11, "real") if s.objects[0].action == "right")
+    return _quiet(spec)
+
+
+def _frames(spec: ClipSpec) -> np.ndarray:
+    return render_clip(spec, TIMES).astype(np.float32)
+
+
+def _corner(f: np.ndarray) -> np.ndarray:
+    """A corner patch the object never crosses (it moves along the middle row)."""
+    return f[:, :12, :12]
+
+
+def _shift(frames: np.ndarray) -> np.ndarray:
+    """The camera's measured shift (x, y) of each frame against the middle one, in pixels."""
+    shift, _ = camera.camera_motion(torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float())
+    return shift[0].numpy()
+
+
+def _with(spec: ClipSpec, **real) -> ClipSpec:
+    s = copy.deepcopy(spec)
+    s.real.update(real)
+    return s
+
+
+PHOTO = {"kind": "photo", "image": "brick", "crop": [0.0, 0.0, 1.0, 1.0], "flip": False}
+
+
+def test_noise_raises_the_temporal_variance_of_a_still_background(base_spec):
+    assert _corner(_frames(base_spec)).std(0).mean() < 0.01
+    noisy = _frames(_with(base_spec, noise=8.0))
+    assert 6.0 < _corner(noisy).std(0).mean() < 10.0
+    assert nuisance_record(_with(base_spec, noise=8.0))["noise"] == 8.0
+
+
+def test_flicker_and_drift_change_every_frames_brightness(base_spec):
+    means = lambda f: _corner(f).mean((1, 2, 3))  # noqa: E731
+    assert np.ptp(means(_frames(base_spec))) < 0.5
+    flicker = means(_frames(_with(base_spec, flicker=0.08, flicker_hz=2.3)))
+    assert np.ptp(flicker) > 0.05 * flicker.mean()
+    drift = means(_frames(_with(base_spec, gain_drift=0.3)))
+    assert np.all(np.diff(drift) > 0) and drift[-1] / drift[0] > 1.2
+    assert set(nuisance_record(_with(base_spec, flicker=0.08, gain_drift=0.3))) >= {"flicker", "gain_drift"}
+
+
+@pytest.mark.parametrize("motion", ["pan", "shake", "zoom"])
+def test_camera_motion_moves_the_background(base_spec, motion):
+    still = _with(base_spec, background=PHOTO)
+    assert np.abs(_shift(_frames(still))).max() < 0.3  # the object alone does not move the camera
+    kw = {"pan": {"pan": [0.1, 0.0]}, "shake": {"shake": 0.02}, "zoom": {"zoom": 1.14}}[motion]
+    moved = _with(still, **kw)
+    frames = _frames(moved)
+    if motion == "zoom":
+        _, scale = camera.camera_motion(torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float())
+        assert scale[0, 0] < 0.99 < 1.01 < scale[0, -1]  # zooming in: later frames show the scene larger
+    else:
+        shift = _shift(frames)
+        assert np.abs(shift).max() > 1.5
+        if motion == "pan":  # the camera moves right: the scene moves left in the image, steadily
+            assert np.all(np.diff(shift[:, 0]) < 0)
+            width = moved.real["width"]
+            assert abs((shift[0, 0] - shift[-1, 0]) - 0.1 * 0.8 * width) < 2.0
+    assert motion in nuisance_record(moved)
+
+
+def test_photo_and_clutter_backgrounds_are_textured(base_spec):
+    def texture(spec):
+        f = _frames(spec)[2]
+        return np.abs(np.diff(f, axis=1)).mean()
+    flat = texture(base_spec)
+    assert texture(_with(base_spec, background=PHOTO)) > 5 * flat
+    assert texture(_with(base_spec, background={"kind": "clutter", "seed": 3, "items": 30})) > 3 * flat
+    assert nuisance_record(_with(base_spec, background=PHOTO))["background"] == "photo:brick"
+    for name, (_file, licence) in scene.PHOTOS.items():  # every photo ships in the wheel, with its licence named
+        assert scene._photo(name).size[0] > 100 and licence
+
+
+
+def test_occlusion_hides_part_of_the_object_and_blur_softens_its_edges(base_spec):
+    obj = base_spec.objects[0]
+    bar = {"vertical": True, "pos": 0.5, "width": 0.08, "colour": [128, 128, 128]}
+    plain, occluded = _frames(base_spec), _frames(_with(base_spec, occluder=bar))
+    colour = np.array(COLOURS[obj.colour], dtype=np.float32)
+
+    def object_pixels(f):
+        return (np.abs(f - colour).sum(-1) < 30).sum((1, 2))
+    assert (object_pixels(occluded) < object_pixels(plain)).any() and (object_pixels(occluded) > 0).all()
+    sharp = np.abs(np.diff(plain, axis=2)).max((1, 2, 3))
+    blurred = np.abs(np.diff(_frames(_with(base_spec, blur=1.0)), axis=2)).max((1, 2, 3))
+    assert (blurred < 0.8 * sharp).all()
+    assert set(nuisance_record(_with(base_spec, occluder=bar, blur=1.0))) >= {"occlusion", "blur"}
+
+
+def test_a_moving_distractor_is_smaller_moves_and_is_named_after_the_main_action():
+    specs = [s for s in make_specs(300, 4, "real") if len(s.objects) == 2 and s.objects[1].action != "still"]
+    assert len(specs) > 30
+    for s in specs:
+        main, other = s.objects
+        assert other.radius_scale < 1 and other.size == "small"  # the rule: captions describe the biggest
+        w, h = s.real["width"], s.real["height"]
+        assert object_state(other, 0, w, h) != object_state(other, 1, w, h)
+        assert nuisance_record(s)["distractor"] == "moving"
+        for c in s.captions:
+            assert parse_caption(c).action == main.action, c  # the second object's action comes after
+    assert any(any(phrase in c for c in s.captions) for s in specs for phrase in (" while ", " as "))
+
+
+def test_direction_words_are_relative_to_the_scene_and_agree_with_the_image():
+    """The rule of the README: an object's direction is its motion in the scene; the camera's own
+    motion is at most a fifth of an object's travel, so the image shows the same direction."""
+    checked = 0
+    for s in make_specs(400, 8, "real"):
+        main = s.objects[0]
+        if main.action not in ("left", "right", "up", "down") or not (any(s.real["pan"]) or s.real["shake"]):
+            continue
+        w, h = s.real["width"], s.real["height"]
+        cam = scene.Camera(tuple(s.real["pan"]), s.real["shake"], tuple(s.real["shake_phases"]), s.real["zoom"])
+        (x0, y0, *_), (x1, y1, *_) = object_state(main, 0, w, h), object_state(main, 1, w, h)
+        c0, c1 = cam.at(0, w), cam.at(1, w)
+        scene_d = np.array([x1 - x0, y1 - y0])
+        image_d = scene_d - np.array([c1[0] - c0[0], c1[1] - c0[1]])
+        axis, sign = {"left": (0, -1), "right": (0, 1), "up": (1, -1), "down": (1, 1)}[main.action]
+        assert sign * scene_d[axis] > 0 and sign * image_d[axis] > 0
+        assert np.hypot(c1[0] - c0[0], c1[1] - c0[1]) <= abs(scene_d[axis]) / 5 + 3 * s.real["shake"] * w
+        for c in s.captions:
+            assert parse_caption(c).action == main.action
+        checked += 1
+    assert checked > 40
+
+
+def test_formats_vary_per_clip_and_the_video_says_so(tmp_path):
+    from vidcap.pipeline.frames import sample_frames
+
+    info = json.loads(synthesize(tmp_path / "w", clips=6, seed=2, world="real", progress=False).read_text())
+    specs = {f"video{s['index']}": s for s in info["vidcap_spec"]}
+    formats = set()
+    for v in info["videos"]:
+        real = specs[v["video_id"]]["real"]
+        got = sample_frames(tmp_path / "w" / "videos" / f"{v['video_id']}.mp4", 5, 64)
+        assert abs(got.fps - real["fps"]) < 0.01 and got.n_frames == round(real["fps"] * real["seconds"])
+        assert v["end time"] == real["seconds"] and "nuisances" in v
+        formats.add((real["width"], real["fps"], real["seconds"]))
+    assert len(formats) > 3
+
+
+def test_same_seed_same_bytes(tmp_path):
+    def digest(out):
+        synthesize(out, clips=4, seed=9, world="real", progress=False)
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+
+
+def test_size_flags_belong_to_the_clean_world(tmp_path):
+    r = subprocess.run([tool("pipeline"), "synth", "--out", str(tmp_path / "x"), "--world", "real", "--fps", "30"],
+                       capture_output=True, text=True, timeout=120)
+    assert "the real world draws each clip's own" in one_line_error(r, "pipeline synth")
+
+
+# ---- the compositional split ---------------------------------------------------------------------
+
+def test_heldout_triples_never_train_and_are_tested():
+    specs = make_specs(1200, 0, "real")
+    held = set(heldout_triples(0))
+    assert len(held) == 10
+    assert not [s for s in specs if s.split == "train" and triple(vars(s.objects[0])) in held]
+    unseen = [s for s in specs if s.split == "test" and triple(vars(s.objects[0])) in held]
+    assert len(unseen) >= 40  # a quarter of the 240 test clips, give or take
+    trained = {triple(vars(s.objects[0])) for s in specs if s.split == "train"}
+    for c, sh, a in held:  # each part of a held-out combination is still seen in training
+        assert any(t[0] == c for t in trained) and any(t[1] == sh for t in trained) and any(t[2] == a for t in trained)
+
+
+@pytest.fixture(scope="module")
+def real_build(tmp_path_factory) -> Path:
+    from vidcap.pipeline.build import BuildConfig, build
+
+    root = tmp_path_factory.mktemp("real") / "ds"
+    synthesize(root, clips=30, seed=6, world="real", progress=False)
+    out = root.parent / "out"
+    build(BuildConfig(dataset="msrvtt", root=str(root), out=str(out), workers=1, **SMALL_BUILD))
+    return out
+
+
+def test_the_build_stores_the_heldout_list_and_no_train_shard_leaks_it(real_build):
+    from vidcap.shards.layout import Build
+    from vidcap.shards.reader import iter_samples
+
+    build = Build(real_build)
+    held = {tuple(t) for t in build.summary()["heldout_triples"]}
+    assert held == set(heldout_triples(6))
+    seen_nuisances = 0
+    for split in ("train", "val", "test"):
+        data = build.split(split)
+        for ref in data.refs:
+            for s in iter_samples(build.store, ref, data.expect):
+                meta = s["json"]
+                assert "nuisances" in meta
+                seen_nuisances += len(meta["nuisances"])
+                if split == "train":
+                    assert triple(meta["objects"][0]) not in held
+    assert seen_nuisances > 30
+
+
+# ---- camera compensation: what undoes the nuisances -------------------------------------------------
+
+def _clip_tensor(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)[None].float()
+
+
+def test_robust_saliency_ignores_flicker_and_noise_where_deviation_does_not(base_spec):
+    clean = _clip_tensor(_frames(base_spec))
+    bad = _clip_tensor(_frames(_with(base_spec, flicker=0.08, flicker_hz=2.3, noise=8.0)))
+
+    def on_object(sal):  # share of the saliency on the pixels the object covers in some frame
+        mask = deviation_saliency(clean)[0] > 5
+        return float(sal[0][mask].sum() / sal[0].sum())
+    assert on_object(deviation_saliency(clean)) > 0.95
+    old, new = on_object(deviation_saliency(bad)), on_object(camera.robust_saliency(camera.exposure_gain(bad)))
+    assert old < 0.8 and new > 0.9, (old, new)
+
+
+def test_stabilize_undoes_a_pan(base_spec):
+    still = _with(base_spec, background=PHOTO)
+    panned = _frames(_with(still, pan=[0.1, 0.03]))
+    warped, valid = camera.stabilize(_clip_tensor(panned))
+    ref = _clip_tensor(panned)[0, 2]
+    inside = valid[0, :, 0].amin(0) > 0
+    err_before = (_clip_tensor(panned)[0, 0] - ref).abs().mean(0)[inside].mean()
+    err_after = (warped[0, 0] - ref).abs().mean(0)[inside].mean()
+    assert err_after < 0.35 * err_before
+
+
+def test_plain_walls_are_left_alone(base_spec):
+    """No texture, no confident blocks: a camera at rest (the object alone must not be 'stabilised' away)."""
+    shift, scale = camera.camera_motion(_clip_tensor(_frames(_with(base_spec, noise=10.0))))
+    assert float(shift.abs().max()) == 0.0 and float((scale - 1).abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("option", ["exposure", "stabilize", "saliency"])
+def test_each_camera_option_switches_off(option):
+    """Each option's off value gives exactly the features of a model without it."""
+    from vidcap.model import create_model, make_config
+
+    on = {"exposure": "gain", "stabilize": "similarity", "saliency": "robust"}
+    base = dict(n_attributes=4, pool="focus")
+    torch.manual_seed(0)
+    plain = create_model(make_config("tiny", 10, **base)).eval()
+    torch.manual_seed(0)
+    switched = create_model(make_config("tiny", 10, **base, **{option: "none" if option != "saliency" else "deviation"}))
+    torch.manual_seed(0)
+    active = create_model(make_config("tiny", 10, **base, **{option: on[option]})).eval()
+    switched.eval()
+    x = torch.randint(0, 255, (2, 5, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(plain.frame_features(x), switched.frame_features(x))
+        assert not torch.equal(plain.frame_features(x), active.frame_features(x))
+
+
+# ---- train robustness ------------------------------------------------------------------------------
+
+def test_robustness_writes_its_table(real_build, tmp_path):
+    run = tmp_path / "run"
+    r = subprocess.run([tool("train"), "--stage", "1", "--data", str(real_build), "--run", str(run), "--preset", "tiny",
+                        "--quiet", "epochs=1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "rob"
+    r = subprocess.run([tool("train"), "robustness", "--ckpt", str(run / "stage1" / "best.pt"), "--data",
+                        str(real_build), "--nuisances", "noise,pan,jpeg", "--strengths", "standard,strong",
+                        "--beam", "1", "--out", str(out), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((out / "robustness.json").read_text())
+    assert [(row["nuisance"], row["strength"]) for row in result["rows"]] == [
+        ("clean", None), ("noise", "standard"), ("noise", "strong"), ("pan", "standard"), ("pan", "strong"),
+        ("jpeg", "standard"), ("jpeg", "strong")]
+    assert all(0 <= row["all_acc"] <= 1 for row in result["rows"]) and result["rows"][-1]["held_out"]
+    table = (out / "robustness.md").read_text()
+    assert "| jpeg * | strong | 10 |" in table
+    assert (out / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+    bad = subprocess.run([tool("train"), "robustness", "--ckpt", str(run / "stage1" / "best.pt"), "--data",
+                          str(real_build), "--nuisances", "fog"], capture_output=True, text=True, timeout=120)
+    assert "--nuisances fog: unknown fog" in one_line_error(bad, "train robustness")
+
+
+@pytest.mark.parametrize("name", list(nuisances.NUISANCES))
+def test_every_perturbation_changes_frames_deterministically(name):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (5, 48, 48, 3), dtype=np.uint8)
+    frames[:, 10:30, 10:30] = 200  # some structure for the geometric ones
+    value = nuisances.NUISANCES[name].standard
+    a, b = nuisances.perturb(frames, name, value, 1), nuisances.perturb(frames, name, value, 1)
+    assert a.shape == frames.shape and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, frames)
