@@ -18,7 +18,8 @@ whole background. Three steps, each an option of the model (``model.exposure``, 
    half of all blocks agree on it: the background is most of the frame, and on a plain wall (no
    visible camera motion either) a moving object's edges are the only structure the blocks see --
    with 3x3 blocks of half the frame each, 45 of 60 clean-world test clips were "stabilised" onto
-   their object, and the left/right words lost; with 7x7 blocks and the half rule, none. Each frame is then warped onto
+   their object, and the left/right words lost; with 7x7 blocks and the half rule, none. The estimate
+   is refined twice (warp by it, measure what is left, compose). Each frame is then warped onto
    the reference, so what moves afterwards moves relative to the scene -- which is what the
    direction words mean.
 3. **saliency** (``robust``): deviation from the clip's temporal *median* (the object passing a
@@ -70,15 +71,15 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _blocks(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, S, S) -> blocks (N, nb, BLOCK, BLOCK) and their centres (nb, 2) as (x, y) minus the image centre."""
+    """(N, S, S) -> blocks (N, nb, BLOCK, BLOCK), row by row, and their centres (nb, 2) as (x, y)
+    minus the image centre."""
     s = img.shape[-1]
-    starts = list(range(0, s - BLOCK + 1, STRIDE))
-    blocks, centres = [], []
-    for y0 in starts:
-        for x0 in starts:
-            blocks.append(img[:, y0 : y0 + BLOCK, x0 : x0 + BLOCK])
-            centres.append((x0 + BLOCK / 2 - s / 2, y0 + BLOCK / 2 - s / 2))
-    return torch.stack(blocks, 1), torch.tensor(centres, dtype=img.dtype, device=img.device)
+    blocks = img.unfold(1, BLOCK, STRIDE).unfold(2, BLOCK, STRIDE)  # (N, ny, nx, BLOCK, BLOCK)
+    ny, nx = blocks.shape[1:3]
+    blocks = blocks.reshape(img.shape[0], ny * nx, BLOCK, BLOCK)
+    starts = torch.arange(ny, device=img.device, dtype=img.dtype) * STRIDE + BLOCK / 2 - s / 2
+    cy, cx = torch.meshgrid(starts, starts, indexing="ij")
+    return blocks, torch.stack([cx.flatten(), cy.flatten()], -1)
 
 
 def _phase_correlation(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,41 +109,76 @@ def _phase_correlation(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.stack([dx, dy], -1), peak
 
 
-def camera_motion(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per frame, the camera's motion relative to the middle frame: shift (B, K, 2) in pixels of
-    the frame (x, y) and scale (B, K), from frames (B, K, 3, H, W) in [0, 255]."""
-    b, k, _, h, w = frames.shape
-    grey = _grey(frames).flatten(0, 1)[:, None]
-    small = F.interpolate(grey, size=(COARSE, COARSE), mode="area")
-    small = _gaussian_blur(small, 1.0)[:, 0].view(b, k, COARSE, COARSE)
-    blocks, centres = _blocks(small.flatten(0, 1))
-    blocks = blocks.view(b, k, *blocks.shape[1:])
-    ref = blocks[:, k // 2 : k // 2 + 1].expand_as(blocks)
-    shift, peak = _phase_correlation(ref, blocks)  # (B, K, nb, 2), (B, K, nb)
-    ok = peak > PEAK_MIN
-    # inliers: near the median shift of the confident blocks (an object moving over a block or two
-    # is an outlier), then a least-squares similarity -- shift_b = t + (s - 1) * c_b -- twice, the
-    # second time without the blocks the first fit leaves more than 1.5 px off
-    med = torch.where(ok[..., None], shift, torch.full_like(shift, float("nan"))).nanmedian(-2).values
-    ok = ok & ((shift - med[..., None, :]).norm(dim=-1) < 2.0)
-    scale = torch.ones(b, k, dtype=frames.dtype, device=frames.device)
-    trans = torch.zeros(b, k, 2, dtype=frames.dtype, device=frames.device)
-    for _ in range(2):
-        wgt = ok.to(frames.dtype)
+def _fit_similarity(shift: torch.Tensor, ok: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares similarity -- shift_b = t + (s - 1) * c_b -- over the blocks `ok` marks, refitted
+    without the blocks it leaves more than 1.5 px off: translation (..., 2), scale (...), inliers (..., nb)."""
+    for _ in range(3):
+        wgt = ok.to(shift.dtype)
         n = wgt.sum(-1).clamp_min(1)
         c_mean = (wgt[..., None] * centres).sum(-2) / n[..., None]
         s_mean = (wgt[..., None] * shift).sum(-2) / n[..., None]
         dc, ds = centres - c_mean[..., None, :], shift - s_mean[..., None, :]
         var = (wgt * (dc**2).sum(-1)).sum(-1).clamp_min(1e-6)
-        g = (wgt * (dc * ds).sum(-1)).sum(-1) / var  # = s - 1
-        scale = 1 + g.clamp(-0.3, 0.3)
+        g = ((wgt * (dc * ds).sum(-1)).sum(-1) / var).clamp(-0.3, 0.3)  # = s - 1
         trans = s_mean - g[..., None] * c_mean
         resid = (shift - trans[..., None, :] - g[..., None, None] * centres).norm(dim=-1)
         ok = ok & (resid < 1.5)
-    enough = ok.sum(-1) >= MIN_SHARE * ok.shape[-1]
+    return trans, 1 + g, ok
+
+
+def _block_motion(ref: torch.Tensor, small: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The similarity that maps `ref` (N, S, S) onto `small` (N, S, S), measured on blocks: translation
+    (N, 2) in coarse pixels, scale (N,), and how many blocks agree with it (N,)."""
+    ref_blocks, centres = _blocks(ref)
+    blocks, _ = _blocks(small)
+    shift, peak = _phase_correlation(ref_blocks, blocks)  # (N, nb, 2), (N, nb)
+    ok = peak > PEAK_MIN
+    # a first cut of the outliers (an object moving over a block or two): far from the confident
+    # blocks' median shift -- by more than a zoom of up to ~15% moves a block at its distance from the
+    # centre -- then the least-squares fit drops whatever it leaves off
+    med = torch.where(ok[..., None], shift, torch.full_like(shift, float("nan"))).nanmedian(-2).values
+    med = torch.nan_to_num(med)
+    ok = ok & ((shift - med[..., None, :]).norm(dim=-1) < 2.0 + 0.15 * centres.norm(dim=-1))
+    trans, scale, ok = _fit_similarity(shift, ok, centres)
+    return trans, scale, ok.sum(-1)
+
+
+def _warp(img: torch.Tensor, trans: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(N, S, S) sampled at scale * p + trans (centred pixel coordinates): the view of the reference."""
+    s = img.shape[-1]
+    lin = torch.linspace(-1, 1, s, device=img.device, dtype=img.dtype)
+    ys, xs = torch.meshgrid(lin, lin, indexing="ij")
+    grid = torch.stack([xs, ys], -1)
+    src = scale[:, None, None, None] * grid + (trans / ((s - 1) / 2))[:, None, None, :]
+    return F.grid_sample(img[:, None], src, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
+
+
+def camera_motion(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per frame, the camera's motion relative to the middle frame: shift (B, K, 2) in pixels of
+    the frame (x, y) and scale (B, K), from frames (B, K, 3, H, W) in [0, 255].
+
+    Measured, then refined twice: each frame is warped by the estimate so far and the motion left is
+    measured again and composed in (phase correlation's sub-pixel peak is biased towards whole
+    pixels, and a zoom smears the blocks far from the centre; both shrink with the motion left)."""
+    b, k, _, h, w = frames.shape
+    grey = _grey(frames).flatten(0, 1)[:, None]
+    small = F.interpolate(grey, size=(COARSE, COARSE), mode="area")
+    small = _gaussian_blur(small, 1.0)[:, 0].view(b, k, COARSE, COARSE)
+    ref = small[:, k // 2 : k // 2 + 1].expand_as(small).flatten(0, 1)
+    flat = small.flatten(0, 1)
+    trans, scale, agree = _block_motion(ref, flat)
+    n_blocks = len(range(0, COARSE - BLOCK + 1, STRIDE)) ** 2
+    enough = agree >= MIN_SHARE * n_blocks
+    for _ in range(2):
+        t2, s2, agree2 = _block_motion(ref, _warp(flat, trans, scale))
+        use = enough & (agree2 >= MIN_SHARE * n_blocks)
+        # frame(s * (s2 * p + t2) + t): scale s * s2, translation s * t2 + t
+        trans = torch.where(use[:, None], scale[:, None] * t2 + trans, trans)
+        scale = torch.where(use, scale * s2, scale)
+    enough = enough.view(b, k)
     enough[:, k // 2] = False  # the reference is the reference
-    scale = torch.where(enough, scale, torch.ones_like(scale))
-    trans = torch.where(enough[..., None], trans, torch.zeros_like(trans))
+    scale = torch.where(enough, scale.view(b, k), torch.ones(b, k, dtype=frames.dtype, device=frames.device))
+    trans = torch.where(enough[..., None], trans.view(b, k, 2), torch.zeros(b, k, 2, dtype=frames.dtype, device=frames.device))
     pix = torch.tensor([w / COARSE, h / COARSE], dtype=frames.dtype, device=frames.device)
     return trans * pix, scale
 

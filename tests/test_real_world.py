@@ -272,9 +272,16 @@ def test_stabilize_undoes_a_pan(base_spec):
     warped, valid = camera.stabilize(_clip_tensor(panned))
     ref = _clip_tensor(panned)[0, 2]
     inside = valid[0, :, 0].amin(0) > 0
-    err_before = (_clip_tensor(panned)[0, 0] - ref).abs().mean(0)[inside].mean()
-    err_after = (warped[0, 0] - ref).abs().mean(0)[inside].mean()
-    assert err_after < 0.35 * err_before
+
+    def err(first: torch.Tensor, middle: torch.Tensor) -> float:
+        return float((first - middle).abs().mean(0)[inside].mean())
+
+    # the object moves over the photo too, and that difference is no camera's: the floor is the same
+    # clip filmed without the pan; what the pan adds above it must (nearly) vanish once stabilised
+    unpanned = _clip_tensor(_frames(still))
+    floor = err(unpanned[0, 0], unpanned[0, 2])
+    before, after = err(_clip_tensor(panned)[0, 0], ref), err(warped[0, 0], ref)
+    assert after - floor < 0.1 * (before - floor), (floor, before, after)
 
 
 def test_plain_walls_are_left_alone(base_spec):
