@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO ?= demo
 
-.PHONY: setup system demo test lint docs wheel bench clean
+.PHONY: setup system demo test lint docs wheel bench gpu-check clean
 
 setup: system $(STAMP)
 
@@ -77,5 +77,13 @@ wheel: setup
 bench: setup
 	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py && $(PY) bench/checkpoint.py && $(PY) bench/ddp.py && $(PY) bench/scale.py && $(PY) bench/kv_cache.py
 
+# The GPU check (docs/benchmarks.md, "The GPU check"): on a GPU machine `make gpu-check` runs DALI's
+# mixed decode, stages 1-3 in fp32 and bf16, a 1-process NCCL group and one loader=dali epoch within
+# --budget-s (300 s), and writes bench/gpu_report.{json,md}; `make gpu-check ARGS=--dry-run` is the CPU
+# rehearsal that `make test` also runs (tests/test_gpu_check.py). Exit 0 pass, 1 a check failed, 2 misconfigured.
+ARGS ?=
+gpu-check: setup
+	$(PY) bench/gpu_check.py $(ARGS)
+
 clean:
-	rm -rf $(DEMO) .pytest_cache .ruff_cache test-artifacts site dist build
+	rm -rf $(DEMO) .pytest_cache .ruff_cache test-artifacts site dist build bench/gpu_check_work

@@ -13,6 +13,7 @@ from conftest import tool
 from vidcap.errors import UserError
 from vidcap.model.checkpoint import load_checkpoint
 from vidcap.shards.layout import DataInfo
+from vidcap.train import run_lock
 from vidcap.train.config import make_train_config
 from vidcap.train.data import SplitStream, torch_loader
 from vidcap.train.loop import Trainer, run_stage
@@ -161,11 +162,27 @@ def test_config_errors_are_clear(built_small, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="cuda"):
             Trainer(cfg_for(1, built_small, tmp_path, "device=cuda"), progress=False)
-    with pytest.raises(UserError, match="amp=true needs device=cuda"):
-        Trainer(cfg_for(1, built_small, tmp_path, "amp=true"), progress=False)
     r = subprocess.run([tool("train"), "--stage", "2", "--data", str(built_small), "--run", str(tmp_path / "none"), "--quiet"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "run `train --stage 1` first" in r.stderr
+
+
+@pytest.mark.parametrize("amp, dtype", [("false", torch.float32), ("true", torch.bfloat16)])
+def test_amp_is_bf16_autocast_on_the_device_of_the_model(built_small, tmp_path, amp, dtype):
+    """amp=true autocasts the step on the model's own device: with "cuda" hard-coded, a CPU model
+    stayed in fp32 (and so amp=true was refused on the CPU); bench/gpu_check.py --dry-run relies on it."""
+    trainer = Trainer(cfg_for(1, built_small, tmp_path, f"amp={amp}", "feature_cache=false"), progress=False)
+    seen: list[torch.dtype] = []
+    try:
+        for m in trainer.model.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        stats = trainer.step(next(iter(trainer.epoch_batches(0))), 0)
+    finally:
+        trainer.log.close()
+        run_lock.release(trainer.dir)
+        trainer.close()
+    assert seen and set(seen) == {dtype} and np.isfinite(stats["loss"])
 
 
 def test_train_eval_and_caption(three_stages, built_small, synth_small, tmp_path):

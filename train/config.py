@@ -27,7 +27,7 @@ class TrainConfig:
     resume: bool = False
     device: str = "cpu"  # cpu | cuda
     loader: str = "torch"  # torch (PIL decode in DataLoader workers) | dali (NVIDIA DALI)
-    amp: bool = False  # bf16 autocast, CUDA only
+    amp: bool = False  # bf16 autocast of the step on its device (CUDA; on the CPU too, slower: for checks)
     seed: int = 0
     epochs: int = 10
     batch_size: int = 32

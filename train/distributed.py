@@ -39,7 +39,7 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _device(kind: str, local_rank: int, amp: bool) -> torch.device:
+def _device(kind: str, local_rank: int) -> torch.device:
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise UserError("device=cuda, but torch.cuda.is_available() is False (no GPU or a CPU-only torch)")
@@ -49,8 +49,6 @@ def _device(kind: str, local_rank: int, amp: bool) -> torch.device:
                             f"node (torchrun --nproc_per_node {n})")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
-    if amp:
-        raise UserError("amp=true needs device=cuda (bf16 autocast is only used on the GPU)")
     return torch.device("cpu")
 
 
@@ -117,10 +115,10 @@ class Dist:
         self.enabled = False
 
 
-def setup(device: str = "cpu", amp: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S) -> Dist:
+def setup(device: str = "cpu", timeout_s: float = DEFAULT_TIMEOUT_S) -> Dist:
     """This process's place: one process, or a rank of torchrun's group (joined here)."""
     if not launched_by_torchrun():
-        return Dist(device=_device(device, 0, amp))
+        return Dist(device=_device(device, 0))
     env = os.environ
     try:
         rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
@@ -128,7 +126,7 @@ def setup(device: str = "cpu", amp: bool = False, timeout_s: float = DEFAULT_TIM
         raise UserError(f"RANK={env['RANK']!r}, WORLD_SIZE={env['WORLD_SIZE']!r}: not integers") from None
     if not 0 <= rank < world:
         raise UserError(f"RANK={rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
-    dev = _device(device, local, amp)
+    dev = _device(device, local)
     try:
         dist.init_process_group(backend_for(dev), timeout=timedelta(seconds=timeout_s),
                                 device_id=dev if dev.type == "cuda" else None)

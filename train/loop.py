@@ -159,7 +159,7 @@ class _EpochTotals:
 class Trainer:
     def __init__(self, cfg: TrainConfig, progress: bool = True):
         self.cfg = cfg
-        self.dist = distributed.setup(cfg.device, cfg.amp, cfg.dist_timeout)
+        self.dist = distributed.setup(cfg.device, cfg.dist_timeout)
         self.device = self.dist.device
         self.progress = progress and self.dist.is_main
         try:

@@ -44,7 +44,9 @@ class RecipeLoss(nn.Module):
         device = next(model.parameters()).device
         terms: list[torch.Tensor] = []
         stats: dict[str, float] = {}
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
+        # bf16 autocast on the device the model is on: "cuda" hard-coded here left a CPU model in
+        # fp32 with amp=true, silently; CPU autocast is real bf16 (slower on most CPUs: for checks).
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             feats = self.features(batch)
             if cfg.xe_weight:
                 n = cfg.captions_per_clip
