@@ -80,7 +80,8 @@ bench: setup
 # The GPU check (docs/benchmarks.md, "The GPU check"): on a GPU machine `make gpu-check` runs DALI's
 # mixed decode, stages 1-3 in fp32 and bf16, a 1-process NCCL group and one loader=dali epoch within
 # --budget-s (300 s), and writes bench/gpu_report.{json,md}; `make gpu-check ARGS=--dry-run` is the CPU
-# rehearsal that `make test` also runs (tests/test_gpu_check.py). Exit 0 pass, 1 a check failed, 2 misconfigured.
+# rehearsal that `make test` also runs (tests/test_gpu_check.py). The script exits 0 pass, 1 a check failed,
+# 2 misconfigured (make turns any failure into its own 2: run the script itself to tell them apart).
 ARGS ?=
 gpu-check: setup
 	$(PY) bench/gpu_check.py $(ARGS)

@@ -36,6 +36,7 @@ Usage: python bench/gpu_check.py [--dry-run] [--data DIR] [--work DIR] [--out DI
 from __future__ import annotations
 
 import faulthandler
+import gc
 import math
 import os
 import platform
@@ -90,8 +91,9 @@ class Failed(Exception):
     """The check ran and found a wrong result; the message names it."""
 
 
-class OverBudget(Exception):
-    """The run's time budget ran out (SIGALRM) during a check."""
+class OverBudget(BaseException):
+    """The run's time budget ran out (SIGALRM) during a check. A BaseException, so that an
+    `except Exception` in the code under test (or a library) cannot swallow the one alarm."""
 
 
 @dataclass
@@ -324,8 +326,12 @@ def run_steps(ctx: Context, stage: int, amp: bool, init: Path | None, resample: 
     shutil.rmtree(run, ignore_errors=True)
     cfg = train_config(ctx, stage, run, [f"amp={str(amp).lower()}"], init, dropout=False)
     if s.device == "cuda":
+        gc.collect()  # the previous run's Trainer, so that its tensors leave this run's peak
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        # fp32 means fp32: cuDNN's convolutions and RNNs default to TF32 on Ampere and later
+        torch.backends.cudnn.allow_tf32 = amp
+        torch.backends.cuda.matmul.allow_tf32 = False
     t = time.perf_counter()
     with open_trainer(cfg) as trainer:
         setup_s = time.perf_counter() - t
@@ -575,7 +581,13 @@ def run_all(s: Settings) -> dict:
             if spent >= s.budget_s:
                 c.status, c.detail = "FAIL", f"not run: the budget of {s.budget_s:.0f} s was spent ({spent:.0f} s)"
             else:
-                run_check(ctx, c, fns[c.name])
+                # on disk before it runs: a hard stop leaves this line, not an empty FAIL, in the report
+                c.detail = f"running when the report was last written (a hard stop {HARD_STOP_AFTER_S} s after the budget ends here)"
+                write_report(ctx, checks, finished=False)
+                try:
+                    run_check(ctx, c, fns[c.name])
+                except OverBudget:  # the alarm landed between run_check's handlers and its return
+                    c.status, c.detail = "FAIL", f"over the budget of {s.budget_s:.0f} s (--budget-s) during this check"
             print(f"[{c.n}] {c.name:<14} {c.status}  {c.seconds:7.1f} s  {c.detail}", flush=True)
             write_report(ctx, checks, finished=False)
     finally:

@@ -75,7 +75,9 @@ class DaliLoader:
             dense = frames_tl.as_tensor()
             frames = torch.empty(dense.shape(), dtype=torch.uint8,
                                  device="cuda" if self.device == "cuda" else "cpu")
-            self._feed(dense, frames)
+            # on CUDA, copy on torch's current stream: DALI's own stream would race the kernels
+            # torch has queued on the memory it just handed out
+            self._feed(dense, frames, cuda_stream=torch.cuda.current_stream() if frames.is_cuda else None)
             metas = [json.loads(bytes(memoryview(meta_tl.at(i)))) for i in range(take)]
             seen += n
             ids = [m["clip_id"] for m in metas]
