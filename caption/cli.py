@@ -26,6 +26,7 @@ import sys
 
 from tqdm import tqdm
 
+from vidcap.allocator import keep_freed_memory
 from vidcap.atomic import LineAppender
 from vidcap.caption.api import (
     DEFAULT_TIMEOUT,
@@ -72,6 +73,7 @@ SUBCOMMANDS = {"serve": _serve_main}
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    keep_freed_memory()  # vidcap.allocator: each batch's activations stay mapped for the next
     found = subcommand(argv, SUBCOMMANDS)  # a file named "serve" is ./serve
     if found is not None:
         return found[1](argv[1:])

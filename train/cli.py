@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 
+from vidcap.allocator import keep_freed_memory
 from vidcap.errors import ArgumentParser, UserError, cli_errors
 from vidcap.flags import add_file_flag, check_range, subcommand
 from vidcap.model.checkpoint import CheckpointError
@@ -174,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    keep_freed_memory()  # a step's activations are not handed back to the kernel each batch (vidcap.allocator)
     with cli_errors("train", also=(CheckpointError,)) as ctx:
         found = subcommand(argv, SUBCOMMANDS)
         if found is not None:
