@@ -267,14 +267,17 @@ def check_data(ctx: Context, c: Check) -> str:
     return f"{how}; {counts['train']}/{counts['val']}/{counts['test']} clips, {info.n_frames} frames at {info.frame_size} px"
 
 
+def need_dali(s: Settings) -> None:
+    """DALI missing: a SKIP in a dry run (CI need not install it), a FAIL on a GPU (it was asked for)."""
+    if dali_version() is None:
+        hint = "NVIDIA DALI is not installed (pip install 'vidcap[dali]')"
+        raise Skip(hint) if s.dry_run else Failed(hint)
+
+
 def check_dali_decode(ctx: Context, c: Check) -> str:
     """The decode the trainer's loader=dali does, sample by sample against the default loader's."""
     s, info = ctx.s, ctx.need_data()
-    if dali_version() is None:
-        hint = "NVIDIA DALI is not installed (pip install 'vidcap[dali]')"
-        if s.dry_run:
-            raise Skip(hint)
-        raise Failed(hint)
+    need_dali(s)
     from vidcap.train.dali_loader import DaliLoader
 
     size, bs = info.frame_size, 16
@@ -471,11 +474,7 @@ def check_dali_epoch(ctx: Context, c: Check) -> str:
     """loader=dali as a user runs it: one epoch of stage 1 decoding every step's frames through DALI
     (the feature cache off), bf16, then its validation pass and checkpoints."""
     s, info = ctx.s, ctx.need_data()
-    if dali_version() is None:
-        hint = "NVIDIA DALI is not installed (pip install 'vidcap[dali]')"
-        if s.dry_run:
-            raise Skip(hint)
-        raise Failed(hint)
+    need_dali(s)
     run = s.work / "runs" / "dali-epoch"
     shutil.rmtree(run, ignore_errors=True)
     cfg = train_config(ctx, 1, run, ["loader=dali", "feature_cache=false", "epochs=1", "eval_every=1", "amp=true"])
