@@ -25,7 +25,7 @@ import ctypes.util
 import os
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's <malloc.h>
-MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the heap; glibc caps the setting at its HEAP_MAX
+MMAP_THRESHOLD = 1 << 30  # blocks below 1 GiB come from the heap (glibc 2.36 accepts it: mallopt returns 1)
 TRIM_THRESHOLD = 2**31 - 1  # the most an int holds (mallopt takes an int): far more than one step frees
 TOP_PAD = 64 << 20  # grow the heap 64 MiB at a time
 ENV = "VIDCAP_MALLOC"
