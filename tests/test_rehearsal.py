@@ -1,0 +1,74 @@
+"""bench/rehearsal.py (issue 22's MSR-VTT-sized rehearsal, not run in CI: it takes an hour) -- the
+parts its report stands on, checked here: the growth exponent, MSR-VTT's nested splits, the caption
+assignment, the per-process peak-RSS reset, and the rendered clips' shape."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+
+import numpy as np
+from conftest import REPO
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("rehearsal", REPO / "bench" / "rehearsal.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_growth_exponent_is_the_log_log_slope():
+    r = _bench()
+    xs = [1000, 3000, 10000]
+    assert r.exponent(xs, [2.0 * x for x in xs]) == 1.0
+    assert r.exponent(xs, [x**2 / 1e6 for x in xs]) == 2.0
+    assert r.exponent(xs, [5.0, 5.0, 5.0]) == 0.0
+    assert r.exponent([1000], [1.0]) is None  # one point: no slope
+    assert r.exponent(xs, [1.0, None, 0.0]) is None  # only one usable point
+
+
+def test_the_splits_are_msrvtts_and_nested():
+    r = _bench()
+    full, small = r.split_of(10000), r.split_of(1000)
+    count = lambda rows, s: sum(split == s for _, split in rows)  # noqa: E731
+    assert [count(full, s) for s in ("train", "val", "test")] == [6513, 497, 2990]
+    assert [count(small, s) for s in ("train", "val", "test")] == [651, 50, 299]
+    assert sorted(i for i, _ in full) == list(range(10000))
+    assert set(small) <= set(full)  # the same clip in the same split: 1,000 is part of 10,000
+
+
+def test_each_clip_gets_twenty_captions_of_one_source_clip():
+    r = _bench()
+    sets = [[f"clip {j} sentence {k}" for k in range(n)] for j, n in enumerate((45, 7, 30, 20))]
+    caps = r.assign(10, sets, seed=3)
+    assert caps == r.assign(10, sets, seed=3)  # seeded
+    for c in caps:
+        assert len(c) == r.CAPTIONS_PER_CLIP
+        assert len({s.split(" sentence ")[0] for s in c}) == 1  # one source clip per clip
+    short = [c for c in caps if c[0].startswith("clip 1 ")]
+    assert short and all(set(sets[1]) <= set(c) for c in short)  # fewer than 20: all of them, topped up
+
+
+def test_the_peak_rss_resets_per_measurement():
+    r = _bench()
+    r.reset_peak()
+    before = r.peak_rss_mb()
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
+    grown = r.peak_rss_mb()
+    del block
+    r.reset_peak()
+    assert grown - before > 50 and r.peak_rss_mb() < grown - 50
+
+
+def test_rendered_clips_have_the_msrvtt_shape(tmp_path):
+    r = _bench()
+    (v,) = r.render_videos(tmp_path, 1, seed=0, workers=1)
+    probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
+                            "stream=width,height,codec_name,avg_frame_rate:format=duration", "-of", "json", str(v)],
+                           capture_output=True, text=True, check=True)
+    info = json.loads(probe.stdout)
+    s = info["streams"][0]
+    assert (s["width"], s["height"], s["codec_name"], s["avg_frame_rate"]) == (320, 240, "h264", "30/1")
+    assert 10 <= float(info["format"]["duration"]) <= 30.1
