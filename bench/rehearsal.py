@@ -171,11 +171,15 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
-def run_measured(cmd: list[str], log: Path) -> tuple[dict, float, float]:
-    """Run cmd (its last stdout line is JSON); (that JSON, wall seconds, peak tree RSS in MB)."""
+def run_measured(cmd: list[str], log: Path, result: Path | None = None) -> tuple[dict | None, float, float, int]:
+    """Run cmd; (its result, wall seconds, peak tree RSS in MB, exit status). The result is the JSON
+    of `result` (a file the child writes) or else of its last stdout line; None when it wrote none
+    (killed: the kernel's OOM killer sends no message). A child's stdout is a file, not a pipe, so
+    DataLoader workers left behind by a killed child cannot hold the driver up."""
     t0 = time.perf_counter()
-    with open(log, "w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
+    out_path = log.with_suffix(".out")
+    with open(log, "w") as err, open(out_path, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=REPO, start_new_session=True)
         peak, done = [0.0], threading.Event()
 
         def sample() -> None:
@@ -184,12 +188,18 @@ def run_measured(cmd: list[str], log: Path) -> tuple[dict, float, float]:
 
         t = threading.Thread(target=sample, daemon=True)
         t.start()
-        out, _ = proc.communicate()
+        proc.wait()
         done.set()
         t.join()
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd[:4])}...: exit {proc.returncode}; see {log}")
-    return json.loads(out.strip().splitlines()[-1]), time.perf_counter() - t0, peak[0]
+    if proc.returncode:  # what it left behind (orphaned loader workers) goes with it
+        subprocess.run(["pkill", "-KILL", "-s", str(proc.pid)], check=False)
+    text = result.read_text() if result is not None and result.exists() else out_path.read_text()
+    lines = text.strip().splitlines()
+    try:
+        res = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        res = None
+    return res, time.perf_counter() - t0, peak[0], proc.returncode
 
 
 def peak_rss_mb() -> float:
@@ -283,14 +293,15 @@ def train_child(spec: dict) -> dict:
             return self.cache[split]
 
     rows = []
-    for stage in (1, 2, 3):
+    for stage in spec.get("stages", (1, 2, 3)):
         reset_peak()
         t0 = time.perf_counter()
         cfg = make_train_config(stage, spec["preset"], [*spec["overrides"], "seed=0", "save_every=0"],
                                 data=spec["data"], run=spec["run"])
         tr = BoundedTrainer(cfg, progress=False)
         setup_s = time.perf_counter() - t0
-        feats = dict(getattr(tr, "feature_seconds", {}))  # feature_norm: computed during set-up
+        in_setup = sum(v[0] for v in getattr(tr, "feature_seconds", {}).values())  # feature_norm's statistics
+        feats = dict(getattr(tr, "feature_seconds", {}))
         times, prof = [], cProfile.Profile()
         batches = iter(tr.epoch_batches(0))
         for i in range(spec["steps"] + 1):
@@ -311,7 +322,7 @@ def train_child(spec: dict) -> dict:
         ft = feats.get("train")
         rows.append({"preset": spec["name"], "stage": stage, "batch_size": cfg.batch_size,
                      "samples": cfg.samples if cfg.rl_weight else None, "train_cnn": cfg.train_cnn,
-                     "setup_s": round(setup_s - (ft[0] if ft and stage == 1 else 0), 2),
+                     "setup_s": round(setup_s - in_setup, 2),
                      "feature_s_per_clip": round(ft[0] / ft[1], 4) if ft else None,
                      "step_s": round(sum(times) / len(times), 3), "steps": len(times),
                      "s_per_1000_clips": round(1000 * sum(times) / len(times) / cfg.batch_size
@@ -319,6 +330,8 @@ def train_child(spec: dict) -> dict:
                      "peak_rss_mb": round(peak_rss_mb(), 1), "vocab": len(tr.info.itos),
                      "params_m": round(sum(p.numel() for p in tr.model.parameters()) / 1e6, 2),
                      "profile": top_functions(prof)})
+        with open(spec["rows_file"], "a") as f:  # kept if a later stage is killed
+            f.write(json.dumps(rows[-1]) + "\n")
     return {"rows": rows}
 
 
@@ -367,7 +380,7 @@ def growth(report: dict) -> list[dict]:
         series.setdefault("build: tree peak RSS MB", {})[n] = b["tree_rss_mb"]
         series.setdefault("build: vocabulary words", {})[n] = b["vocab"]
     for t in report.get("train", []):
-        for r in t["rows"]:
+        for r in (r for r in t["rows"] if "failed" not in r):
             key = f"train {r['preset']} stage {r['stage']}"
             series.setdefault(f"{key}: set-up s", {})[t["clips"]] = r["setup_s"]
             series.setdefault(f"{key}: step s", {})[t["clips"]] = r["step_s"]
@@ -401,7 +414,7 @@ def projection(report: dict) -> list[dict]:
     out = []
     for name in dict.fromkeys(r["preset"] for r in rows):
         preset = "paper" if name == "paper" else "cpu-small"
-        by_stage = {r["stage"]: r for r in rows if r["preset"] == name}
+        by_stage = {r["stage"]: r for r in rows if r["preset"] == name and "failed" not in r}
         if len(by_stage) < 3:
             continue
         entry = {"preset": name, "stages": {}}
@@ -454,7 +467,7 @@ def format_markdown(report: dict) -> str:
                   "driver RSS MB | tree RSS MB |", "|" + "---|" * 11]
         for b in report["builds"]:
             j = b["job_seconds"]
-            lines.append(f"| {b['clips']} | {b['captions']} | {b['vocab']} | {j.get('annotations', 0):.1f} | "
+            lines.append(f"| {b['clips']} | {b['captions']} | {b['vocab']} | {j.get('read', 0):.1f} | "
                          f"{j.get('shards', 0):.1f} | {b['clips'] / max(j.get('shards', 1e-9), 1e-9):.1f} | "
                          f"{j.get('attributes', 0):.1f} | {j.get('df_vocab', 0):.1f} | {b['wall_s']:.1f} | "
                          f"{b['driver_rss_mb']:.0f} | {b['tree_rss_mb']:.0f} |")
@@ -468,6 +481,10 @@ def format_markdown(report: dict) -> str:
                   "| preset | stage | batch | M | CNN | set-up s | features s/clip | step s | s per 1,000 clips | "
                   "peak RSS MB | params M | vocab |", "|" + "---|" * 12]
         for r in t["rows"]:
+            if "failed" in r:
+                lines.append(f"| {r['preset']} | {r['stage']} | {r['failed']}; the process tree held "
+                             f"{r['peak_tree_rss_mb']:.0f} MB at its peak |" + " |" * 10)
+                continue
             lines.append(f"| {r['preset']} | {r['stage']} | {r['batch_size']} | {r['samples'] or '—'} | "
                          f"{'trained' if r['train_cnn'] else 'frozen'} | {r['setup_s']} | "
                          f"{r['feature_s_per_clip'] or '—'} | {r['step_s']} | {r['s_per_1000_clips']} | "
@@ -504,6 +521,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--parts", default="data,build,train,eval")
     p.add_argument("--train-sizes", default=None, help="builds to train on (default: smallest and largest)")
     p.add_argument("--paper-sizes", default=None, help="builds to run the paper preset and Lite2 on (default: largest)")
+    p.add_argument("--paper-stages", default="1,2,3",
+                   help="the paper preset's stages (its stage 3 needs more than 24 GB of RAM on a CPU)")
     p.add_argument("--eval-sizes", default=None, help="builds to evaluate on (default: smallest and largest)")
     p.add_argument("--distinct", type=int, default=500, help="distinct videos the clips link to")
     p.add_argument("--bare-clips", type=int, default=100)
@@ -555,8 +574,10 @@ def main(argv: list[str] | None = None) -> dict:
         for n in sizes:
             cfg = {"dataset": "msrvtt", "root": str(work / f"root{n}"), "out": str(work / f"data{n}"),
                    "size": 224, "shard_size": 256, "workers": 2, "progress": False, "overwrite": True}
-            res, wall, tree = run_measured([sys.executable, "-c", BUILD_CHILD, json.dumps(cfg)],
-                                           work / f"build{n}.log")
+            res, wall, tree, rc = run_measured([sys.executable, "-c", BUILD_CHILD, json.dumps(cfg)],
+                                               work / f"build{n}.log")
+            if rc or res is None:
+                raise SystemExit(f"build of {n} clips: exit {rc}; see {work / f'build{n}.log'}")
             s = res["summary"]
             builds[n] = {"clips": n, "captions": n * CAPTIONS_PER_CLIP, "vocab": s["cider_df"]["vocab"],
                          "job_seconds": s["job_seconds"], "wall_s": round(wall, 1),
@@ -583,11 +604,20 @@ def main(argv: list[str] | None = None) -> dict:
                 slug = name.replace(" + ", "-").lower()
                 spec = {"kind": "train", "preset": preset, "name": name, "data": str(work / f"data{n}"),
                         "run": str(work / f"run{n}-{slug}"), "steps": a.steps, "feature_clips": a.feature_clips,
-                        "overrides": overrides, "threads": 2}
-                res, wall, _ = run_measured([sys.executable, str(Path(__file__).resolve()), "--child",
-                                             json.dumps(spec)], work / f"train{n}-{slug}.log")
-                rows += res["rows"]
-                print(f"train {n} {name}: {wall:.0f} s", flush=True)
+                        "overrides": overrides, "threads": 2,
+                        "stages": [int(x) for x in (a.paper_stages if preset == "paper" else "1,2,3").split(",")]}
+                spec["rows_file"] = str(work / f"train{n}-{slug}.rows.jsonl")
+                Path(spec["rows_file"]).unlink(missing_ok=True)
+                _, wall, tree, rc = run_measured([sys.executable, str(Path(__file__).resolve()), "--child",
+                                                  json.dumps(spec)], work / f"train{n}-{slug}.log")
+                got = [json.loads(line) for line in Path(spec["rows_file"]).read_text().splitlines()] \
+                    if Path(spec["rows_file"]).exists() else []
+                rows += got
+                if rc:  # the stage after the last measured one did not finish: say so, with what it held
+                    rows.append({"preset": name, "stage": len(got) + 1, "failed": f"exit {rc}"
+                                 + (" (killed: out of memory)" if rc in (-9, 137) else ""),
+                                 "peak_tree_rss_mb": round(tree, 1)})
+                print(f"train {n} {name}: {wall:.0f} s" + (f", exit {rc}" if rc else ""), flush=True)
             runs[n] = {"clips": n, "rows": rows}
             report["train"] = [runs[k] for k in sorted(runs)]
             save()
@@ -596,8 +626,10 @@ def main(argv: list[str] | None = None) -> dict:
         for n in eval_sizes:
             spec = {"kind": "eval", "ckpt": str(work / f"run{n}-cpu-small" / "stage1" / "best.pt"),
                     "data": str(work / f"data{n}"), "out": str(work / f"eval{n}"), "threads": 2}
-            res, wall, _ = run_measured([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                                        work / f"eval{n}.log")
+            res, wall, _, rc = run_measured([sys.executable, str(Path(__file__).resolve()), "--child",
+                                             json.dumps(spec)], work / f"eval{n}.log")
+            if rc or res is None:
+                raise SystemExit(f"eval on the {n}-clip build: exit {rc}; see {work / f'eval{n}.log'}")
             evals[n] = {"build_clips": n, **res}
             report["eval"] = [evals[k] for k in sorted(evals)]
             print(f"eval {n}: {wall:.0f} s", flush=True)
