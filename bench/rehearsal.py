@@ -335,6 +335,37 @@ def train_child(spec: dict) -> dict:
     return {"rows": rows}
 
 
+def features_child(spec: dict) -> dict:
+    """Seconds per clip of each variant's frozen-CNN features (frame_features, no grad) on --feature-clips
+    clips of the train split, after one warm-up batch: what stages 1-2 pay once per clip."""
+    import torch
+
+    from vidcap.allocator import keep_freed_memory
+    from vidcap.model.registry import create_model, make_config
+    from vidcap.shards.layout import DataInfo
+    from vidcap.train.config import make_train_config
+    from vidcap.train.data import SplitStream, torch_loader
+
+    keep_freed_memory()
+    torch.set_num_threads(spec["threads"])
+    info = DataInfo.load(spec["data"])
+    out = {}
+    for name, preset, overrides in VARIANTS:
+        cfg = make_train_config(1, preset, overrides)
+        model = create_model(make_config(preset, len(info.itos), **cfg.model_overrides)).eval()
+        batches = torch_loader(SplitStream(info, "train", max_clips=spec["feature_clips"] + 16),
+                               model.cfg.image_size, 16, 0)
+        seconds, clips = 0.0, 0
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                t0 = time.perf_counter()
+                model.frame_features(batch["frames"])
+                if i:  # the first batch warms up
+                    seconds, clips = seconds + time.perf_counter() - t0, clips + len(batch["clip_id"])
+        out[name] = {"clips": clips, "s_per_clip": round(seconds / clips, 4), "image_size": model.cfg.image_size}
+    return out
+
+
 def eval_child(spec: dict) -> dict:
     """`train eval` of a checkpoint on the test split (METEOR, beam 3), profiled."""
     import torch
@@ -415,19 +446,22 @@ def projection(report: dict) -> list[dict]:
     for name in dict.fromkeys(r["preset"] for r in rows):
         preset = "paper" if name == "paper" else "cpu-small"
         by_stage = {r["stage"]: r for r in rows if r["preset"] == name and "failed" not in r}
-        if len(by_stage) < 3:
+        if 1 not in by_stage:
             continue
-        entry = {"preset": name, "stages": {}}
+        computed = report.get("features", {}).get(name, {}).get("s_per_clip")  # else the row's (maybe a cache read)
+        feature_s = computed or by_stage[1]["feature_s_per_clip"]
+        entry = {"preset": name, "feature_s_per_clip": feature_s, "stages": {}}
         for stage, r in sorted(by_stage.items()):
             sched = SCHEDULES[preset][RECIPES[STAGES[stage]].schedule]
             steps = sched["epochs"] * -(-train_n // sched["batch_size"])
             secs = steps * r["step_s"]
             if stage == 1:
-                secs += r["feature_s_per_clip"] * (train_n + val_n)
+                secs += feature_s * (train_n + val_n)
             if stage == 3:
-                secs += sched["epochs"] * val_n * by_stage[1]["feature_s_per_clip"]
+                secs += sched["epochs"] * val_n * feature_s
             entry["stages"][stage] = {"epochs": sched["epochs"], "steps": steps, "hours": round(secs / 3600, 2)}
         entry["hours"] = round(sum(v["hours"] for v in entry["stages"].values()), 1)
+        entry["complete"] = len(entry["stages"]) == 3
         out.append(entry)
     return out
 
@@ -495,6 +529,11 @@ def format_markdown(report: dict) -> str:
                   f"(cpu-small, beam 3, METEOR)", "",
                   f"{e['seconds']:.1f} s ({1000 * e['seconds'] / e['clips']:.0f} ms per clip), peak RSS "
                   f"{e['peak_rss_mb']:.0f} MB; {parts}."]
+    if report.get("features"):
+        f = report["features"]
+        lines += ["", f"## CNN features per clip (frozen, no grad; train clips of the {f['build_clips']}-clip build)",
+                  "", "| variant | px | s per clip |", "|---|---|---|"]
+        lines += [f"| {k} | {v['image_size']} | {v['s_per_clip']} |" for k, v in f.items() if isinstance(v, dict)]
     if report.get("projection"):
         lines += ["", "## Projected: each preset's whole recipe on MSR-VTT on this machine "
                   "(6,513 train / 497 val clips; assumptions in `projection`'s docstring)", "",
@@ -502,8 +541,8 @@ def format_markdown(report: dict) -> str:
         for e in report["projection"]:
             st = e["stages"]
             lines.append(f"| {e['preset']} | " + " | ".join(
-                f"{st[k]['hours']} ({st[k]['epochs']} ep, {st[k]['steps']} steps)" for k in (1, 2, 3))
-                + f" | {e['hours']} |")
+                f"{st[k]['hours']} ({st[k]['epochs']} ep, {st[k]['steps']} steps)" if k in st else "not measured"
+                for k in (1, 2, 3)) + f" | {e['hours']}{'' if e.get('complete') else ' (stages measured only)'} |")
     lines += ["", "## Growth with the clip count (exponent of a log-log fit; 1 = linear)", "",
               "| cost | clips | values | exponent |", "|---|---|---|---|"]
     for g in report["growth"]:
@@ -534,7 +573,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     if a.child:  # a measurement in its own process: JSON in, JSON on the last stdout line
         spec = json.loads(a.child)
-        print(json.dumps(train_child(spec) if spec["kind"] == "train" else eval_child(spec)))
+        child = {"train": train_child, "eval": eval_child, "features": features_child}[spec["kind"]]
+        print(json.dumps(child(spec)))
         return {}
     sizes = sorted(int(x) for x in a.sizes.split(","))
     pick = lambda s, default: sorted(int(x) for x in s.split(",")) if s else default  # noqa: E731
@@ -621,6 +661,16 @@ def main(argv: list[str] | None = None) -> dict:
             runs[n] = {"clips": n, "rows": rows}
             report["train"] = [runs[k] for k in sorted(runs)]
             save()
+    if "features" in parts:  # the CNN's cost per clip, computed (the train rows may have read a cache)
+        n = max(train_sizes)
+        spec = {"kind": "features", "data": str(work / f"data{n}"), "feature_clips": a.feature_clips, "threads": 2}
+        res, wall, _, rc = run_measured([sys.executable, str(Path(__file__).resolve()), "--child",
+                                         json.dumps(spec)], work / "features.log")
+        if rc or res is None:
+            raise SystemExit(f"features: exit {rc}; see {work / 'features.log'}")
+        report["features"] = {"build_clips": n, **res}
+        print(f"features: {wall:.0f} s", flush=True)
+        save()
     if "eval" in parts:
         evals = {e["build_clips"]: e for e in report.get("eval", [])}
         for n in eval_sizes:
