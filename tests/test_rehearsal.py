@@ -51,7 +51,14 @@ def test_each_clip_gets_twenty_captions_of_one_source_clip():
     assert short and all(set(sets[1]) <= set(c) for c in short)  # fewer than 20: all of them, topped up
 
 
+def _rss_mb() -> float:
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
 def test_the_peak_rss_resets_per_measurement():
+    """The peak counts what a measurement touched, and a reset brings it down to the RSS of now (whether
+    or not the allocator hands the freed block back: vidcap.allocator may have kept it)."""
     r = _bench()
     r.reset_peak()
     before = r.peak_rss_mb()
@@ -59,7 +66,8 @@ def test_the_peak_rss_resets_per_measurement():
     grown = r.peak_rss_mb()
     del block
     r.reset_peak()
-    assert grown - before > 50 and r.peak_rss_mb() < grown - 50
+    assert grown - before > 50
+    assert abs(r.peak_rss_mb() - _rss_mb()) < 8
 
 
 def test_rendered_clips_have_the_msrvtt_shape(tmp_path):
