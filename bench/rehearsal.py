@@ -244,18 +244,14 @@ print(json.dumps({"summary": s, "driver_rss_mb": resource.getrusage(resource.RUS
 
 
 def bare_decode(videos: list[Path], size: int) -> dict:
-    """decord open + the 5 segment-centre frames + resize + JPEG q90, one process: the per-core floor."""
-    import decord
-    from PIL import Image
+    """pipeline.frames' sampler (the 5 segment-centre frames, resized) + JPEG q90 in one process -- job 1's
+    work without its subprocess, tar and Dask: the per-core floor."""
+    from vidcap.pipeline.frames import encode_jpeg, sample_frames
 
-    decord.bridge.reset_bridge()
     t0 = time.perf_counter()
     for v in videos:
-        vr = decord.VideoReader(str(v), num_threads=1)
-        n = len(vr)
-        frames = vr.get_batch([min(n - 1, int((j + 0.5) * n / 5)) for j in range(5)]).asnumpy()
-        for f in frames:
-            Image.fromarray(f).resize((size, size), Image.BILINEAR).save(io.BytesIO(), "JPEG", quality=90)
+        for f in sample_frames(v, 5, size).frames:
+            encode_jpeg(f, 90)
     s = time.perf_counter() - t0
     return {"clips": len(videos), "seconds": round(s, 2), "ms_per_clip": round(1000 * s / len(videos), 1)}
 
