@@ -75,7 +75,7 @@ wheel: setup
 	$(PY) -m pip wheel . --no-deps --no-build-isolation -w dist
 
 bench: setup
-	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py && $(PY) bench/checkpoint.py && $(PY) bench/ddp.py && $(PY) bench/scale.py && $(PY) bench/kv_cache.py
+	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py && $(PY) bench/checkpoint.py && $(PY) bench/ddp.py && $(PY) bench/scale.py && $(PY) bench/kv_cache.py && $(PY) bench/cnn_layout.py
 
 # The GPU check (docs/benchmarks.md, "The GPU check"): on a GPU machine `make gpu-check` runs DALI's
 # mixed decode, stages 1-3 in fp32 and bf16, a 1-process NCCL group and one loader=dali epoch within

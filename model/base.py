@@ -23,6 +23,7 @@ from torch import nn
 
 from vidcap.model import camera, decoding
 from vidcap.model.backbones import create_backbone
+from vidcap.model.fold import FoldedCNN
 from vidcap.tokens import MAX_LEN
 
 # the camera options' values (CaptionConfig; model/camera.py)
@@ -130,6 +131,9 @@ class VideoCaptioner(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone, self.backbone_info = create_backbone(cfg.backbone, cfg.backbone_weights, cfg.pretrained)
+        # NHWC: oneDNN's CPU convolutions (and cuDNN's bf16 ones) run faster on it. Lite0 at 160 px, 2 cores:
+        # forward 1.7x, forward + backward 1.5x; the features differ from NCHW's by float rounding (~5e-5).
+        self.backbone.to(memory_format=torch.channels_last)
         info = self.backbone_info
         cfg.image_size = cfg.image_size or info.input_size
         cfg.pixel_mean = tuple(cfg.pixel_mean or info.mean)
@@ -155,6 +159,7 @@ class VideoCaptioner(nn.Module):
         self.register_buffer("feat_std", torch.ones(d), persistent=cfg.feature_norm)
         self.backbone_frozen = False
         self.bn_stats = False
+        self._folded = FoldedCNN()
 
     # ---- backbone ---------------------------------------------------------------------------
     def freeze_backbone(self, frozen: bool = True, bn_stats: bool = False) -> None:
@@ -206,18 +211,21 @@ class VideoCaptioner(nn.Module):
         b, k = images.shape[:2]
         frames, valid = self.compensate(images)
         x = frames.flatten(0, 1) / 255
-        x = (x - self.pixel_mean) / self.pixel_std
+        x = ((x - self.pixel_mean) / self.pixel_std).contiguous(memory_format=torch.channels_last)
         # the robust saliency and the track start from the same blurred deviation: computed once
         shared = self.cfg.track and self.cfg.pool == "focus" and self.cfg.saliency == "robust"
         deviation = camera.median_deviation(frames) if shared else None
         track = [camera.track_features(frames, valid, deviation)] if self.cfg.track else []
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+        cnn_grad = torch.is_grad_enabled() and not self.backbone_frozen
+        # a pass that trains no CNN weight runs the BatchNorm-folded copy (model/fold.py)
+        cnn = self.backbone if cnn_grad or not FoldedCNN.usable(self.backbone) else self._folded.get(self.backbone, x)
+        with torch.set_grad_enabled(cnn_grad):
             if self.cfg.pool == "avg":
-                return torch.cat([self.backbone(x).view(b, k, -1), *[t.to(x.dtype) for t in track]], 2)
+                return torch.cat([cnn(x).view(b, k, -1), *[t.to(x.dtype) for t in track]], 2)
             if self.focus_levels:
-                fmap, fine = self.backbone.forward_intermediates(x, indices=[i for i, _ in self.focus_levels])
+                fmap, fine = cnn.forward_intermediates(x, indices=[i for i, _ in self.focus_levels])
             else:
-                fmap = self.backbone.forward_features(x)
+                fmap = cnn.forward_features(x)
                 fine = [fmap] if self.cfg.pool == "focus" else []
             feats = F.adaptive_avg_pool2d(fmap, GRID_SIDE[self.cfg.pool]).flatten(1).view(b, k, -1)
             motion = self.saliency(frames, valid, deviation) if fine else None

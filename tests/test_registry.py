@@ -48,8 +48,8 @@ def test_every_backbone_carries_its_own_preprocessing(name, tmp_path):
     # frame_features -- what training, `caption` and the DALI path's uint8 frames all go through -- applies them
     frames = torch.randint(0, 256, (1, 2, 3, 96, 96), dtype=torch.uint8)
     x = (frames.flatten(0, 1).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        assert torch.allclose(m.frame_features(frames), m.backbone(x).view(1, 2, -1), atol=1e-5)
+    with torch.no_grad():  # (frame_features runs the BatchNorm-folded copy: equal up to float rounding)
+        assert torch.allclose(m.frame_features(frames), m.backbone(x).view(1, 2, -1), rtol=1e-4, atol=1e-4)
     save_checkpoint(tmp_path / "c.pt", m, VOCAB, ["a"] * 16)
     m2, raw = load_checkpoint(tmp_path / "c.pt")
     assert list(raw["config"]["pixel_mean"]) == list(mean) and raw["config"]["image_size"] == size
