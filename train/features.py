@@ -50,6 +50,12 @@ def _fingerprint(model: VideoCaptioner, info: DataInfo, split: str, image_size: 
     return h.hexdigest()[:16]
 
 
+def feature_cache_path(model: VideoCaptioner, info: DataInfo, split: str, image_size: int, max_clips: int | None,
+                       cache_dir: Path) -> Path:
+    """Where a split's features of this CNN, input and shards are cached (train probe reads it too)."""
+    return Path(cache_dir) / f"{split}-{_fingerprint(model, info, split, image_size, max_clips)}.pt"
+
+
 @torch.no_grad()
 def compute_features(model: VideoCaptioner, batches: Iterable[dict], device: torch.device, desc: str,
                      progress: bool) -> FeatureSet:
@@ -78,7 +84,7 @@ def cached_features(model: VideoCaptioner, info: DataInfo, split: str, image_siz
                     progress: bool) -> FeatureSet:
     """This split's features from cache_dir, or computed -- `batches_for(rank, world)` gives a rank's
     share of the split, unshuffled -- and stored. Collective under torchrun (see the module docstring)."""
-    path = Path(cache_dir) / f"{split}-{_fingerprint(model, info, split, image_size, max_clips)}.pt"
+    path = feature_cache_path(model, info, split, image_size, max_clips, cache_dir)
 
     def load() -> FeatureSet | None:
         if not path.exists():

@@ -11,6 +11,8 @@ features carry -- the paper's central claim, measured instead of assumed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -18,7 +20,9 @@ from vidcap.errors import UserError
 from vidcap.grammar import ACTIONS, COLOUR_NAMES, SHAPES
 from vidcap.model.checkpoint import load_checkpoint
 from vidcap.shards.layout import DataInfo
+from vidcap.shards.reader import checked_samples
 from vidcap.train.data import SplitStream, torch_loader
+from vidcap.train.features import feature_cache_path
 
 SLOT_LABELS = {"action": ACTIONS, "colour": COLOUR_NAMES, "shape": SHAPES}
 VIEWS = {
@@ -38,6 +42,32 @@ def split_features(model, info: DataInfo, split: str, batch_size: int = 32) -> t
         feats.append(model.frame_features(batch["frames"]).float())
         objects += [o[0] for o in batch["objects"]]
     return torch.cat(feats), objects
+
+
+def _split_objects(info: DataInfo, split: str) -> dict[str, dict]:
+    """Each clip's main object from the shards' json, without decoding a frame."""
+    stream = SplitStream(info, split)
+    return {smp["json"]["clip_id"]: (smp["json"].get("objects") or [None])[0]
+            for smp in checked_samples(stream.slices, info.build.store, info.expect)}
+
+
+def cached_split_features(model, info: DataInfo, split: str, features_dir: Path | None
+                          ) -> tuple[torch.Tensor, list[dict]] | None:
+    """The split's features from a training run's feature cache (RUN/features/, train/features.py),
+    when it holds this CNN's -- stage 2's checkpoint has stage 1's frozen CNN, so its train split is
+    there -- else None. The cache's key covers the CNN's weights, its input and the shards."""
+    if features_dir is None:
+        return None
+    path = feature_cache_path(model, info, split, model.cfg.image_size, None, features_dir)
+    try:
+        d = torch.load(path, weights_only=True)
+        feats, ids = d["feats"], list(d["clip_ids"])
+    except Exception:  # absent or unreadable: computed instead, never trusted
+        return None
+    objects = _split_objects(info, split)
+    if sorted(objects) != sorted(ids) or not all(objects.values()):
+        return None
+    return feats, [objects[c] for c in ids]
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1e-3, iters: int = 300
@@ -75,10 +105,21 @@ def probe_accuracy(train: tuple[torch.Tensor, list[dict]], test: tuple[torch.Ten
     return out
 
 
-def probe_checkpoint(ckpt: str, data: str, split: str = "val") -> dict:
+def probe_checkpoint(ckpt: str, data: str, split: str = "val", features_dir: str | Path | None = "auto") -> dict:
+    """Probe accuracies of `ckpt`'s CNN on `split`. features_dir "auto": the run's feature cache
+    beside a RUN/stageN/ checkpoint (RUN/features/), where a split's features are read instead of
+    computed when the cache holds this CNN's (the same numbers, ~0.14 s per clip saved); None: always compute."""
     model, _ = load_checkpoint(ckpt)
+    model.eval()
     info = DataInfo.load(data)
-    return probe_accuracy(split_features(model, info, "train"), split_features(model, info, split))
+    if features_dir == "auto":
+        features_dir = Path(ckpt).resolve().parent.parent / "features"
+    features_dir = Path(features_dir) if features_dir is not None else None
+
+    def features(name: str) -> tuple[torch.Tensor, list[dict]]:
+        return cached_split_features(model, info, name, features_dir) or split_features(model, info, name)
+
+    return probe_accuracy(features("train"), features(split))
 
 
 def format_probes(results: dict[str, dict], split: str) -> str:
