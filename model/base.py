@@ -68,6 +68,9 @@ class CaptionConfig:
     # median of blurred frames above the clip's noise floor (default "deviation": from the mean).
     exposure: str = "none"
     stabilize: str = "none"
+    # The share of the stabiliser's 49 blocks that must agree on a camera motion before a frame is
+    # warped (model/camera.py): 0.5 is what every model trained before this setting used.
+    stabilize_share: float = 0.5
     saliency: str = "deviation"
     # Where what moves is, frame by frame: the centroid, spread and mass of each frame's foreground
     # (its deviation from the clip's temporal median, model/camera.py) as 5 more numbers per frame.
@@ -143,6 +146,8 @@ class VideoCaptioner(nn.Module):
         for key, allowed in CAMERA_OPTIONS.items():
             if getattr(cfg, key) not in allowed:
                 raise ValueError(f"model.{key}={getattr(cfg, key)!r}: must be one of {', '.join(allowed)}")
+        if not 0.0 < cfg.stabilize_share <= 1.0:
+            raise ValueError(f"model.stabilize_share={cfg.stabilize_share!r}: must be in (0, 1]")
         self.feature_dim = d = info.feature_dim * POOLS[cfg.pool]  # a frame's feature width
         self.focus_levels = focus_levels(self.backbone) if cfg.pool == "focus" else []
         if self.focus_levels:  # the focus block is the fine maps' channels, not the last map's
@@ -197,7 +202,7 @@ class VideoCaptioner(nn.Module):
             if self.cfg.exposure == "gain":
                 x = camera.exposure_gain(x)
             if self.cfg.stabilize == "similarity":
-                x, valid = camera.stabilize(x)
+                x, valid = camera.stabilize(x, self.cfg.stabilize_share)
         return x, valid
 
     def saliency(self, frames: torch.Tensor, valid: torch.Tensor | None,

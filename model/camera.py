@@ -14,12 +14,15 @@ whole background. Three steps, each an option of the model (``model.exposure``, 
    translation and zoom -- is measured by phase correlation on a 7x7 grid of overlapping blocks
    (coarse grey images, blurred against noise), the blocks that match confidently are fitted by a
    least-squares similarity (shift + scale about the centre) with outlier blocks dropped, so an
-   object moving over a few blocks does not drag the estimate. A motion counts only when at least
-   half of all blocks agree on it: the background is most of the frame, and on a plain wall (no
-   visible camera motion either) a moving object's edges are the only structure the blocks see --
-   with 3x3 blocks of half the frame each, 45 of 60 clean-world test clips were "stabilised" onto
-   their object, and the left/right words lost; with 7x7 blocks and the half rule, none. The estimate
-   is refined twice (warp by it, measure what is left, compose). Each frame is then warped onto
+   object moving over a few blocks does not drag the estimate. A motion counts only when a share of
+   all blocks (``min_share``; ``model.stabilize_share``) agree on it: on a plain wall (no visible
+   camera motion either) a moving object's edges are the only structure the blocks see -- with 3x3
+   blocks of half the frame each, 45 of 60 clean-world test clips were "stabilised" onto their
+   object, and the left/right words lost. With 7x7 blocks an object covers a few of the 49: the rule
+   was half of them (0.5, what models trained before the setting used), which left 15% of the frames
+   of photographs and 10% of clutter uncorrected under a pan; 0.24 (12 blocks) leaves 5% and 2%, with
+   no frame of a static clean-world clip moved by more than a pixel (``bench/stabilizer_coverage.py``).
+   The estimate is refined twice (warp by it, measure what is left, compose). Each frame is then warped onto
    the reference, so what moves afterwards moves relative to the scene -- which is what the
    direction words mean.
 3. **saliency** (``robust``): deviation from the clip's temporal *median* (the object passing a
@@ -39,9 +42,9 @@ COARSE = 96  # side of the grey images the camera's motion is measured on
 BLOCK = 24  # block side for phase correlation: 7 x 7 blocks at stride 12, each a quarter of the frame
 STRIDE = 12
 PEAK_MIN = 0.2  # a block's correlation peak below this: no confident match (texture-less, or noise)
-# The camera moves the background, which is most of the frame: a motion counts only when at least this
-# share of all blocks agree on it. A moving object -- even a large one, over a plain gradient, whose
-# edges are the only structure the blocks see -- covers fewer blocks than that.
+# A motion counts only when at least this share of all blocks agree on it (the default; the model's
+# ``stabilize_share`` overrides it). A moving object -- even a large one, over a plain gradient, whose
+# edges are the only structure the blocks see -- covers fewer blocks than half.
 MIN_SHARE = 0.5
 
 
@@ -158,9 +161,10 @@ def _warp(img: torch.Tensor, trans: torch.Tensor, scale: torch.Tensor) -> torch.
     return F.grid_sample(img[:, None], src, mode="bilinear", padding_mode="border", align_corners=True)[:, 0]
 
 
-def camera_motion(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def camera_motion(frames: torch.Tensor, min_share: float = MIN_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
     """Per frame, the camera's motion relative to the middle frame: shift (B, K, 2) in pixels of
-    the frame (x, y) and scale (B, K), from frames (B, K, 3, H, W) in [0, 255].
+    the frame (x, y) and scale (B, K), from frames (B, K, 3, H, W) in [0, 255]; a frame on whose
+    motion fewer than `min_share` of the blocks agree is left alone (shift 0, scale 1).
 
     Measured, then refined twice: each frame is warped by the estimate so far and the motion left is
     measured again and composed in (phase correlation's sub-pixel peak is biased towards whole
@@ -173,10 +177,10 @@ def camera_motion(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat = small.flatten(0, 1)
     trans, scale, agree = _block_motion(ref, flat)
     n_blocks = len(range(0, COARSE - BLOCK + 1, STRIDE)) ** 2
-    enough = agree >= MIN_SHARE * n_blocks
+    enough = agree >= min_share * n_blocks
     for _ in range(2):
         t2, s2, agree2 = _block_motion(ref, _warp(flat, trans, scale))
-        use = enough & (agree2 >= MIN_SHARE * n_blocks)
+        use = enough & (agree2 >= min_share * n_blocks)
         # frame(s * (s2 * p + t2) + t): scale s * s2, translation s * t2 + t
         trans = torch.where(use[:, None], scale[:, None] * t2 + trans, trans)
         scale = torch.where(use, scale * s2, scale)
@@ -188,11 +192,11 @@ def camera_motion(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return trans * pix, scale
 
 
-def stabilize(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def stabilize(frames: torch.Tensor, min_share: float = MIN_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames (B, K, 3, H, W) in [0, 255] warped onto the middle frame's view (the camera's shift
     and zoom undone), and a validity mask (B, K, 1, H, W): 0 where the warp had no pixels to show."""
     b, k, c, h, w = frames.shape
-    shift, scale = camera_motion(frames)
+    shift, scale = camera_motion(frames, min_share)
     # frame k shows the reference's point p at s * p + t (centred coordinates): sample frame k there
     ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=frames.device, dtype=frames.dtype),
                             torch.linspace(-1, 1, w, device=frames.device, dtype=frames.dtype), indexing="ij")

@@ -285,10 +285,31 @@ def test_stabilize_undoes_a_pan(base_spec):
     assert after - floor < 0.1 * (before - floor), (floor, before, after)
 
 
-def test_plain_walls_are_left_alone(base_spec):
+@pytest.mark.parametrize("share", [camera.MIN_SHARE, 0.24])
+def test_plain_walls_are_left_alone(base_spec, share):
     """No texture, no confident blocks: a camera at rest (the object alone must not be 'stabilised' away)."""
-    shift, scale = camera.camera_motion(_clip_tensor(_frames(_with(base_spec, noise=10.0))))
+    shift, scale = camera.camera_motion(_clip_tensor(_frames(_with(base_spec, noise=10.0))), share)
     assert float(shift.abs().max()) == 0.0 and float((scale - 1).abs().max()) == 0.0
+
+
+def test_a_minority_of_textured_blocks_measures_the_camera_and_the_object_alone_does_not(base_spec):
+    """`stabilize_share`: a pan seen only by the top 30% of the frame (a textured strip over a plain wall:
+    12-24 of the 49 blocks) is measured at a share of 0.24 and left alone at the old half; the moving
+    object over a gradient, with the camera at rest, is not taken for a camera motion at 0.24 either."""
+    from scipy.ndimage import gaussian_filter
+
+    tex = gaussian_filter(np.random.default_rng(0).uniform(0, 255, (220, 220)), 2.0)
+    tex = np.clip((tex - tex.mean()) * 4 + 128, 0, 255)
+    frames = np.full((5, 160, 160, 3), 128.0)
+    offsets = 3 * (np.arange(5) - 2)  # the camera moves right 3 px a frame: the scene moves left
+    for k, dx in enumerate(offsets):
+        frames[k, :48] = tex[20:68, 20 + dx : 180 + dx, None]
+    half, _ = camera.camera_motion(_clip_tensor(frames), 0.5)
+    minority, _ = camera.camera_motion(_clip_tensor(frames), 0.24)
+    assert float(half.abs().max()) == 0.0
+    assert np.abs(minority[0, :, 0].numpy() + offsets).max() < 0.5 and float(minority[0, :, 1].abs().max()) < 0.5
+    still, _ = camera.camera_motion(_clip_tensor(_frames(_with(base_spec, noise=4.0))), 0.24)
+    assert float(still.abs().max()) < 1.0
 
 
 def test_the_depthwise_blur_and_the_shared_deviation_equal_their_plain_forms():
@@ -306,6 +327,16 @@ def test_the_depthwise_blur_and_the_shared_deviation_equal_their_plain_forms():
     dev = camera.median_deviation(frames)
     assert torch.equal(camera.robust_saliency(frames, deviation=dev), camera.robust_saliency(frames))
     assert torch.equal(camera.track_features(frames, deviation=dev), camera.track_features(frames))
+
+
+def test_the_stabiliser_share_is_a_model_setting_that_old_files_read_as_the_half_rule():
+    from vidcap.model import create_model, make_config
+    from vidcap.model.registry import ADDED_SETTINGS
+
+    assert ADDED_SETTINGS["stabilize_share"] == camera.MIN_SHARE == 0.5
+    assert make_config("cpu-small", 10).stabilize_share == 0.24
+    with pytest.raises(ValueError, match="stabilize_share"):
+        create_model(make_config("tiny", 10, stabilize="similarity", stabilize_share=0.0))
 
 
 @pytest.mark.parametrize("option", ["exposure", "stabilize", "saliency"])

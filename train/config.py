@@ -164,7 +164,7 @@ def check_ranges(cfg: TrainConfig) -> None:
 _MODEL_RANGES = {"image_size": (16, 1024), "n_frames": (1, 64), "embed": (1, 65536), "hidden": (1, 65536),
                  "dropout": (0.0, 0.99), "max_len": (2, 1000), "n_attributes": (1, 100_000), "init_range": (0.0, 10.0),
                  "d_model": (1, 65536), "heads": (1, 1024), "enc_layers": (0, 64), "dec_layers": (1, 64),
-                 "ff": (1, 262_144), "init_std": (0.0, 10.0)}
+                 "ff": (1, 262_144), "init_std": (0.0, 10.0), "stabilize_share": (0.01, 1.0)}
 
 
 def model_override(key: str, text: str) -> object:

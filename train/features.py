@@ -2,8 +2,9 @@
 
 With the CNN frozen and no augmentation, a clip's pooled features are the same every epoch, so
 they are computed once per split and reused: exactly equivalent to recomputing them. The cache is
-keyed by a hash of the backbone weights, its input normalisation, the input size and the split's
-shard checksums, and kept on disk under RUN/features/ so stage 2 reuses stage 1's.
+keyed by a hash of the backbone weights, its input normalisation, the input size, the pooling and
+the camera settings that change a frame's features (exposure, stabilisation, saliency, track), and
+the split's shard checksums, and kept on disk under RUN/features/ so stage 2 reuses stage 1's.
 
 Under torchrun the cache is built once, by all ranks together: each computes the features of its
 contiguous share of the split and all_gather puts them back in split order on every rank (every
@@ -46,7 +47,10 @@ def _fingerprint(model: VideoCaptioner, info: DataInfo, split: str, image_size: 
     manifest = info.build.manifest(split)
     used = [r.name for r in info.shards(split)]  # skip_bad_shards may leave some out
     pixels = [model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()]  # the backbone's preprocessing
-    h.update(json.dumps([image_size, pixels, model.cfg.pool, max_clips, [s["sha256"] for s in manifest["shards"]], used]).encode())
+    cfg = model.cfg
+    camera = [cfg.exposure, cfg.stabilize, cfg.stabilize_share, cfg.saliency, cfg.track]
+    h.update(json.dumps([image_size, pixels, cfg.pool, camera, max_clips, [s["sha256"] for s in manifest["shards"]],
+                         used]).encode())
     return h.hexdigest()[:16]
 
 
