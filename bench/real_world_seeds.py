@@ -10,7 +10,11 @@ Reads back what each demo left -- it trains nothing -- and reports:
 - with --before MODEL_DIR..., the same robustness table of older models (e.g. the clean-world demo model),
   read from their robustness.json files.
 
-Usage: python bench/real_world_seeds.py DEMO [DEMO ...] [--before ROB_JSON ...] [--out bench/real_world_seeds_report.json]
+- with --against DEMO..., the same seeds run with another setting: per stage, these demos minus
+  those, paired over the realistic test clips (the same clips: the same seed renders the same world).
+
+Usage: python bench/real_world_seeds.py DEMO [DEMO ...] [--before ROB_JSON ...] [--against DEMO ...]
+       [--out bench/real_world_seeds_report.json]
 (writes the .json, a .md of its tables and a .png of the stage-3 robustness beside it)
 """
 
@@ -73,18 +77,24 @@ def per_stage(seeds: list[dict]) -> list[dict]:
     return rows
 
 
-def paired(seeds: list[dict], a: int, b: int) -> dict:
+def paired_runs(first: list[dict], second: list[dict]) -> dict:
+    """second - first over the realistic test clips of all seeds pooled (the same clips under two
+    checkpoints: one stage result per seed in each list, seeds in the same order)."""
     out = {}
-    pool = lambda f: {(i, c): v for i, sd in enumerate(seeds) for c, v in f(sd).items()}  # noqa: E731
-    m, se = paired_difference(pool(lambda sd: sd["stages"][a]["cider"]), pool(lambda sd: sd["stages"][b]["cider"]))
+    pool = lambda runs, f: {(i, c): v for i, run in enumerate(runs) for c, v in f(run).items()}  # noqa: E731
+    m, se = paired_difference(pool(first, lambda r: r["cider"]), pool(second, lambda r: r["cider"]))
     out["CIDEr"] = {"diff": 100 * m, "se": 100 * se}
     for slot in SLOTS:
-        ca = pool(lambda sd, s=slot: {c: float(r[s]) for c, r in sd["stages"][a]["correct"].items()})
-        cb = pool(lambda sd, s=slot: {c: float(r[s]) for c, r in sd["stages"][b]["correct"].items()})
+        ca = pool(first, lambda r, s=slot: {c: float(v[s]) for c, v in r["correct"].items()})
+        cb = pool(second, lambda r, s=slot: {c: float(v[s]) for c, v in r["correct"].items()})
         m, se = paired_difference(ca, cb)
         out[slot] = {"diff": 100 * m, "se": 100 * se, "fixed": sum(cb[k] > ca[k] for k in ca),
                      "broken": sum(cb[k] < ca[k] for k in ca)}
     return out
+
+
+def paired(seeds: list[dict], a: int, b: int) -> dict:
+    return paired_runs([sd["stages"][a] for sd in seeds], [sd["stages"][b] for sd in seeds])
 
 
 def by_nuisance(seeds: list[dict], stage: int = 3) -> dict:
@@ -124,6 +134,15 @@ def _ms(d: dict | None, k: str) -> str:
     return f"{100 * d[k]['mean']:.1f} ± {100 * d[k]['std']:.1f}"
 
 
+def _paired_cells(p: dict) -> list[str]:
+    cells = [f"{p['CIDEr']['diff']:+.1f} ± {p['CIDEr']['se']:.1f} ({p['CIDEr']['diff'] / max(p['CIDEr']['se'], 1e-9):.1f} SE)"]
+    for slot in SLOTS:
+        q = p[slot]
+        cells.append(f"{q['diff']:+.1f} ± {q['se']:.1f} ({q['diff'] / max(q['se'], 1e-9):.1f} SE); "
+                     f"{q['fixed']} fixed, {q['broken']} broken")
+    return cells
+
+
 def format_markdown(r: dict) -> str:
     n = len(r["demos"])
     out = [f"## Per stage, mean ± std over {n} seeds (test split, beam 3)", "",
@@ -134,13 +153,12 @@ def format_markdown(r: dict) -> str:
             out.append(f"| stage {row['stage']} | {where} | {cider} | " + " | ".join(_ms(row[where], k) for k in ACC) + " |")
     out += ["", f"## Paired stage differences, realistic test clips of the {n} seeds pooled (mean ± SE; fixed / broken clips)",
             "", "| | CIDEr | action | colour | shape | all three |", "|---|---|---|---|---|---|"]
-    for name, p in r["paired"].items():
-        cells = [f"{p['CIDEr']['diff']:+.1f} ± {p['CIDEr']['se']:.1f} ({p['CIDEr']['diff'] / max(p['CIDEr']['se'], 1e-9):.1f} SE)"]
-        for slot in SLOTS:
-            q = p[slot]
-            cells.append(f"{q['diff']:+.1f} ± {q['se']:.1f} ({q['diff'] / max(q['se'], 1e-9):.1f} SE); "
-                         f"{q['fixed']} fixed, {q['broken']} broken")
-        out.append(f"| stage {name} | " + " | ".join(cells) + " |")
+    out += [f"| stage {name} | " + " | ".join(_paired_cells(p)) + " |" for name, p in r["paired"].items()]
+    if r.get("against"):
+        out += ["", f"## These demos - the --against demos ({', '.join(r['against']['demos'])}), the same seeds: "
+                "paired over their realistic test clips pooled (mean ± SE; fixed / broken clips)", "",
+                "| | CIDEr | action | colour | shape | all three |", "|---|---|---|---|---|---|"]
+        out += [f"| stage {s} | " + " | ".join(_paired_cells(p)) + " |" for s, p in r["against"]["per_stage"].items()]
     out += ["", "## Stage 3 per recorded nuisance of the realistic test clips (pooled over seeds)", "",
             "| clips with | n | action % | colour % | shape % | all three % |", "|---|---|---|---|---|---|"]
     for name, g in r["stage3_by_nuisance"].items():
@@ -195,11 +213,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("demos", nargs="+", type=Path)
     ap.add_argument("--before", nargs="*", type=Path, default=[], help="robustness.json files of older models")
+    ap.add_argument("--against", nargs="*", type=Path, default=[],
+                    help="the same seeds' demos with another setting (same order): paired differences per stage")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "real_world_seeds_report.json")
     a = ap.parse_args()
     with Scorer(meteor=False) as scorer:
         seeds = [load_seed(d, scorer) for d in a.demos]
+        others = [load_seed(d, scorer) for d in a.against]
     report = summarise(seeds, [json.loads(p.read_text()) for p in a.before])
+    if others:
+        if len(others) != len(seeds):
+            raise SystemExit(f"--against: {len(others)} demos for {len(seeds)} seeds (one per seed, same order)")
+        report["against"] = {"demos": [str(d) for d in a.against], "per_stage": {
+            str(s): paired_runs([o["stages"][s] for o in others], [sd["stages"][s] for sd in seeds]) for s in STAGES}}
     write_json_atomic(a.out, report)
     md = format_markdown(report)
     write_bytes_atomic(a.out.with_suffix(".md"), md.encode())

@@ -69,7 +69,8 @@ class CaptionConfig:
     exposure: str = "none"
     stabilize: str = "none"
     # The share of the stabiliser's 49 blocks that must agree on a camera motion before a frame is
-    # warped (model/camera.py): 0.5 is what every model trained before this setting used.
+    # warped (model/camera.py). 0.5 is what every model trained before this setting used; lower
+    # corrects more frames of textured scenes and locks onto a large object over a plain wall.
     stabilize_share: float = 0.5
     saliency: str = "deviation"
     # Where what moves is, frame by frame: the centroid, spread and mass of each frame's foreground

@@ -19,13 +19,13 @@ whole background. Three steps, each an option of the model (``model.exposure``, 
    camera motion either) a moving object's edges are the only structure the blocks see -- with 3x3
    blocks of half the frame each, 45 of 60 clean-world test clips were "stabilised" onto their
    object, and the left/right words lost. With 7x7 blocks an object covers a few of the 49: the rule
-   was half of them (0.5, what models trained before the setting used), which left 20% of the frames
-   of photographs and 14% of clutter uncorrected under a pan; 0.24 (12 blocks) leaves 8% and 6%, and
-   moves 2.1% of the frames of static clean-world clips by more than a pixel (0.5: 0.6%;
-   ``bench/stabilizer_coverage.py``, seed 0's test clips).
-   The estimate is refined twice (warp by it, measure what is left, compose). Each frame is then warped onto
-   the reference, so what moves afterwards moves relative to the scene -- which is what the
-   direction words mean.
+   is half of them (0.5, the default and cpu-small's), which leaves 20% of the frames of photographs
+   and 14% of clutter uncorrected under a pan; 0.24 (12 blocks) leaves 8% and 6% and moves 2.1% of
+   the frames of static clean-world clips by more than a pixel (0.5: 0.6%;
+   ``bench/stabilizer_coverage.py``, seed 0's test clips) -- but a large object over a plain wall
+   covers 12 blocks too, and at 0.24 the camera is locked onto it (a test shows it). The estimate is refined twice (warp by
+   it, measure what is left, compose). Each frame is then warped onto the reference, so what moves
+   afterwards moves relative to the scene -- which is what the direction words mean.
 3. **saliency** (``robust``): deviation from the clip's temporal *median* (the object passing a
    pixel in one or two of five frames does not shift it), of blurred frames (noise averages out),
    minus the clip's own noise floor (the median deviation), outside the border a warp extrapolated.

@@ -60,7 +60,7 @@ PRESETS: dict[str, dict] = {
     # thing is in each frame as 5 more numbers (track; model/camera.py).
     "cpu-small": dict(backbone="tf_efficientnet_lite0", image_size=160, embed=256, hidden=512, n_attributes=400,
                       pool="focus", feature_norm=True, motion="diff", frame_dropout="shared",
-                      exposure="gain", stabilize="similarity", stabilize_share=0.24, saliency="robust", track=True),
+                      exposure="gain", stabilize="similarity", saliency="robust", track=True),
     # Seconds-fast, for tests.
     "tiny": dict(backbone="tiny", pretrained=False, image_size=64, embed=32, hidden=64, n_attributes=16),
 }
