@@ -294,26 +294,33 @@ def test_plain_walls_are_left_alone(base_spec, share):
     assert float(shift.abs().max()) == 0.0 and float((scale - 1).abs().max()) == 0.0
 
 
-def test_a_minority_of_textured_blocks_measures_the_camera_and_a_large_object_is_then_taken_for_it(base_spec):
-    """`stabilize_share`: a pan seen only by the top 30% of the frame (a textured strip over a plain wall:
-    12-24 of the 49 blocks) is measured at a share of 0.24 and left alone at the half rule. The price,
-    and why cpu-small keeps the half rule: a large object moving over a plain wall covers 12 blocks too,
-    and at 0.24 the frames beside the middle one are warped onto it (the object 'stands still')."""
+def _textured_strip_pan() -> tuple[np.ndarray, np.ndarray]:
+    """Frames (5, 160, 160, 3) of a camera moving right 3 px a frame over a wall textured only in its
+    top 30% (12-24 of the stabiliser's 49 blocks see the motion), and the camera offsets (5,)."""
     from scipy.ndimage import gaussian_filter
 
     tex = gaussian_filter(np.random.default_rng(0).uniform(0, 255, (220, 220)), 2.0)
     tex = np.clip((tex - tex.mean()) * 4 + 128, 0, 255)
     frames = np.full((5, 160, 160, 3), 128.0)
-    offsets = 3 * (np.arange(5) - 2)  # the camera moves right 3 px a frame: the scene moves left
+    offsets = 3 * (np.arange(5) - 2)  # the scene moves left in the frame
     for k, dx in enumerate(offsets):
         frames[k, :48] = tex[20:68, 20 + dx : 180 + dx, None]
+    return frames, offsets
+
+
+def test_a_minority_of_textured_blocks_measures_the_camera_and_a_large_object_is_then_taken_for_it(base_spec):
+    """`stabilize_share`: a pan seen only by the top 30% of the frame (a textured strip over a plain wall:
+    12-24 of the 49 blocks) is measured at a share of 0.24 and left alone at the half rule. The price,
+    and why cpu-small keeps the half rule: a large object moving over a plain wall covers 12 blocks too,
+    and at 0.24 the frames beside the middle one are warped onto it (the object 'stands still')."""
+    frames, offsets = _textured_strip_pan()
     half, _ = camera.camera_motion(_clip_tensor(frames), 0.5)
     minority, _ = camera.camera_motion(_clip_tensor(frames), 0.24)
     assert float(half.abs().max()) == 0.0
     assert np.abs(minority[0, :, 0].numpy() + offsets).max() < 0.5 and float(minority[0, :, 1].abs().max()) < 0.5
 
-    big = _clip_tensor(_frames(_with(base_spec, noise=4.0)))  # the object alone: no camera motion
-    assert float(camera.camera_motion(big, 0.24)[0].abs().max()) < 1.0  # a small object: left alone
+    small = _clip_tensor(_frames(_with(base_spec, noise=4.0)))  # the object alone: no camera motion
+    assert float(camera.camera_motion(small, 0.24)[0].abs().max()) < 1.0  # a small object: left alone
     spec = ClipSpec(0, "train", "gray", 120, 120, False)
     spec.objects.append(ObjectSpec("square", "red", "large", "right", 0.22, 0.3, 0.0))
     square = _clip_tensor(np.stack([render_frame(spec, t, 160, 160) for t in np.linspace(0.1, 0.9, 5)]).astype(np.float32))
@@ -344,7 +351,14 @@ def test_the_stabiliser_share_is_a_model_setting_that_old_files_read_as_the_half
 
     assert ADDED_SETTINGS["stabilize_share"] == camera.MIN_SHARE == 0.5
     assert make_config("cpu-small", 10).stabilize_share == 0.5
-    assert make_config("cpu-small", 10, stabilize_share=0.24).stabilize_share == 0.24
+    # the setting reaches the stabiliser: the minority-only pan is undone at 0.24, left as it is at 0.5
+    frames = torch.from_numpy(_textured_strip_pan()[0]).permute(0, 3, 1, 2)[None].to(torch.uint8)
+    seen = {share: create_model(make_config("tiny", 10, stabilize="similarity", stabilize_share=share)).eval()
+            .compensate(frames)[0] for share in (0.5, 0.24)}
+    for share, x in seen.items():
+        assert torch.equal(x, camera.stabilize(frames.float(), share)[0])
+    assert torch.allclose(seen[0.5], frames.float(), atol=1e-2)  # left alone (an identity warp)
+    assert (seen[0.24] - frames.float()).abs().amax() > 50  # the texture moved back by 3-6 px
     with pytest.raises(ValueError, match="stabilize_share"):
         create_model(make_config("tiny", 10, stabilize="similarity", stabilize_share=0.0))
 
