@@ -284,7 +284,7 @@ def test_focus_pooling_binds_the_moving_objects_look_with_real_lite0():
     """model.pool=focus with the real ImageNet Lite0: the focus block of 'red square moves, blue
     circle still' is nearer to a clip where only the red square moves than to one where only a blue
     square moves, and the swapped clip the other way round -- what the grid mixes, focus keeps apart."""
-    m = create_model(make_config("cpu-small", 12, pool="focus", image_size=160, track=False)).eval()
+    m = create_model(make_config("cpu-small", 12, pool="focus", image_size=160, track=False, scene=True)).eval()
     grid_dim = 4 * m.backbone_info.feature_dim
     assert m.feature_dim == grid_dim + sum(c for _, c in m.focus_levels) and m.focus_levels
     with torch.no_grad():
@@ -297,6 +297,27 @@ def test_focus_pooling_binds_the_moving_objects_look_with_real_lite0():
     assert (red_blue - red_only).norm() < 0.2 * apart  # the still circle barely counts
     assert (blue_red - blue_only).norm() < 0.2 * apart
     assert (red_blue - blue_red).norm() > 0.8 * apart
+
+
+def test_without_the_scene_a_frame_is_what_moves_and_the_cnn_stops_at_stride_16():
+    """model.scene=false (cpu-small's): a frame's features are exactly the focus block and track that
+    scene=true puts after the grid of the last map -- the same numbers from the same real Lite0 --
+    and the CNN's stride-32 stages never run. scene=true switches it off; without focus pooling
+    there would be nothing left, which is a one-line error."""
+    clip = _two_object_clip("red", "blue")
+    with_scene = create_model(make_config("cpu-small", 12, scene=True))
+    without = create_model(make_config("cpu-small", 12, scene=False))
+    assert without.blocks == with_scene.blocks[1:] and without.feature_dim == sum(with_scene.blocks[1:])
+    last_stage = []
+    without.backbone.conv_head.register_forward_hook(lambda *_: last_stage.append(1))
+    for m in (with_scene, without):  # the CNN itself (trainable, as in stage 3), not its folded copy
+        m.freeze_backbone(False)
+        m.eval()
+    feats = without.frame_features(clip)
+    assert not last_stage
+    torch.testing.assert_close(feats, with_scene.frame_features(clip)[..., with_scene.blocks[0]:])
+    with pytest.raises(ValueError, match="model.scene=false needs model.pool=focus"):
+        create_model(make_config("cpu-small", 12, scene=False, pool="grid"))
 
 
 @pytest.mark.parametrize("pool", ["grid", "focus"])
