@@ -86,6 +86,13 @@ class CaptionConfig:
     # (5,277) 83.7 / 82.5 / 82.5% -- the grid's 5,120 numbers describe the background, and a model fitted
     # on 840 clips learns the backgrounds.
     scene: bool = True
+    # A second focus block (``pool="focus"`` only): each frame's fine maps averaged over where the
+    # foreground is in that frame (``camera.frame_foreground``), not over everywhere the clip moves.
+    # The clip's saliency covers the object's path, so in each frame most of its weight lies on the
+    # background the object has left or will reach; the frame's own foreground is the object. Linear
+    # probes (realistic world, seed 0, frozen CNN, test): colour 90.4 -> 93.3%, shape 88.7 -> 94.6%
+    # with it beside the focus block and track; the action comes from the clip's block and the track.
+    frame_focus: bool = False
     max_len: int = MAX_LEN
     n_attributes: int = 400
 
@@ -108,7 +115,8 @@ def deviation_saliency(images: torch.Tensor) -> torch.Tensor:
 
 
 def motion_focus(motion: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
-    """Each frame's feature map (B, K, C, h, w) averaged over where the clip moves: (B, K, C).
+    """Each frame's feature map (B, K, C, h, w) averaged over where the clip moves: (B, K, C); with
+    `motion` (B, K, H, W), each frame over its own map (where the foreground is in that frame).
 
     The weights are a saliency map (B, H, W) of how much each pixel changes over the clip, averaged
     over each cell of the map and normalised to sum 1 per clip -- a fixed, parameter-free saliency
@@ -116,9 +124,13 @@ def motion_focus(motion: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
     grid of the last map mixes a moving object with a still one in the same or a neighbouring cell.
     """
     b, k, c, h, w = fmap.shape
-    weights = F.adaptive_avg_pool2d(motion[:, None], (h, w)).flatten(1) + 1e-6  # (B, h*w)
-    weights = weights / weights.sum(1, keepdim=True)
-    return torch.einsum("bkcn,bn->bkc", fmap.flatten(3), weights.to(fmap.dtype))
+    per_frame = motion.dim() == 4  # (B, K, H, W): one map of weights per frame (CaptionConfig.frame_focus)
+    cells = F.adaptive_avg_pool2d(motion.flatten(0, 1)[:, None] if per_frame else motion[:, None], (h, w))
+    weights = cells.flatten(1) + 1e-6  # (B*K or B, h*w)
+    weights = (weights / weights.sum(1, keepdim=True)).to(fmap.dtype)
+    if per_frame:
+        return torch.einsum("bkcn,bkn->bkc", fmap.flatten(3), weights.view(b, k, -1))
+    return torch.einsum("bkcn,bn->bkc", fmap.flatten(3), weights)
 
 
 def focus_levels(backbone: nn.Module) -> list[tuple[int, int]]:
@@ -159,11 +171,15 @@ class VideoCaptioner(nn.Module):
             raise ValueError(f"model.stabilize_share={cfg.stabilize_share!r}: must be in (0, 1]")
         if not cfg.scene and cfg.pool != "focus":
             raise ValueError(f"model.scene=false needs model.pool=focus (with pool={cfg.pool!r} a frame would have no features)")
+        if cfg.frame_focus and cfg.pool != "focus":
+            raise ValueError(f"model.frame_focus=true needs model.pool=focus (not {cfg.pool!r})")
         self.focus_levels = focus_levels(self.backbone) if cfg.pool == "focus" else []
         # a frame's features: blocks side by side -- the scene (grid or average), focus, track
         self.blocks = [info.feature_dim * GRID_SIDE.get(cfg.pool, 1) ** 2] if cfg.scene else []
         if cfg.pool == "focus":  # the fine maps' channels, or the last map's where a backbone has no fine maps
             self.blocks.append(sum(c for _, c in self.focus_levels) if self.focus_levels else info.feature_dim)
+            if cfg.frame_focus:
+                self.blocks.append(self.blocks[-1])
         if cfg.track:
             self.blocks.append(camera.TRACK_DIM)
         self.feature_dim = d = sum(self.blocks)
@@ -226,9 +242,10 @@ class VideoCaptioner(nn.Module):
         frames, valid = self.compensate(images)
         x = frames.flatten(0, 1) / 255
         x = ((x - self.pixel_mean) / self.pixel_std).contiguous(memory_format=torch.channels_last)
-        # the robust saliency and the track start from the same blurred deviation: computed once
-        shared = self.cfg.track and self.cfg.pool == "focus" and self.cfg.saliency == "robust"
-        deviation = camera.median_deviation(frames) if shared else None
+        # the robust saliency, the frame focus and the track start from the same blurred deviation:
+        # computed once where two of them need it
+        users = self.cfg.track + self.cfg.frame_focus + (self.cfg.pool == "focus" and self.cfg.saliency == "robust")
+        deviation = camera.median_deviation(frames) if users >= 2 else None
         track = [camera.track_features(frames, valid, deviation)] if self.cfg.track else []
         cnn_grad = torch.is_grad_enabled() and not self.backbone_frozen
         # a pass that trains no CNN weight runs the BatchNorm-folded copy (model/fold.py)
@@ -248,6 +265,9 @@ class VideoCaptioner(nn.Module):
             scene = [F.adaptive_avg_pool2d(fmap, GRID_SIDE[self.cfg.pool]).flatten(1).view(b, k, -1)] if self.cfg.scene else []
             motion = self.saliency(frames, valid, deviation) if fine else None
             focus = [motion_focus(motion, m.view(b, k, *m.shape[1:])) for m in fine]
+            if self.cfg.frame_focus:
+                where = camera.frame_foreground(frames, valid, deviation)
+                focus += [motion_focus(where, m.view(b, k, *m.shape[1:])) for m in fine]
             return torch.cat([*scene, *focus, *[t.to(focus[0].dtype) for t in track]], 2)
 
     # ---- pooled features and the attribute head -----------------------------------------------

@@ -59,10 +59,12 @@ PRESETS: dict[str, dict] = {
     # shift and zoom compensated, focus pooling weighed by the robust saliency -- and where the moving
     # thing is in each frame as 5 more numbers (track; model/camera.py); and no scene block (the 2x2
     # grid of the last map: 5,120 numbers of background that 840 training clips overfit), so a frame
-    # is what moves: its focus features and its track (157 numbers).
+    # is what moves: its focus features over the clip's saliency and over each frame's own foreground,
+    # and its track (152 + 152 + 5 numbers).
     "cpu-small": dict(backbone="tf_efficientnet_lite0", image_size=160, embed=256, hidden=512, n_attributes=400,
                       pool="focus", feature_norm=True, motion="diff", frame_dropout="shared",
-                      exposure="gain", stabilize="similarity", saliency="robust", track=True, scene=False),
+                      exposure="gain", stabilize="similarity", saliency="robust", track=True, scene=False,
+                      frame_focus=True),
     # Seconds-fast, for tests.
     "tiny": dict(backbone="tiny", pretrained=False, image_size=64, embed=32, hidden=64, n_attributes=16),
 }

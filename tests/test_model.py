@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vidcap.model import ARCHS, Captioner, create_model, load_checkpoint, make_config, save_checkpoint
+from vidcap.model import ARCHS, Captioner, camera, create_model, load_checkpoint, make_config, save_checkpoint
 from vidcap.model.backbones import BACKBONES, create_backbone, lite_weights_file, remap_lukemelas_lite
 from vidcap.tokens import BOS, EOS, PAD, SPECIALS
 from vidcap.train.losses import sequence_mask
@@ -280,16 +280,26 @@ def _two_object_clip(moving: str, still: str | None, size: int = 160) -> torch.T
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2)[None]
 
 
-def test_focus_pooling_binds_the_moving_objects_look_with_real_lite0():
+def _block(m, feats: torch.Tensor, i: int) -> torch.Tensor:
+    """Block i of a frame's features (model.blocks: scene grid, focus, frame focus, track as configured)."""
+    start = sum(m.blocks[:i])
+    return feats[..., start : start + m.blocks[i]]
+
+
+@pytest.mark.parametrize("block", ["focus", "frame focus"])
+def test_focus_pooling_binds_the_moving_objects_look_with_real_lite0(block):
     """model.pool=focus with the real ImageNet Lite0: the focus block of 'red square moves, blue
     circle still' is nearer to a clip where only the red square moves than to one where only a blue
-    square moves, and the swapped clip the other way round -- what the grid mixes, focus keeps apart."""
-    m = create_model(make_config("cpu-small", 12, pool="focus", image_size=160, track=False, scene=True)).eval()
-    grid_dim = 4 * m.backbone_info.feature_dim
-    assert m.feature_dim == grid_dim + sum(c for _, c in m.focus_levels) and m.focus_levels
+    square moves, and the swapped clip the other way round -- what the grid mixes, focus keeps apart.
+    The same for the frame-focus block (each frame pooled over its own foreground)."""
+    m = create_model(make_config("cpu-small", 12, pool="focus", image_size=160, track=False, scene=True,
+                                 frame_focus=True)).eval()
+    fine = sum(c for _, c in m.focus_levels)
+    assert m.focus_levels and m.blocks == [4 * m.backbone_info.feature_dim, fine, fine]
+    index = 1 if block == "focus" else 2
     with torch.no_grad():
         def focus(moving, still):
-            return m.frame_features(_two_object_clip(moving, still))[0, :, grid_dim:].mean(0)
+            return _block(m, m.frame_features(_two_object_clip(moving, still)), index)[0].mean(0)
 
         red_blue, blue_red = focus("red", "blue"), focus("blue", "red")
         red_only, blue_only = focus("red", None), focus("blue", None)
@@ -297,6 +307,22 @@ def test_focus_pooling_binds_the_moving_objects_look_with_real_lite0():
     assert (red_blue - red_only).norm() < 0.2 * apart  # the still circle barely counts
     assert (blue_red - blue_only).norm() < 0.2 * apart
     assert (red_blue - blue_red).norm() > 0.8 * apart
+
+
+def test_frame_focus_is_one_more_block_and_switches_off_exactly():
+    """model.frame_focus (cpu-small's) adds one block of the fine maps' width after the clip's focus
+    block (what it binds is checked above); frame_focus=false gives the other blocks unchanged, and
+    without focus pooling it is a one-line error."""
+    clip = _two_object_clip("red", "blue")
+    on = create_model(make_config("cpu-small", 12)).eval()
+    off = create_model(make_config("cpu-small", 12, frame_focus=False)).eval()
+    assert on.blocks == [off.blocks[0], off.blocks[0], camera.TRACK_DIM] and off.blocks[1] == camera.TRACK_DIM
+    with torch.no_grad():
+        feats, plain = on.frame_features(clip)[0], off.frame_features(clip)[0]
+    torch.testing.assert_close(plain, torch.cat([_block(on, feats, 0), _block(on, feats, 2)], -1))
+    assert not torch.allclose(_block(on, feats, 1), _block(on, feats, 0))  # a block of its own, not a copy
+    with pytest.raises(ValueError, match="model.frame_focus=true needs model.pool=focus"):
+        create_model(make_config("tiny", 12, frame_focus=True))
 
 
 def test_without_the_scene_a_frame_is_what_moves_and_the_cnn_stops_at_stride_16():
