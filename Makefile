@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml constraints.txt
 # clutter, distractors, occlusion, blur) -> shards -> stages 1, 2, 3 (cpu-small) -> test evaluation after
 # each stage (all clips, seen / unseen combinations, per nuisance) and on a clean-world test set ->
 # robustness of the stage-3 model -> probes of the CNN before / after stage 3 -> model folder -> caption
-# real clips. About 13 minutes on 2 cores after set-up (10.8-10.9 min measured with the rendered clips reused, seeds 0-2; rendering adds ~2). `make demo DEMO=demo-s1 SEED=1`: another seed.
+# real clips. About 13 minutes on 2 cores after set-up (10.7-11.1 min measured with the rendered clips reused, seeds 0-2; rendering adds ~2). `make demo DEMO=demo-s1 SEED=1`: another seed.
 SEED ?= 0
 DEMO_N := 1200
 DEMO_CLEAN_N := 240

@@ -29,9 +29,8 @@ from vidcap.tokens import MAX_LEN
 # the camera options' values (CaptionConfig; model/camera.py)
 CAMERA_OPTIONS = {"exposure": ("none", "gain"), "stabilize": ("none", "similarity"),
                   "saliency": ("deviation", "robust")}
-# model.pool -> a frame's feature width as a multiple of the CNN's channels
-POOLS = {"avg": 1, "grid": 4, "grid3": 9, "focus": 5}
-GRID_SIDE = {"grid": 2, "grid3": 3, "focus": 2}
+POOLS = ("avg", "grid", "grid3", "focus")  # model.pool
+GRID_SIDE = {"grid": 2, "grid3": 3, "focus": 2}  # the scene block's grid per pool (avg: 1)
 
 
 @dataclass
@@ -174,7 +173,7 @@ class VideoCaptioner(nn.Module):
         if cfg.frame_focus and cfg.pool != "focus":
             raise ValueError(f"model.frame_focus=true needs model.pool=focus (not {cfg.pool!r})")
         self.focus_levels = focus_levels(self.backbone) if cfg.pool == "focus" else []
-        # a frame's features: blocks side by side -- the scene (grid or average), focus, track
+        # a frame's features: blocks side by side -- the scene (grid or average), focus, frame focus, track
         self.blocks = [info.feature_dim * GRID_SIDE.get(cfg.pool, 1) ** 2] if cfg.scene else []
         if cfg.pool == "focus":  # the fine maps' channels, or the last map's where a backbone has no fine maps
             self.blocks.append(sum(c for _, c in self.focus_levels) if self.focus_levels else info.feature_dim)

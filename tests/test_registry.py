@@ -124,3 +124,17 @@ def test_the_feature_cache_key_includes_the_normalisation(built_small):
     torch.manual_seed(0)
     assert _fingerprint(create_model(make_config("tiny", len(info.itos))), info, "val", 64, None) == \
         _fingerprint(a, info, "val", 64, None)
+
+
+@pytest.mark.parametrize("setting", [dict(exposure="gain"), dict(stabilize="similarity"), dict(stabilize_share=0.3),
+                                     dict(saliency="robust"), dict(track=True), dict(scene=False),
+                                     dict(frame_focus=True)])
+def test_the_feature_cache_key_includes_every_setting_that_changes_the_features(built_small, setting):
+    """Each camera cue and feature block changes what a frame's cached features are: a run folder's cache
+    computed without it must not be read with it (the same CNN weights in both)."""
+    info = DataInfo.load(built_small)
+    torch.manual_seed(0)
+    a = create_model(make_config("tiny", len(info.itos), pool="focus"))
+    torch.manual_seed(0)
+    b = create_model(make_config("tiny", len(info.itos), pool="focus", **setting))
+    assert _fingerprint(a, info, "val", 64, None) != _fingerprint(b, info, "val", 64, None)
