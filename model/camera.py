@@ -246,6 +246,60 @@ def frame_foreground(frames: torch.Tensor, valid: torch.Tensor | None = None,
     return dev
 
 
+FILL_CELLS = 40  # the side of the grid a frame's foreground is thresholded and filled on (4 px cells at 160)
+FILL_LEVEL = 0.15  # a cell is foreground above this share of its frame's largest cell
+
+
+def enclosed(mask: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) bool -> the mask with every region it encloses filled in: the cells that no path of
+    unmasked cells joins to the border.
+
+    The unmasked cells' paths are 4-connected (a step goes up, down, left or right), so an outline
+    whose cells touch only at corners -- a thin circle, a diagonal edge -- still encloses its inside
+    (an 8-connected flood leaks through every such corner). A breadth-first flood from the border, one
+    pair of max-pools a step, until nothing changes: as many steps as the longest such path (a few
+    dozen on a 40 x 40 grid), each one batched over all N maps. A region open to the frame's edge (an
+    object half out of the frame) is not enclosed and stays as it is."""
+    free = (~mask).to(torch.float32)[:, None]
+    reach = torch.zeros_like(free)
+    reach[..., 0, :], reach[..., -1, :] = free[..., 0, :], free[..., -1, :]
+    reach[..., :, 0], reach[..., :, -1] = free[..., :, 0], free[..., :, -1]
+
+    def step(r: torch.Tensor) -> torch.Tensor:  # r and its four neighbours, kept where free
+        return torch.maximum(F.max_pool2d(r, (3, 1), 1, (1, 0)), F.max_pool2d(r, (1, 3), 1, (0, 1))) * free
+
+    while True:
+        grown = step(reach)
+        for _ in range(7):  # compared every 8 steps: a comparison syncs a GPU
+            grown = step(grown)
+        if torch.equal(grown, reach):
+            return mask | (reach[:, 0] == 0)
+        reach = grown
+
+
+def filled_foreground(foreground: torch.Tensor) -> torch.Tensor:
+    """Each frame's foreground (B, K, H, W) as a region, 1 inside and 0 outside: its cells above
+    FILL_LEVEL of the frame's strongest, and everything they enclose.
+
+    Why. The deviation from the temporal median shows only the outline of an object that overlaps
+    itself over the clip -- one that grows, shrinks, spins, bounces or moves slowly: inside it, three of
+    five frames show the object, so the median is the object and nothing deviates. Pooling over that
+    outline reads the object's edges and the background beside them; the filled region reads the
+    object. Linear probes of the frozen Lite0's features (realistic world, seed 0, 1,080 clips, 5-fold):
+    the frame-focus block over the filled region reads all three slots on 89.0% of clips, over the
+    deviation 87.3% (colour 94.7 -> 95.7, shape 93.2 -> 94.4) -- yet the S2VT captioner trained on it
+    names all three on fewer clips (stage 1, seeds 0-2: -3.2 +- 1.5 points), so no preset uses it
+    (``model.foreground``). A frame with no foreground has no region (motion_focus then averages the
+    whole map, as with the deviation)."""
+    b, k, h, w = foreground.shape
+    cell = max(1, min(h, w) // FILL_CELLS)
+    cells = F.avg_pool2d(foreground.flatten(0, 1)[:, None].float(), cell)[:, 0]  # (B*K, h', w')
+    level = FILL_LEVEL * cells.flatten(1).amax(1)
+    mask = (cells > level[:, None, None]) & (level > 0)[:, None, None]
+    region = enclosed(mask).to(foreground.dtype)[:, None]
+    return F.interpolate(region, size=(h, w), mode="nearest")[:, 0].view(b, k, h, w)
+
+
 def track_features(frames: torch.Tensor, valid: torch.Tensor | None = None,
                    deviation: torch.Tensor | None = None) -> torch.Tensor:
     """Per frame, where the foreground is: (B, K, TRACK_DIM) -- its centroid (x, y in -1..1), its

@@ -30,7 +30,7 @@ NOT_SETTINGS = ("vocab_size", "pixel_mean", "pixel_std")  # fixed by the data an
 # written before them was trained with -- what their absence means (issue 20's camera options). A
 # checkpoint gets them from its config's defaults; a model folder, strict about missing keys, from here.
 ADDED_SETTINGS = {"exposure": "none", "stabilize": "none", "stabilize_share": 0.5, "saliency": "deviation",
-                  "track": False, "scene": True, "frame_focus": False}
+                  "track": False, "scene": True, "frame_focus": False, "foreground": "deviation"}
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from vidcap.model import Captioner, make_config, save_checkpoint
 from vidcap.shards.layout import DataInfo
 
 # Stage 3 from a fresh tiny model: dropout, caption sampling, the CNN trained, frames streamed by 2
-# DataLoader workers -- every source of randomness and order a resume must reproduce. 9 batches an epoch.
-OVERRIDES = ["epochs=2", "batch_size=2", "num_workers=2", "eval_every=9", "shuffle_buffer=4"]
+# DataLoader workers -- every source of randomness and order a resume must reproduce -- and a cosine
+# learning rate, which a resumed run must continue where it stopped. 9 batches an epoch.
+OVERRIDES = ["epochs=2", "batch_size=2", "num_workers=2", "eval_every=9", "shuffle_buffer=4", "lr_schedule=cosine"]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def assert_same_run(run: Path, ref: Path) -> None:
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert [(s["step"], s["loss"]) for s in steps(run)] == [(s["step"], s["loss"]) for s in steps(ref)]
+    assert [(s["step"], s["loss"], s["lr"]) for s in steps(run)] == [(s["step"], s["loss"], s["lr"]) for s in steps(ref)]
     assert a["extra"]["history"][-1]["val_CIDEr"] == b["extra"]["history"][-1]["val_CIDEr"]
 
 

@@ -345,6 +345,41 @@ def test_the_depthwise_blur_and_the_shared_deviation_equal_their_plain_forms():
     assert torch.equal(camera.track_features(frames, deviation=dev), camera.track_features(frames))
 
 
+def test_enclosed_fills_what_a_ring_encloses_and_nothing_that_is_open():
+    ring = torch.zeros(12, 12, dtype=torch.bool)
+    ring[2, 2:9] = ring[8, 2:9] = ring[2:9, 2] = ring[2:9, 8] = True
+    opened = ring.clone()
+    opened[5, 8] = False  # a gap in the right side: the inside joins the border
+    diamond = torch.zeros(12, 12, dtype=torch.bool)  # one cell thick, its cells touching at corners
+    for i in range(5):
+        diamond[1 + i, 5 - i] = diamond[1 + i, 5 + i] = diamond[9 - i, 5 - i] = diamond[9 - i, 5 + i] = True
+    filled, still_open, diamond_filled = camera.enclosed(torch.stack([ring, opened, diamond]))
+    assert filled[2:9, 2:9].all() and filled.sum() == 49
+    assert torch.equal(still_open, opened)
+    inside = torch.tensor([[abs(r - 5) + abs(c - 5) < 4 for c in range(12)] for r in range(12)])
+    assert (diamond_filled & inside).sum() == inside.sum()  # closed along the diagonal: no leak between corners
+    assert torch.equal(diamond_filled, diamond | inside)
+
+
+def test_the_filled_foreground_is_the_whole_object_where_the_deviation_is_its_outline(base_spec):
+    """A large square shrinking in place overlaps itself in every frame, so inside it the temporal
+    median is the square and nothing deviates: the frame's foreground is a ring. model.foreground=filled
+    pools over the ring and what it encloses -- the object."""
+    spec = copy.deepcopy(base_spec)
+    obj = spec.objects[0]
+    obj.action, obj.size, obj.shape, obj.x0, obj.y0 = "shrink", "large", "square", 0.5, 0.5
+    frames = torch.from_numpy(render_clip(spec, TIMES)).permute(0, 3, 1, 2)[None].float()
+    obj_px = (frames[0] - torch.tensor(COLOURS[obj.colour], dtype=torch.float32)[:, None, None]).abs().amax(1) < 30
+    fg = camera.frame_foreground(frames)[0]
+    region = camera.filled_foreground(fg[None])[0]
+    assert set(region.unique().tolist()) <= {0.0, 1.0}
+    square = obj_px[1]  # the second frame's square: 1.2 times the middle frame's side
+    strong = fg[1] > camera.FILL_LEVEL * fg[1].amax()
+    assert (strong & square).sum() < 0.5 * square.sum()  # the deviation: an outline (41% of the square)
+    assert (region[1].bool() & square).sum() > 0.95 * square.sum()  # the region: the object
+    assert region[1].sum() < 1.4 * square.sum()  # and not the frame around it (1.14)
+
+
 def test_the_stabiliser_share_is_a_model_setting_that_old_files_read_as_the_half_rule():
     from vidcap.model import create_model, make_config
     from vidcap.model.registry import ADDED_SETTINGS
@@ -363,17 +398,18 @@ def test_the_stabiliser_share_is_a_model_setting_that_old_files_read_as_the_half
         create_model(make_config("tiny", 10, stabilize="similarity", stabilize_share=0.0))
 
 
-@pytest.mark.parametrize("option", ["exposure", "stabilize", "saliency"])
+@pytest.mark.parametrize("option", ["exposure", "stabilize", "saliency", "foreground"])
 def test_each_camera_option_switches_off(option):
     """Each option's off value gives exactly the features of a model without it."""
     from vidcap.model import create_model, make_config
 
-    on = {"exposure": "gain", "stabilize": "similarity", "saliency": "robust"}
-    base = dict(n_attributes=4, pool="focus")
+    on = {"exposure": "gain", "stabilize": "similarity", "saliency": "robust", "foreground": "filled"}
+    off = {"exposure": "none", "stabilize": "none", "saliency": "deviation", "foreground": "deviation"}
+    base = dict(n_attributes=4, pool="focus", frame_focus=True)
     torch.manual_seed(0)
     plain = create_model(make_config("tiny", 10, **base)).eval()
     torch.manual_seed(0)
-    switched = create_model(make_config("tiny", 10, **base, **{option: "none" if option != "saliency" else "deviation"}))
+    switched = create_model(make_config("tiny", 10, **base, **{option: off[option]}))
     torch.manual_seed(0)
     active = create_model(make_config("tiny", 10, **base, **{option: on[option]})).eval()
     switched.eval()

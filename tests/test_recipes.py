@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,6 +101,22 @@ def test_resume_with_another_cnn_lr_scale_is_one_line(built_small, s2vt_ckpt, tm
     with pytest.raises(UserError, match=r"last.pt: saved with 1 optimiser group\(s\), these settings make 2 "
                                         r"\(cnn_lr_scale=0.1\); resume with the cnn_lr_scale it was trained with \(1\)"):
         Trainer(cfg, progress=False)
+
+
+def test_the_cnns_rate_is_logged_and_a_resume_keeps_the_schedule(built_small, s2vt_ckpt, tmp_path):
+    """Two groups: each step record carries both rates. A last.pt trained on a cosine cannot be resumed
+    at a constant rate (or the other way): one line naming the schedule it was trained with."""
+    args = ["num_workers=0", "batch_size=4", "max_clips=8", "epochs=1", "cnn_lr_scale=0.1"]
+    cfg = make_train_config("e2e-xe", "tiny", [*args, "lr_schedule=cosine"], data=str(built_small), run=str(tmp_path),
+                            init=str(s2vt_ckpt))
+    run_stage(cfg, progress=False)
+    records = [json.loads(x) for x in (Path(cfg.run) / "e2e-xe" / "metrics.jsonl").read_text().splitlines()]
+    first = next(x for x in records if x["event"] == "step")
+    assert first["lr"] == pytest.approx(cfg.lr) and first["cnn_lr"] == pytest.approx(cfg.lr * 0.1)
+    again = make_train_config("e2e-xe", "tiny", args, data=str(built_small), run=str(tmp_path), resume=True)
+    with pytest.raises(UserError, match=r"last.pt: trained with lr_schedule=cosine, these settings say constant; "
+                                        r"resume with lr_schedule=cosine$"):
+        Trainer(again, progress=False)
 
 
 def test_train_ablate_writes_the_eight_rows_and_resumes(built_small, tmp_path):

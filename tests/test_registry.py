@@ -128,13 +128,16 @@ def test_the_feature_cache_key_includes_the_normalisation(built_small):
 
 @pytest.mark.parametrize("setting", [dict(exposure="gain"), dict(stabilize="similarity"), dict(stabilize_share=0.3),
                                      dict(saliency="robust"), dict(track=True), dict(scene=False),
-                                     dict(frame_focus=True)])
+                                     dict(frame_focus=True), dict(frame_focus=True, foreground="filled")])
 def test_the_feature_cache_key_includes_every_setting_that_changes_the_features(built_small, setting):
     """Each camera cue and feature block changes what a frame's cached features are: a run folder's cache
-    computed without it must not be read with it (the same CNN weights in both)."""
+    computed without it must not be read with it (the same CNN weights in both). A setting that needs
+    another (foreground needs frame_focus) is compared against a model with only that other one."""
     info = DataInfo.load(built_small)
+    needed = {"foreground": dict(frame_focus=True)}
+    base = {k: v for key in setting for k, v in needed.get(key, {}).items()}
     torch.manual_seed(0)
-    a = create_model(make_config("tiny", len(info.itos), pool="focus"))
+    a = create_model(make_config("tiny", len(info.itos), pool="focus", **base))
     torch.manual_seed(0)
     b = create_model(make_config("tiny", len(info.itos), pool="focus", **setting))
     assert _fingerprint(a, info, "val", 64, None) != _fingerprint(b, info, "val", 64, None)

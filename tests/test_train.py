@@ -16,9 +16,10 @@ from vidcap.shards.layout import DataInfo
 from vidcap.train import run_lock
 from vidcap.train.config import make_train_config
 from vidcap.train.data import SplitStream, torch_loader
-from vidcap.train.loop import Trainer, run_stage
+from vidcap.train.loop import Trainer, lr_factor, run_stage
 from vidcap.train.losses import rl_loss, sequence_mask
 from vidcap.train.recipes import STAGES
+from vidcap.train.resume import Position
 
 
 def cfg_for(stage, data, run, *overrides):
@@ -66,6 +67,39 @@ def test_stage_3_trains_the_backbone_and_stages_1_2_do_not(three_stages, built_s
     weights = [k for k in s1 if "num_batches" not in k]
     assert all(torch.equal(fresh[k], s1[k]) and torch.equal(s1[k], s2[k]) for k in s1)
     assert any(not torch.equal(s2[k], s3[k]) for k in weights)
+
+
+def test_lr_factor_constant_and_cosine():
+    assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert lr_factor("cosine", 0, 10) == 1.0
+    assert lr_factor("cosine", 5, 10) == pytest.approx(0.5)
+    assert lr_factor("cosine", 9, 10) == pytest.approx(0.5 * (1 + np.cos(0.9 * np.pi)))  # 0.0245
+    assert lr_factor("cosine", 12, 10) == pytest.approx(0.0)  # past the end: stays at the bottom
+
+
+def test_the_cosine_follows_the_epochs_done_not_the_steps_taken(built_small, tmp_path):
+    """A resume at an epoch end may use another number of processes (so another number of batches per
+    epoch, and of steps taken): the rate depends on where training stands in its epochs alone."""
+    t = Trainer(cfg_for(1, built_small, tmp_path, "lr_schedule=cosine", "epochs=4"), progress=False)
+    n, base = t.n_batches(), t.cfg.lr
+    batch = next(iter(t.epoch_batches(2)))
+    for steps_taken in (0, 2 * n, 7 * n):  # what other world sizes would have counted by now
+        t.position = Position(2, 0, steps_taken)
+        t.step(batch, 2)
+        assert t.opt.param_groups[0]["lr"] == pytest.approx(base * lr_factor("cosine", 2 * n, 4 * n))  # half-way: 0.5
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_each_step_logs_its_lr_and_cosine_falls_to_near_zero(built_small, tmp_path, schedule):
+    cfg = cfg_for(1, built_small, tmp_path, f"lr_schedule={schedule}", "epochs=3")
+    run_stage(cfg, progress=False)
+    records = [json.loads(x) for x in (tmp_path / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    lrs = [x["lr"] for x in records if x["event"] == "step"]
+    assert len(lrs) >= 6 and lrs[0] == pytest.approx(cfg.lr)
+    if schedule == "constant":
+        assert lrs == [pytest.approx(cfg.lr)] * len(lrs)
+    else:
+        assert all(b < a for a, b in zip(lrs[:-1], lrs[1:], strict=True)) and lrs[-1] < 0.1 * cfg.lr
 
 
 def test_rl_loss_on_a_hand_computed_case():

@@ -48,7 +48,8 @@ def _fingerprint(model: VideoCaptioner, info: DataInfo, split: str, image_size: 
     used = [r.name for r in info.shards(split)]  # skip_bad_shards may leave some out
     pixels = [model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()]  # the backbone's preprocessing
     cfg = model.cfg
-    cues = [cfg.exposure, cfg.stabilize, cfg.stabilize_share, cfg.saliency, cfg.track, cfg.scene, cfg.frame_focus]
+    cues = [cfg.exposure, cfg.stabilize, cfg.stabilize_share, cfg.saliency, cfg.track, cfg.scene, cfg.frame_focus,
+            cfg.foreground]
     h.update(json.dumps([image_size, pixels, cfg.pool, cues, max_clips, [s["sha256"] for s in manifest["shards"]],
                          used]).encode())
     return h.hexdigest()[:16]

@@ -117,6 +117,16 @@ def param_groups(model: VideoCaptioner, cfg: TrainConfig) -> list[dict]:
             {"params": [p for p in params if id(p) in cnn], "lr": cfg.lr * cfg.cnn_lr_scale}]
 
 
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """The share of each group's learning rate at `step` (0-based) of `total`: 1 throughout for
+    "constant"; "cosine" falls from 1 to near 0 along half a cosine. A function of where training
+    stands alone (the trainer passes epoch * batches + batch, not the steps taken, so a resume under
+    another number of processes, which changes the batches per epoch, continues the same curve)."""
+    if schedule == "constant" or total <= 0:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
 def recipe_label(name: str) -> str:
     stage = next((n for n, r in STAGES.items() if r == name), None)
     return f"stage {stage}" if stage else f"recipe {name}"
@@ -204,6 +214,7 @@ class Trainer:
         self.model.freeze_backbone(not cfg.train_cnn, bn_stats=cfg.bn_stats)
         self.image_size = self.model.cfg.image_size
         self.opt = torch.optim.Adam(param_groups(self.model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]  # what lr_schedule scales (a restore keeps them)
         if cfg.resume:
             self._restore(extra)
 
@@ -272,6 +283,9 @@ class Trainer:
         """Optimiser, position, history and this rank's RNG state from last.pt's extra (all ranks)."""
         state = read_extra(extra, self.stage.last, self.dist.rank, self.dist.world)
         saved = state.optimizer.get("param_groups") if isinstance(state.optimizer, dict) else None
+        if state.lr_schedule != self.cfg.lr_schedule:
+            raise UserError(f"{self.stage.last}: trained with lr_schedule={state.lr_schedule}, these settings say "
+                            f"{self.cfg.lr_schedule}; resume with lr_schedule={state.lr_schedule}")
         if isinstance(saved, list) and len(saved) != len(self.opt.param_groups):
             raise UserError(f"{self.stage.last}: saved with {len(saved)} optimiser group(s), these settings "
                             f"make {len(self.opt.param_groups)} (cnn_lr_scale={self.cfg.cnn_lr_scale}); resume with "
@@ -337,8 +351,17 @@ class Trainer:
         loss.backward()  # under DDP: gradients averaged over ranks
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
+        n, pos = self.n_batches(), self.position  # pos: the batches done, this step's own place
+        scale = lr_factor(cfg.lr_schedule, pos.epoch * n + pos.batch, cfg.epochs * n)
+        for group, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * scale
         self.opt.step()
         return stats
+
+    def rates(self) -> dict[str, float]:
+        """The learning rates the last step used: `lr`, and `cnn_lr` where the CNN has a group of its own."""
+        groups = self.opt.param_groups
+        return {"lr": groups[0]["lr"], **({"cnn_lr": groups[1]["lr"]} if len(groups) > 1 else {})}
 
     # ---- evaluation (rank 0) ------------------------------------------------------------------
     @torch.no_grad()
@@ -374,7 +397,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         extra = training_extra(self.cfg.recipe, pos, self.best, self.history, self.opt.state_dict(), rngs,
-                               self.init_from, epoch_progress)
+                               self.init_from, epoch_progress, self.cfg.lr_schedule)
         write_atomic(self.dir / name,  # unique temp name, removed on failure, then renamed
                      lambda f: save_checkpoint(f, self.model, self.info.itos, self.info.attributes, extra))
 
@@ -436,7 +459,8 @@ class Trainer:
             stats = self.step(batch, epoch)
             self.position = Position(epoch, b + 1, self.position.step + 1)
             totals.add(stats, len(batch["clip_id"]) * d.world)
-            self.log.write({"event": "step", "epoch": epoch, "step": self.position.step, **stats})
+            self.log.write({"event": "step", "epoch": epoch, "step": self.position.step, **stats,
+                            **self.rates()})
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}")
             if cfg.save_every and self.position.step % cfg.save_every == 0 and b + 1 < n:

@@ -33,13 +33,14 @@ class ResumeState:
     optimizer: dict
     rng: dict | None  # this rank's RNG state; None: start a fresh stream
     epoch_progress: dict | None
+    lr_schedule: str  # the one it was trained with: a resume under another would bend the curve
 
 
 def training_extra(recipe: str, pos: Position, best: float, history: list[dict], optimizer: dict, rngs: list[dict],
-                   init_from: str | None, epoch_progress: dict | None) -> dict:
+                   init_from: str | None, epoch_progress: dict | None, lr_schedule: str = "constant") -> dict:
     return {"recipe": recipe, "epoch": pos.epoch - 1, "best": best, "history": history, "optimizer": optimizer,
             "rng": rngs, "init_from": init_from, "position": asdict(pos), "world_size": len(rngs),
-            "epoch_progress": epoch_progress}
+            "epoch_progress": epoch_progress, "lr_schedule": lr_schedule}
 
 
 def read_extra(extra: dict, path: Path, rank: int, world: int) -> ResumeState:
@@ -48,6 +49,7 @@ def read_extra(extra: dict, path: Path, rank: int, world: int) -> ResumeState:
     try:  # a checkpoint that passed load_checkpoint but holds no usable training state
         optimizer, rng = extra["optimizer"], extra["rng"]
         best, history = float(extra["best"]), list(extra["history"])
+        lr_schedule = str(extra.get("lr_schedule", "constant"))  # written before lr_schedule: constant
         if "position" in extra:
             pos, saved_world, progress = Position(**extra["position"]), int(extra["world_size"]), extra.get("epoch_progress")
         else:  # written before step checkpoints: at an epoch end, by one process
@@ -60,4 +62,4 @@ def read_extra(extra: dict, path: Path, rank: int, world: int) -> ResumeState:
                         "it with the same number (torchrun --nproc_per_node), or from an epoch end")
     # another world size (allowed at an epoch end): rank 0 keeps its stream, the others start fresh ones
     mine = rng[rank] if (rank == 0 or saved_world == world) else None
-    return ResumeState(pos, best, history, optimizer, mine, progress)
+    return ResumeState(pos, best, history, optimizer, mine, progress, lr_schedule)
