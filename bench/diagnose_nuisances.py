@@ -49,13 +49,15 @@ def _tensor(frames: list[np.ndarray]) -> torch.Tensor:
 
 def _features(model, cnn_in: torch.Tensor, saliency_in: torch.Tensor) -> torch.Tensor:
     """frame_features of `cnn_in` with focus pooling weighed by the saliency of `saliency_in`."""
-    frames_s, valid_s = model.compensate(saliency_in)
-    sal = model.saliency(frames_s, valid_s)
-    model.saliency = lambda frames, valid: sal  # an instance attribute shadows the method ...
+    entry = model.frames  # the focus entry (model/focus.py)
+    pixels = saliency_in.float() if saliency_in.dtype == torch.uint8 else saliency_in.float() * 255
+    frames_s, valid_s = entry.compensate(pixels)
+    sal = entry.saliency(frames_s, valid_s)
+    entry.saliency = lambda frames, valid, deviation=None: sal  # an instance attribute shadows the method ...
     try:
         return model.frame_features(cnn_in)
     finally:
-        del model.saliency  # ... until deleted
+        del entry.saliency  # ... until deleted
 
 
 def _decode_mixed(model, appearance: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,8 @@ Why. The motion cues of the captioner -- frame differences and focus pooling, wh
 much each pixel changes over the clip -- assumed that pixels change only where an object moves. On
 real footage they change everywhere: a 6% flicker moves every pixel by more than an object's
 edges do in most of the frame, sensor noise changes every pixel in every frame, a pan moves the
-whole background. Three steps, each an option of the model (``model.exposure``, ``model.stabilize``,
-``model.saliency``), put the static-camera assumption back before the cues are computed:
+whole background. Three steps, each an option of the model (``model.focus.exposure``, ``model.focus.stabilize``,
+``model.focus.saliency``), put the static-camera assumption back before the cues are computed:
 
 1. **exposure** (``gain``): each frame's gain is matched to the clip's reference frame (the middle
    one) by the ratio of their median brightness -- a median, so the moving object does not count.
@@ -15,7 +15,7 @@ whole background. Three steps, each an option of the model (``model.exposure``, 
    (coarse grey images, blurred against noise), the blocks that match confidently are fitted by a
    least-squares similarity (shift + scale about the centre) with outlier blocks dropped, so an
    object moving over a few blocks does not drag the estimate. A motion counts only when a share of
-   all blocks (``min_share``; ``model.stabilize_share``) agree on it: on a plain wall (no visible
+   all blocks (``min_share``; ``model.focus.stabilize_share``) agree on it: on a plain wall (no visible
    camera motion either) a moving object's edges are the only structure the blocks see -- with 3x3
    blocks of half the frame each, 45 of 60 clean-world test clips were "stabilised" onto their
    object, and the left/right words lost. With 7x7 blocks an object covers a few of the 49: the rule
@@ -289,7 +289,7 @@ def filled_foreground(foreground: torch.Tensor) -> torch.Tensor:
     the frame-focus block over the filled region reads all three slots on 89.0% of clips, over the
     deviation 87.3% (colour 94.7 -> 95.7, shape 93.2 -> 94.4) -- yet the S2VT captioner trained on it
     names all three on fewer clips (stage 1, seeds 0-2: -3.2 +- 1.5 points), so no preset uses it
-    (``model.foreground``). A frame with no foreground has no region (motion_focus then averages the
+    (``model.focus.foreground``). A frame with no foreground has no region (motion_focus then averages the
     whole map, as with the deviation)."""
     b, k, h, w = foreground.shape
     cell = max(1, min(h, w) // FILL_CELLS)

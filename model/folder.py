@@ -46,7 +46,8 @@ import torch
 
 from vidcap.model.base import VideoCaptioner
 from vidcap.model.checkpoint import CheckpointError, check_vocabulary, load_checkpoint
-from vidcap.model.registry import ADDED_SETTINGS, ARCHS, create_model
+from vidcap.model.frames import resolve as resolve_features
+from vidcap.model.registry import ARCHS, LEGACY_SETTINGS, create_model, feature_settings
 from vidcap.tokens import SPECIALS
 
 FORMAT = "vidcap-model"
@@ -141,18 +142,22 @@ def read_model_folder(path: str | Path) -> ModelFolder:
     config = {"arch": arch, "vocab_size": doc["vocab_size"], "pretrained": False, "backbone_weights": None}
     fields_of = {f.name: f for f in fields(ARCHS[arch].config)}
     for section, keys in (("model", [k for k in fields_of if k not in NOT_MODEL]), ("preprocessing", PREPROCESSING)):
-        given = doc[section]
+        given = _upgraded_features(doc[section], where) if section == "model" else doc[section]
         allowed = set(keys) | ({"sampling"} if section == "preprocessing" else set())
         unknown = sorted(set(given) - allowed)
         if unknown:
             raise ModelFolderError(f"{where}: {section}.{_short(unknown[0], 40)} is not a setting of "
                                    f"architecture {arch}")
         for key in keys:
-            if key not in given and section == "model" and key in ADDED_SETTINGS:  # a folder written before it
-                config[key] = ADDED_SETTINGS[key]
-                continue
             if key not in given:
                 raise ModelFolderError(f"{where}: {section}.{key} missing")
+            if key == "features_config":  # the entry's own settings, checked by the entry's config
+                try:
+                    resolve_features(config["features"], given[key])
+                except ValueError as e:
+                    raise ModelFolderError(f"{where}: {section}.{key}: {e}") from None
+                config[key] = dict(given[key])
+                continue
             config[key] = _checked(given[key], fields_of[key].type, f"{where}: {section}.{key}", key)
     _check_int(config["vocab_size"], f"{where}: vocab_size", "vocab_size")
     vocab_doc = _read_json(path / VOCAB)
@@ -245,6 +250,23 @@ def _read_json(path: Path) -> object:
         raise ModelFolderError(f"{path}: invalid JSON: {e}") from None
     except RecursionError:
         raise ModelFolderError(f"{path}: invalid JSON: nested too deeply") from None
+
+
+def _upgraded_features(model: dict, where: Path) -> dict:
+    """A folder's "model" section with a frame's features in today's spelling: a folder written before
+    ``model.features`` holds ``pool`` and the focus cues' flat settings (some of them missing from
+    folders older still: what their absence means is model/registry.py's LEGACY_FOCUS)."""
+    old = {k: model[k] for k in LEGACY_SETTINGS if k in model}
+    if not old and "features" in model:
+        return model
+    if not all(isinstance(v, (str, bool, int, float)) for v in old.values()):
+        raise ModelFolderError(f"{where}: model.{next(k for k, v in old.items() if not isinstance(v, (str, bool, int, float)))}"
+                               ": not a plain value")
+    try:
+        name, conf = feature_settings("pooled", {}, old)
+    except ValueError as e:
+        raise ModelFolderError(f"{where}: {e}") from None
+    return {**{k: v for k, v in model.items() if k not in LEGACY_SETTINGS}, "features": name, "features_config": conf}
 
 
 def _checked(value: object, annotation: str, where: str, key: str) -> object:

@@ -20,17 +20,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
+from vidcap.model.frames import DEFAULT as DEFAULT_FEATURES
+from vidcap.model.frames import setting_types as frame_setting_types
+
 if TYPE_CHECKING:
     from vidcap.model.base import CaptionConfig, VideoCaptioner
 
 DEFAULT_ARCH = "s2vt"
 LEGACY_PIXEL_NORM = (0.5, 0.5, 0.5)  # what every backbone used before backbones carried their own
 NOT_SETTINGS = ("vocab_size", "pixel_mean", "pixel_std")  # fixed by the data and the backbone, not by model.KEY=
-# Settings added after checkpoints and model folders were first written, with the value every file
-# written before them was trained with -- what their absence means (issue 20's camera options). A
-# checkpoint gets them from its config's defaults; a model folder, strict about missing keys, from here.
-ADDED_SETTINGS = {"exposure": "none", "stabilize": "none", "stabilize_share": 0.5, "saliency": "deviation",
-                  "track": False, "scene": True, "frame_focus": False, "foreground": "deviation"}
+# What a frame is before ``model.features`` (model/frames.py): ``pool`` named the way, and the focus
+# cues were flat settings of every architecture, each with the value a file written before it was
+# trained with (what its absence means). Checkpoints, model folders and ``model.KEY=`` overrides in the
+# old spelling are read through this table (``feature_settings``), and nowhere else.
+LEGACY_POOL = {"avg": ("pooled", {}), "grid": ("grid", {"side": 2}), "grid3": ("grid", {"side": 3}),
+               "focus": ("focus", {})}
+LEGACY_FOCUS = {"exposure": "none", "stabilize": "none", "stabilize_share": 0.5, "saliency": "deviation",
+                "track": False, "scene": True, "frame_focus": False, "foreground": "deviation"}
+LEGACY_SETTINGS = ("pool", *LEGACY_FOCUS)
 
 
 @dataclass(frozen=True)
@@ -82,11 +89,58 @@ def make_config(preset: str, vocab_size: int, **overrides) -> CaptionConfig:
     if preset not in arch.presets:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(arch.presets)}")
     names = {f.name for f in fields(arch.config)}
-    foreign = sorted(k for k in overrides if k not in names)
+    frame_keys = {k for k in overrides if k in ("features", "features_config", *LEGACY_SETTINGS) or "." in k}
+    foreign = sorted(k for k in overrides if k not in names and k not in frame_keys)
     if foreign:
         own = ", ".join(sorted(names - set(NOT_SETTINGS)))
         raise ValueError(f"model.{foreign[0]}: not a setting of model.arch={arch.name}; its settings: {own}")
-    return arch.config(vocab_size=vocab_size, **{**arch.presets[preset], **overrides, "arch": arch.name})
+    preset_ = arch.presets[preset]
+    features, features_config = feature_settings(preset_.get("features", DEFAULT_FEATURES),
+                                                 preset_.get("features_config", {}),
+                                                 {k: overrides[k] for k in frame_keys})
+    rest = {k: v for k, v in overrides.items() if k not in frame_keys}
+    return arch.config(vocab_size=vocab_size, **{**preset_, **rest, "arch": arch.name, "features": features,
+                                                 "features_config": features_config})
+
+
+def feature_settings(name: str, given: dict, changes: dict) -> tuple[str, dict]:
+    """The frame-feature entry and its settings after `changes` (a config's or the command line's):
+    ``features``, ``features_config`` (a dict of settings), ``NAME.KEY`` and the old spellings
+    (``pool``, and the focus cues' flat names). Choosing another entry drops the settings of the one
+    before; a setting of an entry other than the chosen one is a one-line error."""
+    conf = dict(given)
+    unknown = sorted(set(changes) - {"features", "features_config", *LEGACY_SETTINGS}
+                     - {k for k in changes if "." in k})
+    if unknown:
+        raise ValueError(f"model.{unknown[0]}: not a frame-feature setting")
+
+    def choose(new: str, extra: dict) -> None:
+        nonlocal name, conf
+        if new != name:
+            name, conf = new, {}
+        conf.update(extra)
+
+    if "pool" in changes:
+        if changes["pool"] not in LEGACY_POOL:
+            raise ValueError(f"model.pool={changes['pool']!r}: must be one of {', '.join(LEGACY_POOL)} "
+                             f"(the old spelling of model.features)")
+        choose(*LEGACY_POOL[changes["pool"]])
+    if "features" in changes:
+        choose(changes["features"], {})
+    for key, value in changes.get("features_config", {}).items():
+        conf[key] = value
+    for key in LEGACY_FOCUS:
+        if key in changes and (name == "focus" or changes[key] != LEGACY_FOCUS[key]):
+            if name != "focus":
+                raise ValueError(f"model.{key}={changes[key]}: a setting of model.features=focus, not of "
+                                 f"{name} (model.focus.{key})")
+            conf[key] = changes[key]
+    for key in (k for k in changes if "." in k):
+        entry, _, setting = key.partition(".")
+        if entry != name:
+            raise ValueError(f"model.{key}: a setting of model.features={entry}, but this model's is {name}")
+        conf[setting] = changes[key]
+    return name, conf
 
 
 def upgrade_config(d: dict) -> dict:
@@ -96,6 +150,10 @@ def upgrade_config(d: dict) -> dict:
     for key in ("pixel_mean", "pixel_std"):
         if d.get(key) is None:
             d[key] = LEGACY_PIXEL_NORM
+    old = {k: d.pop(k) for k in LEGACY_SETTINGS if k in d}
+    if old:
+        d["features"], d["features_config"] = feature_settings(d.get("features") or "pooled",
+                                                               d.get("features_config") or {}, old)
     return d
 
 
@@ -110,11 +168,16 @@ def create_model(config: CaptionConfig | dict) -> VideoCaptioner:
     return arch.model(config)
 
 
-def model_settings() -> dict[str, str]:
-    """Every setting `model.KEY=VALUE` may set, over all architectures: {name: type annotation}."""
+def model_settings(legacy: bool = False) -> dict[str, str]:
+    """Every setting `model.KEY=VALUE` may set, over all architectures and frame-feature entries
+    (``focus.track``): {name: type annotation}; with `legacy`, the old spellings too (``pool``, ``track``)."""
     out: dict[str, str] = {}
     for arch in ARCHS.values():
         for f in fields(arch.config):
-            if f.name not in NOT_SETTINGS:
+            if f.name not in NOT_SETTINGS and f.name != "features_config":
                 out.setdefault(f.name, str(f.type))
+    entries = frame_setting_types()
+    out.update(entries)
+    if legacy:
+        out.update({"pool": "str", **{k: entries[f"focus.{k}"] for k in LEGACY_FOCUS}})
     return out

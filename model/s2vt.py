@@ -24,7 +24,7 @@ from vidcap.model.decoding import word_logprobs
 from vidcap.model.registry import register_model
 from vidcap.tokens import BOS, PAD
 
-__all__ = ["PRESETS", "Captioner", "ModelConfig"]
+__all__ = ["PRESETS", "S2VTCaptioner", "ModelConfig"]
 
 
 @dataclass
@@ -62,16 +62,16 @@ PRESETS: dict[str, dict] = {
     # is what moves: its focus features over the clip's saliency and over each frame's own foreground,
     # and its track (152 + 152 + 5 numbers).
     "cpu-small": dict(backbone="tf_efficientnet_lite0", image_size=160, embed=256, hidden=512, n_attributes=400,
-                      pool="focus", feature_norm=True, motion="diff", frame_dropout="shared",
-                      exposure="gain", stabilize="similarity", saliency="robust", track=True, scene=False,
-                      frame_focus=True),
+                      feature_norm=True, motion="diff", frame_dropout="shared", features="focus",
+                      features_config=dict(exposure="gain", stabilize="similarity", saliency="robust", track=True,
+                                           scene=False, frame_focus=True)),
     # Seconds-fast, for tests.
     "tiny": dict(backbone="tiny", pretrained=False, image_size=64, embed=32, hidden=64, n_attributes=16),
 }
 
 
 @register_model("s2vt", ModelConfig, PRESETS)
-class Captioner(VideoCaptioner):
+class S2VTCaptioner(VideoCaptioner):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         d = self.feature_dim

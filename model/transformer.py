@@ -50,7 +50,7 @@ PRESETS: dict[str, dict] = {
     "paper": dict(backbone="inception_resnet_v2", image_size=224, d_model=512, heads=8, enc_layers=2, dec_layers=2,
                   ff=2304, n_attributes=400),
     "cpu-small": dict(backbone="tf_efficientnet_lite0", image_size=112, d_model=256, heads=4, enc_layers=2,
-                      dec_layers=2, ff=1152, n_attributes=400, pool="grid", feature_norm=True),
+                      dec_layers=2, ff=1152, n_attributes=400, features="grid", feature_norm=True),
     "tiny": dict(backbone="tiny", pretrained=False, image_size=64, d_model=32, heads=2, enc_layers=2, dec_layers=2,
                  ff=160, n_attributes=16),
 }

@@ -19,7 +19,7 @@ from test_bad_build_input import with_file_size_limit
 
 from vidcap.atomic import write_bytes_atomic
 from vidcap.errors import UserError
-from vidcap.model import ARCHS, BACKBONES, Captioner, make_config, save_checkpoint
+from vidcap.model import ARCHS, BACKBONES, S2VTCaptioner, make_config, save_checkpoint
 from vidcap.model.checkpoint import CheckpointError, load_checkpoint
 from vidcap.model.registry import model_settings
 from vidcap.tokens import SPECIALS
@@ -101,7 +101,7 @@ class Payload:
 def test_bad_checkpoints_are_one_line_naming_the_file(built_small, tmp_path, capsys):
     good = tmp_path / "good.pt"
     torch.manual_seed(0)
-    save_checkpoint(good, Captioner(make_config("tiny", 12)), [*SPECIALS, *(f"w{i}" for i in range(8))], ["a"] * 16)
+    save_checkpoint(good, S2VTCaptioner(make_config("tiny", 12)), [*SPECIALS, *(f"w{i}" for i in range(8))], ["a"] * 16)
     (tmp_path / "text.pt").write_text("hello, I am not a checkpoint\n")
     (tmp_path / "json.pt").write_text('{"config": {}}')  # "{" is also a pickle opcode
     blob = good.read_bytes()
@@ -268,7 +268,7 @@ def test_damaged_build_outputs_are_one_line_naming_the_file(built_small, tmp_pat
 
 def test_resume_from_a_checkpoint_without_training_state(built_small, tmp_path, capsys):
     last = tmp_path / "run" / "stage1" / "last.pt"
-    save_checkpoint(last, Captioner(make_config("tiny", 12)), [*SPECIALS, *(f"w{i}" for i in range(8))], ["a"] * 16,
+    save_checkpoint(last, S2VTCaptioner(make_config("tiny", 12)), [*SPECIALS, *(f"w{i}" for i in range(8))], ["a"] * 16,
                     {"epoch": "x"})
     err = train_cli(capsys, ["--stage", "1", "--data", str(built_small), "--run", str(tmp_path / "run"), "--preset",
                              "tiny", "--resume", "--quiet"])

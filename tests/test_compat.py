@@ -117,14 +117,50 @@ def test_the_old_checkpoint_evaluates_exports_and_trains_on(old, expected, tmp_p
     assert start["init_from"] == str(ckpt)
 
 
-def test_settings_added_since_mean_what_older_files_were_trained_with():
-    """A model folder written before a setting existed lacks it (its strict reader would refuse it):
-    each such setting's value for old folders is its architectures' default, as for old checkpoints."""
+def test_the_old_focus_settings_mean_what_older_files_were_trained_with():
+    """Files written before ``model.features`` hold ``pool`` and the focus cues' flat settings, and
+    older ones lack some of them: what their absence means (registry.LEGACY_FOCUS) is the focus
+    entry's default, so an old file and a new one without the setting build the same model."""
     from dataclasses import fields
 
-    from vidcap.model.registry import ADDED_SETTINGS
+    from vidcap.model.focus import FocusConfig
+    from vidcap.model.registry import LEGACY_FOCUS
 
-    for arch in ARCHS.values():
-        defaults = {f.name: f.default for f in fields(arch.config)}
-        assert {k: defaults[k] for k in ADDED_SETTINGS if k in defaults} == {
-            k: v for k, v in ADDED_SETTINGS.items() if k in defaults}
+    assert {f.name: f.default for f in fields(FocusConfig)} == LEGACY_FOCUS
+
+
+PRE_FEATURES = REPO / "tests" / "fixtures" / "pre_frame_features.tar.xz"
+
+
+@pytest.fixture(scope="module")
+def pre_features(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pre-frame-features")
+    with tarfile.open(PRE_FEATURES) as tar:
+        tar.extractall(root, filter="data")
+    return root / "pre_frame_features"
+
+
+@pytest.mark.parametrize("name, features, config", [
+    ("focus", "focus", dict(exposure="gain", stabilize="similarity", stabilize_share=0.3, saliency="robust",
+                            track=True, scene=False, frame_focus=True, foreground="filled")),
+    ("grid3", "grid", dict(side=3)),
+    ("transformer-grid", "grid", dict(side=2))])
+@pytest.mark.parametrize("kind", ["checkpoint", "model folder"])
+def test_files_from_before_the_frame_features_registry_compute_the_same_numbers(pre_features, name, features,
+                                                                                config, kind):
+    """Checkpoints and model folders written by the code before the registry (commit 425031b:
+    ``model.pool`` and flat cue settings; tests/fixtures/make_pre_frame_features.py) load through
+    the upgrade path into today's entries and give the same features, log-probabilities and beam."""
+    saved = np.load(pre_features / "expected.npz")
+    if kind == "checkpoint":
+        model, _ = load_checkpoint(pre_features / f"{name}.pt")
+    else:
+        model, _ = load_model_folder(pre_features / name)
+    assert model.cfg.features == features and {k: model.cfg.features_config[k] for k in config} == config
+    x = torch.from_numpy(np.load(pre_features / "frames.npy")[None]).permute(0, 1, 4, 2, 3)
+    with torch.no_grad():
+        feats = model.frame_features(x)
+        np.testing.assert_allclose(feats.numpy(), saved[f"{name}/features"], rtol=0, atol=1e-5)
+        logp = model(feats, torch.tensor([[5, 6, 7, 2]]))
+        np.testing.assert_allclose(logp.numpy(), saved[f"{name}/logprobs"], rtol=0, atol=1e-5)
+        assert torch.equal(model.beam(feats, 3, max_len=8), torch.from_numpy(saved[f"{name}/beam"]))

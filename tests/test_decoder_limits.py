@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import tool
 
-from vidcap.model import Captioner, make_config, save_checkpoint
+from vidcap.model import S2VTCaptioner, make_config, save_checkpoint
 from vidcap.pipeline.clip_worker import ClipDecoder, ClipFailed
 from vidcap.pipeline.frames import _ffmpeg_sample, segment_centres
 
@@ -119,7 +119,7 @@ def test_a_timeout_kills_the_decoder_and_its_ffmpeg(long_clips):
 
 def tiny_checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
-    save_checkpoint(path, Captioner(make_config("tiny", 12)), ["<pad>", "<bos>", "<eos>", "<unk>", *"abcdefgh"], ["x"] * 16)
+    save_checkpoint(path, S2VTCaptioner(make_config("tiny", 12)), ["<pad>", "<bos>", "<eos>", "<unk>", *"abcdefgh"], ["x"] * 16)
     return path
 
 

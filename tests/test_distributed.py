@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from conftest import tool
 
 from vidcap.errors import UserError
-from vidcap.model import Captioner, make_config, save_checkpoint
+from vidcap.model import S2VTCaptioner, make_config, save_checkpoint
 from vidcap.shards.layout import DataInfo
 from vidcap.train import distributed
 from vidcap.train.config import make_train_config
@@ -105,7 +105,7 @@ def test_one_step_under_ddp_equals_one_process_on_the_global_batch(built_small, 
     step is the 1-process step on the same 8 clips (4 per rank). With sampling (RL) the ranks draw
     from their own RNG streams, so only the statistics agree."""
     info = DataInfo.load(built_small)
-    model = Captioner(make_config("tiny", len(info.itos), n_attributes=len(info.attributes), dropout=0.0))
+    model = S2VTCaptioner(make_config("tiny", len(info.itos), n_attributes=len(info.attributes), dropout=0.0))
     save_checkpoint(tmp_path / "init.pt", model, info.itos, info.attributes)
     args = (str(built_small), str(tmp_path), str(tmp_path / "init.pt"))
     ctx = mp.get_context("spawn")

@@ -10,7 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from vidcap.model import ARCHS, Captioner, camera, create_model, load_checkpoint, make_config, save_checkpoint
+from vidcap.model import (
+    ARCHS,
+    S2VTCaptioner,
+    camera,
+    create_model,
+    load_checkpoint,
+    make_config,
+    save_checkpoint,
+)
 from vidcap.model.backbones import BACKBONES, create_backbone, lite_weights_file, remap_lukemelas_lite
 from vidcap.tokens import BOS, EOS, PAD, SPECIALS
 from vidcap.train.losses import sequence_mask
@@ -138,7 +146,7 @@ def test_frozen_backbone_gets_no_gradient_and_keeps_batchnorm_statistics(arch):
 
 
 def test_new_layers_are_initialised_uniformly():
-    m = Captioner(make_config("tiny", 20))
+    m = S2VTCaptioner(make_config("tiny", 20))
     for mod in (m.img_fc, m.word_emb, m.lstm1, m.lstm2, m.out, m.attr_head):
         for p in mod.parameters():
             assert p.abs().max() <= 0.1
@@ -146,7 +154,7 @@ def test_new_layers_are_initialised_uniformly():
 
 def test_paper_preset_builds_and_trains_one_step_at_batch_1():
     with pytest.warns(UserWarning, match="RANDOM INIT"):
-        m = Captioner(make_config("paper", 1000))
+        m = S2VTCaptioner(make_config("paper", 1000))
     assert m.backbone_info.feature_dim == 1536 and m.cfg.hidden == 1000 and m.cfg.embed == 500
     assert m.img_fc.out_features == 500 and m.attr_head.out_features == 400 and m.cfg.max_len == 35
     m.train()
@@ -231,10 +239,10 @@ def test_inception_resnet_v2_loads_weights_from_a_local_file(tmp_path):
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_grid_pooling_keeps_the_global_average_and_where(arch):
-    """model.pool=grid: each frame's features are the 2x2 grid cells' averages, so their mean is the
+    """model.features=grid: each frame's features are the 2x2 grid cells' averages, so their mean is the
     global average (the paper's pooling) and the left half of a frame differs from its right."""
-    avg = create_model(make_config("tiny", 12, arch=arch, pool="avg")).eval()
-    grid = create_model(make_config("tiny", 12, arch=arch, pool="grid")).eval()
+    avg = create_model(make_config("tiny", 12, arch=arch, features="pooled")).eval()
+    grid = create_model(make_config("tiny", 12, arch=arch, features="grid")).eval()
     grid.backbone.load_state_dict(avg.backbone.state_dict())
     assert grid.feature_dim == 4 * avg.feature_dim and grid.attr_head.in_features == grid.feature_dim
     frames = torch.rand(2, 5, 3, 64, 64)  # tiny CNN at 64 px: a 4x4 map, four equal cells
@@ -247,14 +255,16 @@ def test_grid_pooling_keeps_the_global_average_and_where(arch):
         right = left.flip(-1)
         assert not torch.allclose(grid.frame_features(left), grid.frame_features(right), atol=1e-3)
         grid(g, torch.full((2, 3), BOS))  # and the captioner reads the wider features
-    with pytest.raises(ValueError, match="model.pool='max'"):
-        create_model(make_config("tiny", 12, arch=arch, pool="max"))
+    with pytest.raises(ValueError, match="model.features=max: unknown; choose from focus, grid, pooled"):
+        create_model(make_config("tiny", 12, arch=arch, features="max"))
+    with pytest.raises(ValueError, match="model.grid.side=4: must be one of 2, 3"):
+        create_model(make_config("tiny", 12, arch=arch, features="grid", **{"grid.side": 4}))
 
 
 def test_motion_focus_averages_the_cells_that_move():
     """The focus of a clip is each frame's map averaged with weights from where its pixels change:
     a patch that moves only in the top-left quarter gives the top-left cell's vector."""
-    from vidcap.model.base import deviation_saliency, motion_focus
+    from vidcap.model.focus import deviation_saliency, motion_focus
 
     fmap = torch.zeros(1, 5, 2, 2, 2)
     fmap[..., 0, 0, 0] = 1.0  # channel 0 lives in the top-left cell
@@ -288,14 +298,14 @@ def _block(m, feats: torch.Tensor, i: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("block", ["focus", "frame focus"])
 def test_focus_pooling_binds_the_moving_objects_look_with_real_lite0(block):
-    """model.pool=focus with the real ImageNet Lite0: the focus block of 'red square moves, blue
+    """model.features=focus with the real ImageNet Lite0: the focus block of 'red square moves, blue
     circle still' is nearer to a clip where only the red square moves than to one where only a blue
     square moves, and the swapped clip the other way round -- what the grid mixes, focus keeps apart.
     The same for the frame-focus block (each frame pooled over its own foreground)."""
-    m = create_model(make_config("cpu-small", 12, pool="focus", image_size=160, track=False, scene=True,
-                                 frame_focus=True)).eval()
-    fine = sum(c for _, c in m.focus_levels)
-    assert m.focus_levels and m.blocks == [4 * m.backbone_info.feature_dim, fine, fine]
+    m = create_model(make_config("cpu-small", 12, image_size=160, **{"focus.track": False, "focus.scene": True,
+                                                                     "focus.frame_focus": True})).eval()
+    fine = sum(c for _, c in m.frames.levels)
+    assert m.frames.levels and m.blocks == [4 * m.backbone_info.feature_dim, fine, fine]
     index = 1 if block == "focus" else 2
     with torch.no_grad():
         def focus(moving, still):
@@ -310,29 +320,30 @@ def test_focus_pooling_binds_the_moving_objects_look_with_real_lite0(block):
 
 
 def test_frame_focus_is_one_more_block_and_switches_off_exactly():
-    """model.frame_focus (cpu-small's) adds one block of the fine maps' width after the clip's focus
+    """model.focus.frame_focus (cpu-small's) adds one block of the fine maps' width after the clip's focus
     block (what it binds is checked above); frame_focus=false gives the other blocks unchanged, and
-    without focus pooling it is a one-line error."""
+    for another frame-features entry it is a one-line error."""
     clip = _two_object_clip("red", "blue")
     on = create_model(make_config("cpu-small", 12)).eval()
-    off = create_model(make_config("cpu-small", 12, frame_focus=False)).eval()
+    off = create_model(make_config("cpu-small", 12, **{"focus.frame_focus": False})).eval()
     assert on.blocks == [off.blocks[0], off.blocks[0], camera.TRACK_DIM] and off.blocks[1] == camera.TRACK_DIM
     with torch.no_grad():
         feats, plain = on.frame_features(clip)[0], off.frame_features(clip)[0]
     torch.testing.assert_close(plain, torch.cat([_block(on, feats, 0), _block(on, feats, 2)], -1))
     assert not torch.allclose(_block(on, feats, 1), _block(on, feats, 0))  # a block of its own, not a copy
-    with pytest.raises(ValueError, match="model.frame_focus=true needs model.pool=focus"):
-        create_model(make_config("tiny", 12, frame_focus=True))
+    with pytest.raises(ValueError, match="model.focus.frame_focus: a setting of model.features=focus, "
+                                         "but this model's is pooled"):
+        create_model(make_config("tiny", 12, **{"focus.frame_focus": True}))
 
 
 def test_without_the_scene_a_frame_is_what_moves_and_the_cnn_stops_at_stride_16():
-    """model.scene=false (cpu-small's): a frame's features are exactly the focus block and track that
+    """model.focus.scene=false (cpu-small's): a frame's features are exactly the focus block and track that
     scene=true puts after the grid of the last map -- the same numbers from the same real Lite0 --
-    and the CNN's stride-32 stages never run. scene=true switches it off; without focus pooling
-    there would be nothing left, which is a one-line error."""
+    and the CNN's stride-32 stages never run. scene=true switches it off; in the old spelling, a
+    scene setting beside another pooling is a one-line error."""
     clip = _two_object_clip("red", "blue")
-    with_scene = create_model(make_config("cpu-small", 12, scene=True))
-    without = create_model(make_config("cpu-small", 12, scene=False))
+    with_scene = create_model(make_config("cpu-small", 12, **{"focus.scene": True}))
+    without = create_model(make_config("cpu-small", 12, **{"focus.scene": False}))
     assert without.blocks == with_scene.blocks[1:] and without.feature_dim == sum(with_scene.blocks[1:])
     last_stage = []
     without.backbone.conv_head.register_forward_hook(lambda *_: last_stage.append(1))
@@ -342,15 +353,15 @@ def test_without_the_scene_a_frame_is_what_moves_and_the_cnn_stops_at_stride_16(
     feats = without.frame_features(clip)
     assert not last_stage
     torch.testing.assert_close(feats, with_scene.frame_features(clip)[..., with_scene.blocks[0]:])
-    with pytest.raises(ValueError, match="model.scene=false needs model.pool=focus"):
+    with pytest.raises(ValueError, match="model.scene=False: a setting of model.features=focus, not of grid"):
         create_model(make_config("cpu-small", 12, scene=False, pool="grid"))
 
 
-@pytest.mark.parametrize("pool", ["grid", "focus"])
-def test_feature_stats_stay_on_the_models_device(pool):
+@pytest.mark.parametrize("features", ["grid", "focus"])
+def test_feature_stats_stay_on_the_models_device(features):
     """The trainer fixes the standardisation with features on the model's device (CUDA on a GPU).
     PyTorch's meta device refuses a CPU tensor beside it the way CUDA does, so this catches a
     CPU-made constant in set_feature_stats (focus's block balance was one) without a GPU."""
-    m = create_model(make_config("tiny", 12, pool=pool, feature_norm=True, motion="diff")).to("meta")
+    m = create_model(make_config("tiny", 12, features=features, feature_norm=True, motion="diff")).to("meta")
     m.set_feature_stats(torch.zeros(4, 5, m.feature_dim, device="meta"))
     assert m.feat_std.device.type == "meta" and m.diff_std.device.type == "meta"

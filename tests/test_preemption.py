@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import tool
 
-from vidcap.model import Captioner, make_config, save_checkpoint
+from vidcap.model import S2VTCaptioner, make_config, save_checkpoint
 from vidcap.shards.layout import DataInfo
 
 # Stage 3 from a fresh tiny model: dropout, caption sampling, the CNN trained, frames streamed by 2
@@ -29,7 +29,7 @@ def init_ckpt(built_small, tmp_path_factory) -> Path:
     info = DataInfo.load(built_small)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("init") / "init.pt"
-    save_checkpoint(path, Captioner(make_config("tiny", len(info.itos), n_attributes=len(info.attributes))),
+    save_checkpoint(path, S2VTCaptioner(make_config("tiny", len(info.itos), n_attributes=len(info.attributes))),
                     info.itos, info.attributes)
     return path
 

@@ -18,7 +18,7 @@ from conftest import SMALL_BUILD, one_line_error, tool
 
 from vidcap.evalkit.grounding import parse_caption, triple
 from vidcap.model import camera
-from vidcap.model.base import deviation_saliency
+from vidcap.model.focus import deviation_saliency
 from vidcap.pipeline import nuisances, scene
 from vidcap.pipeline.synth import (
     COLOURS,
@@ -382,20 +382,21 @@ def test_the_filled_foreground_is_the_whole_object_where_the_deviation_is_its_ou
 
 def test_the_stabiliser_share_is_a_model_setting_that_old_files_read_as_the_half_rule():
     from vidcap.model import create_model, make_config
-    from vidcap.model.registry import ADDED_SETTINGS
+    from vidcap.model.registry import LEGACY_FOCUS
 
-    assert ADDED_SETTINGS["stabilize_share"] == camera.MIN_SHARE == 0.5
-    assert make_config("cpu-small", 10).stabilize_share == 0.5
+    assert LEGACY_FOCUS["stabilize_share"] == camera.MIN_SHARE == 0.5
+    assert make_config("cpu-small", 10).features_config.get("stabilize_share", 0.5) == 0.5
     # the setting reaches the stabiliser: the minority-only pan is undone at 0.24, left as it is at 0.5
     frames = torch.from_numpy(_textured_strip_pan()[0]).permute(0, 3, 1, 2)[None].to(torch.uint8)
-    seen = {share: create_model(make_config("tiny", 10, stabilize="similarity", stabilize_share=share)).eval()
-            .compensate(frames)[0] for share in (0.5, 0.24)}
+    focus = {"features": "focus", "focus.stabilize": "similarity"}
+    seen = {share: create_model(make_config("tiny", 10, **focus, **{"focus.stabilize_share": share})).eval()
+            .frames.compensate(frames.float())[0] for share in (0.5, 0.24)}
     for share, x in seen.items():
         assert torch.equal(x, camera.stabilize(frames.float(), share)[0])
     assert torch.allclose(seen[0.5], frames.float(), atol=1e-2)  # left alone (an identity warp)
     assert (seen[0.24] - frames.float()).abs().amax() > 50  # the texture moved back by 3-6 px
-    with pytest.raises(ValueError, match="stabilize_share"):
-        create_model(make_config("tiny", 10, stabilize="similarity", stabilize_share=0.0))
+    with pytest.raises(ValueError, match=r"model.focus.stabilize_share=0.0: must be between 0.01 and 1.0"):
+        create_model(make_config("tiny", 10, **focus, **{"focus.stabilize_share": 0.0}))
 
 
 @pytest.mark.parametrize("option", ["exposure", "stabilize", "saliency", "foreground"])
@@ -405,13 +406,13 @@ def test_each_camera_option_switches_off(option):
 
     on = {"exposure": "gain", "stabilize": "similarity", "saliency": "robust", "foreground": "filled"}
     off = {"exposure": "none", "stabilize": "none", "saliency": "deviation", "foreground": "deviation"}
-    base = dict(n_attributes=4, pool="focus", frame_focus=True)
+    base = {"n_attributes": 4, "features": "focus", "focus.frame_focus": True}
     torch.manual_seed(0)
     plain = create_model(make_config("tiny", 10, **base)).eval()
     torch.manual_seed(0)
-    switched = create_model(make_config("tiny", 10, **base, **{option: off[option]}))
+    switched = create_model(make_config("tiny", 10, **base, **{f"focus.{option}": off[option]}))
     torch.manual_seed(0)
-    active = create_model(make_config("tiny", 10, **base, **{option: on[option]})).eval()
+    active = create_model(make_config("tiny", 10, **base, **{f"focus.{option}": on[option]})).eval()
     switched.eval()
     x = torch.randint(0, 255, (2, 5, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():

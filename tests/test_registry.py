@@ -4,6 +4,8 @@ normalisation; every backbone's mean, std and input size come from its own pretr
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import pytest
 import timm
 import torch
@@ -12,7 +14,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from vidcap.model import (
     ARCHS,
     BACKBONES,
-    Captioner,
+    S2VTCaptioner,
     create_backbone,
     create_model,
     load_checkpoint,
@@ -20,6 +22,7 @@ from vidcap.model import (
     save_checkpoint,
 )
 from vidcap.model.checkpoint import CheckpointError
+from vidcap.model.frames import FRAME_FEATURES
 from vidcap.model.registry import LEGACY_PIXEL_NORM
 from vidcap.tokens import SPECIALS as TOKEN_SPECIALS
 from vidcap.train.data import DataInfo
@@ -67,7 +70,7 @@ def test_a_checkpoint_normalises_as_it_was_trained_not_as_the_backbone_says_toda
 def test_checkpoints_without_an_architecture_load_as_s2vt_with_the_old_normalisation(tmp_path):
     """A checkpoint written before issue 12: no arch, no pixel_mean / pixel_std (every backbone used 0.5)."""
     torch.manual_seed(0)
-    old = Captioner(make_config("tiny", len(VOCAB), init_range=0.6, pixel_mean=LEGACY_PIXEL_NORM,
+    old = S2VTCaptioner(make_config("tiny", len(VOCAB), init_range=0.6, pixel_mean=LEGACY_PIXEL_NORM,
                                 pixel_std=LEGACY_PIXEL_NORM)).eval()
     save_checkpoint(tmp_path / "old.pt", old, VOCAB, ["a"] * 16)
     raw = torch.load(tmp_path / "old.pt", weights_only=True)
@@ -75,7 +78,7 @@ def test_checkpoints_without_an_architecture_load_as_s2vt_with_the_old_normalisa
         del raw["config"][key]
     torch.save(raw, tmp_path / "old.pt")
     m, _ = load_checkpoint(tmp_path / "old.pt")
-    assert type(m) is Captioner and m.cfg.arch == "s2vt" and m.cfg.pixel_mean == LEGACY_PIXEL_NORM
+    assert type(m) is S2VTCaptioner and m.cfg.arch == "s2vt" and m.cfg.pixel_mean == LEGACY_PIXEL_NORM
     frames = torch.randint(0, 256, (3, 5, 3, 64, 64), dtype=torch.uint8)
     assert torch.equal(m.greedy(m.frame_features(frames)), old.greedy(old.frame_features(frames)))
 
@@ -126,18 +129,65 @@ def test_the_feature_cache_key_includes_the_normalisation(built_small):
         _fingerprint(a, info, "val", 64, None)
 
 
-@pytest.mark.parametrize("setting", [dict(exposure="gain"), dict(stabilize="similarity"), dict(stabilize_share=0.3),
-                                     dict(saliency="robust"), dict(track=True), dict(scene=False),
-                                     dict(frame_focus=True), dict(frame_focus=True, foreground="filled")])
-def test_the_feature_cache_key_includes_every_setting_that_changes_the_features(built_small, setting):
-    """Each camera cue and feature block changes what a frame's cached features are: a run folder's cache
-    computed without it must not be read with it (the same CNN weights in both). A setting that needs
-    another (foreground needs frame_focus) is compared against a model with only that other one."""
+def _changed_settings() -> list[tuple[str, str, object]]:
+    """(entry, setting, a value other than its default) for every setting of every frame-features entry."""
+    out = []
+    for name, cls in FRAME_FEATURES.items():
+        default = cls.Config()
+        for f in fields(cls.Config):
+            value = getattr(default, f.name)
+            if f.name in cls.Config.CHOICES:
+                other = next(c for c in cls.Config.CHOICES[f.name] if c != value)
+            else:
+                other = (not value) if isinstance(value, bool) else value * 0.6
+            out.append((name, f.name, other))
+    return out
+
+
+# what a setting needs beside it to be accepted (foreground is what the frame-focus block pools over)
+NEEDS = {("focus", "foreground"): {"frame_focus": True}}
+
+
+@pytest.mark.parametrize("entry, setting, value", _changed_settings())
+def test_the_feature_cache_key_includes_every_setting_that_changes_the_features(built_small, entry, setting, value):
+    """Each setting of each frame-features entry changes what a frame's cached features are: a run
+    folder's cache computed without it must not be read with it (the same CNN weights in both)."""
     info = DataInfo.load(built_small)
-    needed = {"foreground": dict(frame_focus=True)}
-    base = {k: v for key in setting for k, v in needed.get(key, {}).items()}
+    base = {f"{entry}.{k}": v for k, v in NEEDS.get((entry, setting), {}).items()}
     torch.manual_seed(0)
-    a = create_model(make_config("tiny", len(info.itos), pool="focus", **base))
+    a = create_model(make_config("tiny", len(info.itos), features=entry, **base))
     torch.manual_seed(0)
-    b = create_model(make_config("tiny", len(info.itos), pool="focus", **setting))
+    b = create_model(make_config("tiny", len(info.itos), features=entry, **base, **{f"{entry}.{setting}": value}))
     assert _fingerprint(a, info, "val", 64, None) != _fingerprint(b, info, "val", 64, None)
+
+
+@pytest.mark.parametrize("entry", sorted(FRAME_FEATURES))
+def test_every_frame_features_entry_makes_its_blocks_and_trains_the_cnn(entry):
+    """Each entry turns uint8 frames into (B, K, sum(blocks)) features, the same on a second call, and
+    when the CNN trains (stage 3) gradients reach it through the entry; frozen, the BatchNorm-folded
+    copy gives the same features."""
+    torch.manual_seed(0)
+    m = create_model(make_config("tiny", 12, features=entry))
+    assert m.feature_dim == sum(m.frames.blocks) == m.attr_head.in_features
+    assert m.frames.fingerprint()[0] == entry and m.cfg.features_config == m.frames.fingerprint()[1]
+    x = torch.randint(0, 255, (2, 5, 3, 64, 64), dtype=torch.uint8)
+    m.freeze_backbone(False)
+    m.eval()
+    feats = m.frame_features(x)
+    assert feats.shape == (2, 5, m.feature_dim) and torch.isfinite(feats).all()
+    feats.square().mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.backbone.parameters())
+    m.freeze_backbone(True)
+    with torch.no_grad():
+        torch.testing.assert_close(m.frame_features(x), feats.detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("entry", sorted(FRAME_FEATURES))
+def test_a_setting_of_another_entry_is_a_one_line_error(entry):
+    other = next(n for n in sorted(FRAME_FEATURES) if n != entry and fields(FRAME_FEATURES[n].Config))
+    key = fields(FRAME_FEATURES[other].Config)[0].name
+    with pytest.raises(ValueError, match=rf"^model\.{other}\.{key}: a setting of model\.features={other}, "
+                                         rf"but this model's is {entry}$"):
+        make_config("tiny", 12, features=entry, **{f"{other}.{key}": 1})
+    with pytest.raises(ValueError, match=rf"^model\.{entry}\.nosuch: not a setting of model\.features={entry}"):
+        create_model(make_config("tiny", 12, features=entry, **{f"{entry}.nosuch": 1}))

@@ -170,20 +170,26 @@ def check_ranges(cfg: TrainConfig) -> None:
 _MODEL_RANGES = {"image_size": (16, 1024), "n_frames": (1, 64), "embed": (1, 65536), "hidden": (1, 65536),
                  "dropout": (0.0, 0.99), "max_len": (2, 1000), "n_attributes": (1, 100_000), "init_range": (0.0, 10.0),
                  "d_model": (1, 65536), "heads": (1, 1024), "enc_layers": (0, 64), "dec_layers": (1, 64),
-                 "ff": (1, 262_144), "init_std": (0.0, 10.0), "stabilize_share": (0.01, 1.0)}
+                 "ff": (1, 262_144), "init_std": (0.0, 10.0)}
 
 
 def model_override(key: str, text: str) -> object:
     """model.KEY=VALUE, checked against the settings of the registered architectures, types and ranges
     (a setting of another architecture than model.arch's is refused when the model is built)."""
-    from vidcap.model.registry import get_arch, model_settings
+    from vidcap.model.frames import check_setting, get_frame_features
+    from vidcap.model.registry import LEGACY_FOCUS, get_arch, model_settings
 
-    types = model_settings()
+    types = model_settings(legacy=True)
     if key not in types:
-        raise ValueError(f"model.{key}: unknown model setting; known: {', '.join(sorted(types))}")
+        raise ValueError(f"model.{key}: unknown model setting; known: {', '.join(sorted(model_settings()))}")
     value = coerce(f"model.{key}", text, types[key])
     if key == "arch":
         get_arch(value)
+    if key == "features":
+        get_frame_features(value)
+    if "." in key or key in LEGACY_FOCUS:  # a frame-features entry's setting: its own bounds
+        entry, _, setting = key.rpartition(".")
+        check_setting(entry or "focus", setting, value)
     lo, hi = _MODEL_RANGES.get(key, (None, None))
     if lo is not None and value is not None and not lo <= value <= hi:
         raise ValueError(f"model.{key}={text}: must be between {lo} and {hi}")

@@ -2,9 +2,9 @@
 
 With the CNN frozen and no augmentation, a clip's pooled features are the same every epoch, so
 they are computed once per split and reused: exactly equivalent to recomputing them. The cache is
-keyed by a hash of the backbone weights, its input normalisation, the input size, the pooling and
-the camera settings that change a frame's features (exposure, stabilisation, saliency, track), and
-the split's shard checksums, and kept on disk under RUN/features/ so stage 2 reuses stage 1's.
+keyed by a hash of the backbone weights, its input normalisation, the input size, the frame-features
+entry with all its settings (``model.frames.fingerprint()``: model/frames.py), and the split's shard
+checksums, and kept on disk under RUN/features/ so stage 2 reuses stage 1's.
 
 Under torchrun the cache is built once, by all ranks together: each computes the features of its
 contiguous share of the split and all_gather puts them back in split order on every rank (every
@@ -47,11 +47,8 @@ def _fingerprint(model: VideoCaptioner, info: DataInfo, split: str, image_size: 
     manifest = info.build.manifest(split)
     used = [r.name for r in info.shards(split)]  # skip_bad_shards may leave some out
     pixels = [model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()]  # the backbone's preprocessing
-    cfg = model.cfg
-    cues = [cfg.exposure, cfg.stabilize, cfg.stabilize_share, cfg.saliency, cfg.track, cfg.scene, cfg.frame_focus,
-            cfg.foreground]
-    h.update(json.dumps([image_size, pixels, cfg.pool, cues, max_clips, [s["sha256"] for s in manifest["shards"]],
-                         used]).encode())
+    h.update(json.dumps([image_size, pixels, model.frames.fingerprint(), max_clips,
+                         [s["sha256"] for s in manifest["shards"]], used]).encode())
     return h.hexdigest()[:16]
 
 

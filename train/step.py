@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from vidcap.model.s2vt import Captioner
+from vidcap.model.s2vt import S2VTCaptioner
 from vidcap.train.config import TrainConfig
 from vidcap.train.data import caption_batch, pick_captions
 from vidcap.train.losses import attr_loss, rl_loss, xe_loss
@@ -27,7 +27,7 @@ from vidcap.train.reward import RewardFn, sample_rewards
 
 
 class RecipeLoss(nn.Module):
-    def __init__(self, model: Captioner, cfg: TrainConfig, stoi: dict[str, int], reward: RewardFn | None,
+    def __init__(self, model: S2VTCaptioner, cfg: TrainConfig, stoi: dict[str, int], reward: RewardFn | None,
                  world: int = 1):
         super().__init__()
         self.model, self.cfg, self.stoi, self.reward, self.world = model, cfg, stoi, reward, world
