@@ -139,9 +139,19 @@ class VideoCaptioner(nn.Module):
     def frame_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, K, 3, H, W) uint8 or float in [0, 1] -> per-frame features (B, K, D), by the entry
         ``model.features`` names; one CNN batch of B*K."""
+        return self.frames(self._pixels(images), self.cnn_pass)
+
+    def cacheable_features(self, images: torch.Tensor) -> torch.Tensor:
+        """What the feature cache keeps of clips while the CNN is frozen; ``features_from_cache`` turns
+        it into ``frame_features``'s output (the same tensor for an entry without weights)."""
+        return self.frames.cache(self._pixels(images), self.cnn_pass)
+
+    def features_from_cache(self, cached: torch.Tensor) -> torch.Tensor:
+        return self.frames.from_cache(cached)
+
+    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
         dtype = self.pixel_mean.dtype
-        pixels = images.to(dtype) if images.dtype == torch.uint8 else images.to(dtype) * 255
-        return self.frames(pixels, self.cnn_pass)
+        return images.to(dtype) if images.dtype == torch.uint8 else images.to(dtype) * 255
 
     # ---- pooled features and the attribute head -----------------------------------------------
     def set_feature_stats(self, feats: torch.Tensor) -> None:

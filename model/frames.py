@@ -14,7 +14,12 @@ and ``cnn_pass``, a context manager from the model that normalises frames for it
 the CNN to run -- the trained one, or its BatchNorm-folded copy when no CNN weight is trained -- so
 an entry never sees the preprocessing or the freezing. It returns (B, K, D) with D = sum(blocks).
 
-``pooled`` and ``grid`` live here (a few lines each); ``focus`` is model/focus.py.
+An entry with weights of its own (``learned``: model/attend.py) splits its call into ``cache`` (what a
+frozen CNN gives: the feature cache of stages 1-2 keeps it) and ``from_cache`` (its weights, run in
+every training step), so it trains in every stage without running the CNN again.
+
+``pooled`` and ``grid`` live here (a few lines each); ``focus`` is model/focus.py, ``attend``
+model/attend.py.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ class FrameFeatures(nn.Module):
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[FeaturesConfig]] = FeaturesConfig
+    learned: ClassVar[bool] = False  # has weights of its own, trained with the captioner
 
     def __init__(self, cfg: FeaturesConfig, backbone: nn.Module, feature_dim: int):
         super().__init__()
@@ -66,6 +72,15 @@ class FrameFeatures(nn.Module):
 
     def forward(self, frames: torch.Tensor, cnn_pass: CNNPass) -> torch.Tensor:
         raise NotImplementedError
+
+    def cache(self, frames: torch.Tensor, cnn_pass: CNNPass) -> torch.Tensor:
+        """What the feature cache keeps of a clip while the CNN is frozen (stages 1-2): an entry without
+        weights of its own keeps its features; a learned one, what its weights read (``from_cache``)."""
+        return self(frames, cnn_pass)
+
+    def from_cache(self, cached: torch.Tensor) -> torch.Tensor:
+        """The features (B, K, D) from what ``cache`` kept -- run in the training step, with gradients."""
+        return cached
 
     def fingerprint(self) -> list:
         """What changes the features beside the CNN's weights and input: keys the feature cache."""

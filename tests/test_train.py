@@ -69,6 +69,25 @@ def test_stage_3_trains_the_backbone_and_stages_1_2_do_not(three_stages, built_s
     assert any(not torch.equal(s2[k], s3[k]) for k in weights)
 
 
+def test_stage_3_records_each_cnn_blocks_gradient_and_motion(three_stages):
+    """Stage 3's epoch records say, per block of the CNN, the RMS gradient norm of its steps and how
+    far its weights moved (train/cnn_watch.py); the numbers are those of the weights it saved."""
+    run, _ = three_stages
+    records = {s: [json.loads(x) for x in (run / f"stage{s}" / "metrics.jsonl").read_text().splitlines()]
+               for s in (1, 3)}
+    assert not any("cnn_blocks" in x for x in records[1])  # a frozen CNN has nothing to say
+    epochs = [x for x in records[3] if x["event"] == "epoch"]
+    blocks = epochs[-1]["cnn_blocks"]
+    s2, s3 = backbone_state(run / "stage2" / "best.pt"), backbone_state(run / "stage3" / "last.pt")  # its start, end
+    for block, (grad_rms, change) in blocks.items():
+        keys = [k for k in s2 if (k == block or k.startswith(block + ".")) and "running" not in k
+                and "num_batches" not in k]
+        assert keys, block
+        moved = sum(float((s3[k] - s2[k]).square().sum()) for k in keys) ** 0.5
+        size = sum(float(s2[k].square().sum()) for k in keys) ** 0.5
+        assert grad_rms > 0 and change == pytest.approx(moved / size, rel=1e-3, abs=1e-9)
+
+
 def test_lr_factor_constant_and_cosine():
     assert [lr_factor("constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
     assert lr_factor("cosine", 0, 10) == 1.0

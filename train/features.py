@@ -34,7 +34,9 @@ from vidcap.train.distributed import Dist
 @dataclass
 class FeatureSet:
     clip_ids: list[str]
-    feats: torch.Tensor  # (N, K, D) float32
+    # (N, K, D) float32, or what a learned frame-features entry reads (model.features_from_cache turns it
+    # into features, in the step: model/frames.py ``cache``)
+    feats: torch.Tensor
     captions: list[list[str]]
     attrs: torch.Tensor  # (N, A)
 
@@ -65,7 +67,7 @@ def compute_features(model: VideoCaptioner, batches: Iterable[dict], device: tor
     model.eval()
     ids, feats, caps, attrs = [], [], [], []
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        feats.append(model.frame_features(batch["frames"].to(device)).float().cpu())
+        feats.append(model.cacheable_features(batch["frames"].to(device)).float().cpu())
         ids += batch["clip_id"]
         caps += batch["captions"]
         attrs.append(batch["attrs"])

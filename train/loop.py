@@ -47,6 +47,7 @@ from vidcap.model.registry import create_model, make_config
 from vidcap.shards.layout import DataInfo
 from vidcap.tokens import MAX_LEN, decode
 from vidcap.train import distributed, rng_state, run_lock
+from vidcap.train.cnn_watch import CNNWatch
 from vidcap.train.config import TrainConfig
 from vidcap.train.data import SplitStream, rank_range, torch_loader
 from vidcap.train.features import FeatureSet, cached_features, feature_batches
@@ -217,6 +218,8 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]  # what lr_schedule scales (a restore keeps them)
         if cfg.resume:
             self._restore(extra)
+        # a trained CNN: each epoch's record says how much of each block's gradient and motion there was
+        self.cnn_watch = CNNWatch(self.model.backbone) if cfg.train_cnn else None
 
     def _read_splits(self) -> None:
         """One verifying pass over train and val (rank 0; the others get its result), then their references."""
@@ -252,8 +255,10 @@ class Trainer:
     def _set_feature_stats(self) -> None:
         """A fresh model with feature_norm standardises with the training set's statistics."""
         if self.model.cfg.feature_norm and self.init_from is None and not self.cfg.resume:
-            feats = self.features("train").feats
-            self.model.set_feature_stats(feats.to(self.device))
+            cached = self.features("train").feats
+            with torch.no_grad():  # a learned entry's features at its initial weights
+                feats = torch.cat([self.model.features_from_cache(c.to(self.device)) for c in cached.split(256)])
+            self.model.set_feature_stats(feats)
 
     def _make_step(self, reward) -> None:
         """The recipe's loss as a module (train/step.py), wrapped in DDP under torchrun."""
@@ -469,7 +474,8 @@ class Trainer:
         seconds = time.perf_counter() - totals.t0
         return {"epoch": epoch, "steps": n, "train_seconds": round(seconds, 2),
                 "clips_per_s": round(totals.clips / max(seconds, 1e-9), 2),
-                **{f"train_{k}": v / max(n, 1) for k, v in totals.agg.items()}}
+                **{f"train_{k}": v / max(n, 1) for k, v in totals.agg.items()},
+                **({"cnn_blocks": self.cnn_watch.epoch_record()} if self.cnn_watch else {})}
 
     def _next_batch(self, batches, epoch: int, skip: int, b: int, n: int) -> tuple:
         """(the epoch's iterator, started on first use; batch b or None; the UserError that stops it or None)."""

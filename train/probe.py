@@ -67,6 +67,8 @@ def cached_split_features(model, info: DataInfo, split: str, features_dir: Path 
     objects = _split_objects(info, split)
     if sorted(objects) != sorted(ids) or not all(objects.values()):
         return None
+    with torch.no_grad():  # what a learned frame-features entry makes of its cached maps
+        feats = torch.cat([model.features_from_cache(c).float() for c in feats.split(256)]) if len(feats) else feats
     return feats, [objects[c] for c in ids]
 
 

@@ -35,7 +35,7 @@ class RecipeLoss(nn.Module):
     def features(self, batch: dict) -> torch.Tensor:
         device = next(self.model.parameters()).device
         if "feats" in batch:
-            return batch["feats"].to(device)
+            return self.model.features_from_cache(batch["feats"].to(device))
         return self.model.frame_features(batch["frames"].to(device))
 
     def forward(self, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
