@@ -84,7 +84,9 @@ def _probe_main(argv: list[str]) -> None:
 
 
 def _robustness_main(argv: list[str]) -> None:
+    from vidcap.pipeline.nuisances import HELD_OUT, LISTED, NUISANCES
     from vidcap.train.robustness import (
+        GROUPS,
         STRENGTH_NAMES,
         format_markdown,
         parse_nuisances,
@@ -93,16 +95,16 @@ def _robustness_main(argv: list[str]) -> None:
     )
 
     p = ArgumentParser(prog="train robustness", description="caption a split clean and with one nuisance of real "
-                       "footage at a time (noise, flicker, camera motion, blur, occlusion, and held-out camera "
-                       "faults) at each strength; writes robustness.{json,md,png}")
+                       f"footage at a time (pipeline/nuisances.py: {', '.join(LISTED)}; held out, never rendered "
+                       f"by the realistic world: {', '.join(HELD_OUT)}) at each strength; writes "
+                       "robustness.{json,md,png}")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--ckpt", help="checkpoint (e.g. RUN/stage3/best.pt)")
     which.add_argument("--model", help="model folder (from `train export`)")
     p.add_argument("--data", required=True, help="pipeline build output")
     p.add_argument("--split", default="test", choices=list(SPLITS))
-    p.add_argument("--nuisances", default="all", help="all (default), listed, held-out, or names: "
-                   "noise,flicker,gain_drift,shake,pan,zoom,blur,occlusion,colour_cast,vignette,low_contrast,"
-                   "salt_pepper,jpeg,frame_drop")
+    p.add_argument("--nuisances", default="all", help=f"{', '.join(GROUPS)} (default all), or comma-separated "
+                   f"names: {','.join(NUISANCES)}")
     p.add_argument("--strengths", default=",".join(STRENGTH_NAMES), help="comma-separated subset of "
                    f"{', '.join(STRENGTH_NAMES)} (default all three)")
     p.add_argument("--max-clips", type=int, default=120, help="clips of the split (default 120)")
