@@ -18,6 +18,7 @@ from vidcap.model.checkpoint import CheckpointError
 from vidcap.shards.layout import SPLITS
 from vidcap.train.config import DEVICES, LOADERS, SCHEDULES
 from vidcap.train.recipes import STAGES, TABLE3_ORDER
+from vidcap.train.run_folder import ROBUSTNESS_JSON, ROBUSTNESS_MD, ROBUSTNESS_PNG
 
 PRESETS = list(SCHEDULES)  # the choices are the registries' (train/config.py, train/recipes.py): one edit adds one
 
@@ -119,7 +120,7 @@ def _robustness_main(argv: list[str]) -> None:
     r = robustness(a.ckpt, a.model, a.data, a.split, parse_nuisances(a.nuisances), parse_strengths(a.strengths),
                    a.max_clips, a.beam, a.seed, a.out, progress=not a.quiet)
     print(format_markdown(r))
-    print(f"written: {r['dir']}/robustness.json, robustness.md" + (", robustness.png" if "all_acc" in r["rows"][0] else ""))
+    print(f"written: {r['dir']}/{ROBUSTNESS_JSON}, {ROBUSTNESS_MD}" + (f", {ROBUSTNESS_PNG}" if "all_acc" in r["rows"][0] else ""))
 
 
 def _ablate_main(argv: list[str]) -> None:

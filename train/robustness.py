@@ -30,7 +30,7 @@ from vidcap.shards.layout import DataInfo
 from vidcap.shards.reader import checked_samples
 from vidcap.tokens import decode
 from vidcap.train.data import SplitStream, decode_jpeg
-from vidcap.train.run_folder import ROBUSTNESS
+from vidcap.train.run_folder import ROBUSTNESS, ROBUSTNESS_JSON, ROBUSTNESS_MD, ROBUSTNESS_PNG
 
 STRENGTH_NAMES = ("mild", "standard", "strong")
 DEFAULT_SECONDS = 2.0  # a clip's length when its container states no frame rate (the clean world's length)
@@ -125,10 +125,10 @@ def robustness(ckpt: str | None, model_dir: str | None, data: str, split: str = 
                             for n in nuisances}}
     out_dir = Path(out) if out else (Path(model_dir) if model_dir else Path(raw["source"]).parent) / ROBUSTNESS
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "robustness.json", result)
-    write_bytes_atomic(out_dir / "robustness.md", format_markdown(result).encode())
+    write_json_atomic(out_dir / ROBUSTNESS_JSON, result)
+    write_bytes_atomic(out_dir / ROBUSTNESS_MD, format_markdown(result).encode())
     if objects:
-        plot(result, out_dir / "robustness.png")
+        plot(result, out_dir / ROBUSTNESS_PNG)
     result["dir"] = str(out_dir)
     return result
 
