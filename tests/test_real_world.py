@@ -445,6 +445,9 @@ def test_robustness_writes_its_table(real_build, tmp_path):
         ("clean", None), ("noise", "standard"), ("noise", "strong"), ("pan", "standard"), ("pan", "strong"),
         ("jpeg", "standard"), ("jpeg", "strong")]
     assert all(0 <= row["all_acc"] <= 1 for row in result["rows"]) and result["rows"][-1]["held_out"]
+    # the table's units, which the shard json's recorded strengths are in too (tests/test_nuisances.py)
+    assert {n: v["unit"] for n, v in result["nuisances"].items()} == {n: nuisances.NUISANCES[n].unit
+                                                                      for n in ("noise", "pan", "jpeg")}
     table = (out / "robustness.md").read_text()
     assert "| jpeg * | strong | 10 |" in table
     assert (out / "robustness.png").read_bytes()[:4] == b"\x89PNG"
