@@ -32,7 +32,8 @@ Entries with ``world=None`` are **held out**: camera faults the world never rend
 tuned on (a colour cast, vignetting, low contrast, salt-and-pepper pixels, heavy JPEG, a dropped
 frame); the robustness report shows both groups, so a recipe that only learnt the listed ones shows
 up as a gap between them. A new nuisance is one entry here (its implementation beside it): the
-world, ``train robustness``, its ``--nuisances`` choices and help, and the shard json follow.
+world, ``train robustness``, its ``--nuisances`` choices and help, and the shard json follow; its row
+in docs/real-world.md's table is the one other line (tests/test_nuisances.py compares the two).
 """
 
 from __future__ import annotations
