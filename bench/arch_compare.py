@@ -68,7 +68,7 @@ def stage_row(data: str, run: Path, arch: str, stage: int, seed: int, preset: st
     t0 = time.perf_counter()
     run_stage(cfg, progress=progress)
     minutes = (time.perf_counter() - t0) / 60
-    r = evaluate_checkpoint(str(d.best), data, "test", beam=1, out=str(d.path / "eval-test-greedy"), scorer=scorer)
+    r = evaluate_checkpoint(str(d.best), data, "test", beam=1, out=str(d.eval_dir("test", 1)), scorer=scorer)
     start = json.loads(d.metrics.read_text().splitlines()[0])
     row = {"arch": arch, "seed": seed, "stage": stage, "train_minutes": round(minutes, 2),
            "captioner_params": start["params"]["captioner"], **r["metrics"]}

@@ -70,6 +70,7 @@ from vidcap.train.config import SCHEDULES, TrainConfig, make_train_config  # noq
 from vidcap.train.data import SplitStream, torch_loader  # noqa: E402
 from vidcap.train.loop import Trainer, build_model, run_stage  # noqa: E402
 from vidcap.train.recipes import RECIPES, STAGES  # noqa: E402
+from vidcap.train.run_folder import StageFolder  # noqa: E402
 
 PROG = "gpu_check"
 DECODE_MEAN_TOL, DECODE_MAX_TOL = 2.0, 64  # JPEG decoders differ in IDCT and chroma upsampling
@@ -485,12 +486,12 @@ def check_dali_epoch(ctx: Context, c: Check) -> str:
     n_train = len(info.metadata("train")[: cfg.max_clips])
     want = -(-n_train // cfg.batch_size)
     c.values.update({k: record.get(k) for k in ("steps", "train_seconds", "clips_per_s", "train_loss", "val_CIDEr")})
-    c.values.update(batch_size=cfg.batch_size, best=str(Path(result["dir"]) / "best.pt"))
+    c.values.update(batch_size=cfg.batch_size, best=str(StageFolder(Path(result["dir"])).best))
     if s.device == "cuda":
         c.values["peak_gpu_mib"] = mib(torch.cuda.max_memory_allocated())
     if record["steps"] != want or not math.isfinite(record.get("train_loss", math.nan)):
         raise Failed(f"{record['steps']} steps (want {want}), train loss {record.get('train_loss')}")
-    if not (Path(result["dir"]) / "best.pt").exists():
+    if not StageFolder(Path(result["dir"])).best.exists():
         raise Failed(f"{result['dir']}: no best.pt after the epoch")
     return (f"{record['steps']} steps of {cfg.batch_size}, {record['clips_per_s']} clips/s, loss "
             f"{record['train_loss']:.4f}, val CIDEr {100 * (record.get('val_CIDEr') or 0):.2f}")

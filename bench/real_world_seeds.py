@@ -35,6 +35,8 @@ from vidcap.evalkit.grounding import per_clip_correct  # noqa: E402
 from vidcap.shards.layout import Build  # noqa: E402
 from vidcap.train.ablate import over_seeds  # noqa: E402
 from vidcap.train.evaluate import paired_difference  # noqa: E402
+from vidcap.train.recipes import STAGES as RECIPE_OF  # noqa: E402
+from vidcap.train.run_folder import EVAL_METRICS, GROUPS, PREDICTIONS, ROBUSTNESS_JSON, RunFolder  # noqa: E402
 
 STAGES = (1, 2, 3)
 ACC = ("action_acc", "colour_acc", "shape_acc", "all_acc")
@@ -52,14 +54,14 @@ def load_seed(demo: Path, scorer: Scorer) -> dict:
     objects = {m["clip_id"]: m["objects"] for m in metas if m.get("objects")}
     stages = {}
     for s in STAGES:
-        d = demo / "run" / f"stage{s}"
-        preds = json.loads((d / "eval-test-beam3" / "predictions.json").read_text())
+        d = RunFolder(demo / "run").stage(RECIPE_OF[s])
+        preds = json.loads((d.eval_dir("test", 3) / PREDICTIONS).read_text())
         per_clip = scorer.score(preds, refs, per_clip=True)["per_clip"]
-        stages[s] = {"realistic": json.loads((d / "eval-test-beam3" / "metrics.json").read_text()),
-                     "groups": json.loads((d / "eval-test-beam3" / "grounded_groups.json").read_text()),
-                     "clean": json.loads((d / "eval-clean-test-beam3" / "metrics.json").read_text()),
+        stages[s] = {"realistic": json.loads((d.eval_dir("test", 3) / EVAL_METRICS).read_text()),
+                     "groups": json.loads((d.eval_dir("test", 3) / GROUPS).read_text()),
+                     "clean": json.loads((d.eval_dir("test", 3, "clean") / EVAL_METRICS).read_text()),
                      "cider": {c: v["CIDEr"] for c, v in per_clip.items()}, "correct": _correct(preds, objects)}
-    rob = demo / "run" / "stage3" / "robustness" / "robustness.json"
+    rob = RunFolder(demo / "run").stage(RECIPE_OF[3]).robustness / ROBUSTNESS_JSON
     return {"demo": str(demo), "stages": stages, "robustness": json.loads(rob.read_text()) if rob.exists() else None}
 
 

@@ -265,6 +265,7 @@ def train_child(spec: dict) -> dict:
     from vidcap.train.features import FeatureSet, cached_features
     from vidcap.train.loop import Trainer, make_batches
     from vidcap.train.resume import Position
+    from vidcap.train.run_folder import BEST
 
     keep_freed_memory()
     torch.set_num_threads(spec["threads"])
@@ -313,7 +314,7 @@ def train_child(spec: dict) -> dict:
                 prof.disable()
                 times.append(time.perf_counter() - t1)
         feats.update(getattr(tr, "feature_seconds", {}))
-        tr.save("best.pt", Position())  # the next stage starts from it
+        tr.save(BEST, Position())  # the next stage starts from it
         tr.close()
         ft = feats.get("train")
         rows.append({"preset": spec["name"], "stage": stage, "batch_size": cfg.batch_size,
@@ -668,9 +669,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"features: {wall:.0f} s", flush=True)
         save()
     if "eval" in parts:
+        from vidcap.train.recipes import STAGES
+        from vidcap.train.run_folder import RunFolder
+
         evals = {e["build_clips"]: e for e in report.get("eval", [])}
         for n in eval_sizes:
-            spec = {"kind": "eval", "ckpt": str(work / f"run{n}-cpu-small" / "stage1" / "best.pt"),
+            spec = {"kind": "eval", "ckpt": str(RunFolder(work / f"run{n}-cpu-small").stage(STAGES[1]).best),
                     "data": str(work / f"data{n}"), "out": str(work / f"eval{n}"), "threads": 2}
             res, wall, _, rc = run_measured([sys.executable, str(Path(__file__).resolve()), "--child",
                                              json.dumps(spec)], work / f"eval{n}.log")

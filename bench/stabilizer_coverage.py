@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vidcap.model import camera  # noqa: E402
-from vidcap.pipeline.nuisances import NUISANCES, perturb  # noqa: E402
+from vidcap.pipeline.nuisances import NUISANCES, perturb, sampled_times  # noqa: E402
 from vidcap.shards.layout import DataInfo  # noqa: E402
 from vidcap.shards.reader import checked_samples  # noqa: E402
 from vidcap.train.data import SplitStream, decode_jpeg  # noqa: E402
@@ -42,13 +42,8 @@ STANDARD = 1  # the strength index `train robustness --strengths standard` uses
 
 def true_offsets(name: str, strength: float, seed: int, k: int, width: int) -> np.ndarray:
     """The camera offsets (K, 2) in pixels that pipeline.nuisances draws for this seed (zoom: none)."""
-    rng = np.random.default_rng(seed)
-    if name == "pan":
-        angle = rng.uniform(0, 2 * np.pi)
-        return np.linspace(0.0, 1.0, k)[:, None] * strength * width * np.array([np.cos(angle), np.sin(angle)])
-    if name == "shake":
-        return rng.normal(0.0, strength * width, (k, 2))
-    return np.zeros((k, 2))
+    n = NUISANCES[name]
+    return n.camera(n.draw(strength, np.random.default_rng(seed), None), sampled_times(k))[0] * width
 
 
 def motion(frames: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:

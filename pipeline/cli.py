@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vidcap.errors import ArgumentParser, UserError, cli_errors
 from vidcap.flags import add_workers, check_range
+from vidcap.pipeline.nuisances import LISTED
 from vidcap.pipeline.synth import WORLDS
 
 
@@ -51,8 +52,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--clips", type=int, default=600, help="number of clips (default 600)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--world", choices=WORLDS, default="clean",
-                   help="clean: a static camera over grey gradients; real: noise, flicker, camera motion, "
-                        "photos and clutter, moving distractors, occlusion, blur, varied formats (default clean)")
+                   help="clean: a static camera over grey gradients; real: the nuisances of pipeline/nuisances.py "
+                        f"({', '.join(LISTED)}), photos and clutter, moving distractors, varied formats "
+                        "(default clean)")
     s.add_argument("--test-only", action="store_true", help="every clip in the test split: an evaluation set "
                    "(its build has no vocabulary or attributes of its own; `train eval` decodes with the model's)")
     s.add_argument("--size", default=None, help="WIDTHxHEIGHT, clean world (default 160x120)")

@@ -2,12 +2,13 @@
 scene filmed by an imperfect camera.
 
 A clip is rendered in *scene* coordinates -- the background, the objects and any occluder live on a
-canvas larger than the frame -- and each video frame is what a camera sees of it: moved by its pan
-and shake, zoomed about the centre, exposed over a shutter (motion blur: several sub-frame renders
-averaged), with its exposure flickering or drifting and sensor noise on top. Objects move in scene
-coordinates, so the words that name their motion are relative to the scene, as people write them;
-the camera's own motion is at most a fifth of an object's travel, so the word also agrees with the
-motion in the image (tested against the generator's truth).
+canvas larger than the frame -- and each video frame is what a camera sees of it: moved along the
+camera nuisances' path (shake, pan, zoom), then the pixel nuisances (blur, the exposure's flicker
+and drift, sensor noise). Every nuisance -- its strength, its draw and its implementation -- is an
+entry of ``pipeline.nuisances``, which ``train robustness`` applies too; this module is the scene
+they act on. Objects move in scene coordinates, so the words that name their motion are relative to
+the scene, as people write them; the camera's own motion is at most a fifth of an object's travel,
+so the word also agrees with the motion in the image (tested against the generator's truth).
 
 Backgrounds: the clean world's grey gradients, real photographs from scikit-image's data folder
 (``skimage.data``: public-domain and CC0 images, listed in ``PHOTOS`` with their licences), or
@@ -17,13 +18,14 @@ that are not the object's, so a colour word must be bound to what moves.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from vidcap.pipeline import nuisances
 
 # Photographs shipped in scikit-image's wheel (skimage/data/*.png|jpg), with the licence its
 # documentation states for each.
@@ -41,7 +43,6 @@ PHOTOS: dict[str, tuple[str, str]] = {
     "gravel": ("gravel.png", "CC0 (CC0Textures)"),
 }
 MARGIN = 0.3  # the scene canvas extends this fraction of the frame's longer side beyond each edge
-SUBFRAMES = 4  # sub-frame renders averaged over the shutter when a clip has motion blur
 
 
 @cache
@@ -61,26 +62,6 @@ def photo_available() -> bool:
     except (RuntimeError, OSError):
         return False
     return True
-
-
-@dataclass
-class Camera:
-    """The camera's path over the clip: offsets in pixels, scale about the frame centre."""
-
-    pan: tuple[float, float]  # total displacement over the clip, fractions of the frame's width
-    shake: float  # amplitude of hand-held jitter, fraction of the frame's width
-    shake_phases: tuple[float, ...]  # 2 axes x 3 frequencies
-    zoom: float  # scale at the clip's end (1: none), reached geometrically
-
-    def at(self, t: float, width: int) -> tuple[float, float, float]:
-        dx, dy = self.pan[0] * t * width, self.pan[1] * t * width
-        if self.shake:
-            for axis in range(2):
-                jitter = sum(math.sin(2 * math.pi * f * t + self.shake_phases[3 * axis + j]) / (j + 1)
-                             for j, f in enumerate((1.7, 3.9, 7.3)))
-                jitter *= self.shake * width / 1.3
-                dx, dy = (dx + jitter, dy) if axis == 0 else (dx, dy + jitter)
-        return dx, dy, self.zoom ** t
 
 
 def background_canvas(bg: dict, cw: int, ch: int, levels: tuple[int, int], vertical: bool) -> Image.Image:
@@ -123,23 +104,13 @@ def background_canvas(bg: dict, cw: int, ch: int, levels: tuple[int, int], verti
     return Image.fromarray(base.astype(np.uint8))
 
 
-def render_real_frame(spec, t: float, width: int, height: int, canvas: Image.Image, cam: Camera,
-                      draw_objects, exposure: float, dt: float) -> np.ndarray:
-    """One frame (float32 H x W x 3, before exposure and noise) at time t in [0, 1]: the scene at
-    t (or averaged over the shutter [t - exposure*dt/2, t + exposure*dt/2]) through the camera."""
+def render_real_frame(t: float, width: int, height: int, canvas: Image.Image, camera: tuple[float, float, float],
+                      draw_scene: Callable[[ImageDraw.ImageDraw, float, int], None]) -> np.ndarray:
+    """One frame (uint8 H x W x 3, before the pixel nuisances) at time t in [0, 1]: the scene at t --
+    `draw_scene` puts the objects and anything in front of them on a copy of the canvas -- seen by the
+    camera, moved by (dx, dy) pixels and zoomed by a scale (``nuisances.camera_path``, in pixels)."""
     m = int(round(MARGIN * max(width, height)))
-    times = [t] if exposure <= 0 else [min(1.0, max(0.0, t + exposure * dt * (s / (SUBFRAMES - 1) - 0.5)))
-                                       for s in range(SUBFRAMES)]
-    acc = np.zeros((height, width, 3), np.float32)
-    for u in times:
-        scene = canvas.copy()
-        draw_objects(ImageDraw.Draw(scene), u, m)
-        dx, dy, z = cam.at(u, width)
-        if dx == 0 and dy == 0 and z == 1:  # a camera at rest: the frame is the canvas's centre
-            acc += np.asarray(scene.crop((m, m, m + width, m + height)), np.float32)
-            continue
-        a = 1.0 / z
-        data = (a, 0.0, width / 2 + m + dx - a * width / 2, 0.0, a, height / 2 + m + dy - a * height / 2)
-        acc += np.asarray(scene.transform((width, height), Image.Transform.AFFINE, data,
-                                          resample=Image.Resampling.BILINEAR), np.float32)
-    return acc / len(times)
+    scene = canvas.copy()
+    draw_scene(ImageDraw.Draw(scene), t, m)
+    dx, dy, z = camera
+    return nuisances.camera_view(scene, m, width, height, dx, dy, z)

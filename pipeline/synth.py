@@ -7,11 +7,12 @@ attributes mined from the captions are real labels. Output is the official MSR-V
 
 Two worlds (``--world``). ``clean``: a static camera over a grey gradient, one moving object and
 sometimes a still one -- every pixel that changes belongs to the object. ``real``: the same objects
-filmed the way real footage is (``pipeline.scene``): sensor noise, exposure flicker and drift, a
-shaking, panning or zooming camera, photographs and clutter behind, a second object that also
-moves, an occluder in front, motion blur, and a size, frame rate and length of its own per clip.
-Each clip's nuisances are drawn from the seed and recorded in ``videodatainfo.json`` (``nuisances``),
-and so in the shard json. The real world also holds out a seeded list of (colour, shape, action)
+filmed the way real footage is (``pipeline.scene``): the listed nuisances of ``pipeline.nuisances``
+(sensor noise, exposure flicker and drift, a shaking, panning or zooming camera, defocus, an occluder
+in front), photographs and clutter behind, a second object that also moves, and a size, frame rate
+and length of its own per clip. Each clip's nuisances are drawn from the seed and recorded in
+``videodatainfo.json`` (``nuisances``: each one's strength in the unit `train robustness` uses), and
+so in the shard json. The real world also holds out a seeded list of (colour, shape, action)
 combinations from training (``heldout_triples``): a compositional test of the captioner.
 
 Which object the captions describe: the main one, ``objects[0]``, which does the clip's action and
@@ -26,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import zlib
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -53,7 +55,7 @@ from vidcap.grammar import (
     TEMPLATES,
     action_phrases,
 )
-from vidcap.pipeline import scene
+from vidcap.pipeline import nuisances, scene
 from vidcap.pipeline.ffmpeg_check import require_ffmpeg
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -73,13 +75,12 @@ WORLDS = ("clean", "real")
 SECOND_SCALE = 0.7  # a second object's radius, as a fraction of the small size: the main one is bigger
 HELDOUT_TRIPLES = 10  # (colour, shape, action) combinations the real world never puts in training
 HELDOUT_SHARE = 0.25  # of val/test clips whose main object is forced to a held-out combination
-# The real world's per-clip draws: frame sizes, frame rates, lengths, and how often each nuisance occurs.
+# The real world's per-clip draws: frame sizes, frame rates, lengths (how often each nuisance occurs, and
+# how strong, is its entry's World in pipeline.nuisances).
 REAL_SIZES = ((160, 120), (176, 144), (192, 144), (224, 168))
 REAL_FPS = (12, 15, 24, 25, 30)
 REAL_SECONDS = (1.5, 3.5)
 REAL_BACKGROUNDS = (("gradient", 0.3), ("photo", 0.45), ("clutter", 0.25))
-REAL_RATES = {"noise": 0.5, "flicker": 0.35, "gain_drift": 0.3, "shake": 0.35, "pan": 0.3, "zoom": 0.25,
-              "blur": 0.25, "occlusion": 0.2}
 REAL_SECOND_OBJECT = (("none", 0.55), ("still", 0.2), ("moving", 0.25))
 
 
@@ -106,7 +107,7 @@ class ClipSpec:
     objects: list[ObjectSpec] = field(default_factory=list)
     captions: list[str] = field(default_factory=list)
     # The real world's per-clip settings (None in the clean world): width, height, fps, seconds,
-    # background, camera, exposure, noise, blur, occluder (see real_settings).
+    # background, noise_seed, and nuisances -- name -> its draw, pipeline.nuisances (see real_settings).
     real: dict | None = None
 
 
@@ -162,14 +163,10 @@ def _draw_objects(draw: ImageDraw.ImageDraw, spec: ClipSpec, t: float, width: in
             draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
         else:
             draw.polygon(_polygon(obj.shape, x, y, r, angle), fill=fill)
-    occ = (spec.real or {}).get("occluder")
-    if occ:  # fixed in the scene, in front of everything
-        pos, half = occ["pos"], occ["width"] / 2
-        if occ["vertical"]:
-            box = [(pos - half) * width + offset, 0, (pos + half) * width + offset, height + 2 * offset]
-        else:
-            box = [0, (pos - half) * height + offset, width + 2 * offset, (pos + half) * height + offset]
-        draw.rectangle(box, fill=tuple(occ["colour"]))
+    for name, params in (spec.real or {}).get("nuisances", {}).items():  # fixed in the scene, in front of everything
+        hook = nuisances.NUISANCES[name].scene
+        if hook is not None:
+            hook(draw, params, width, height, offset)
 
 
 def render_frame(spec: ClipSpec, t: float, width: int, height: int) -> np.ndarray:
@@ -183,34 +180,24 @@ def render_frame(spec: ClipSpec, t: float, width: int, height: int) -> np.ndarra
     return render_clip(spec, [t])[0]
 
 
-def _camera(real: dict) -> scene.Camera:
-    return scene.Camera(tuple(real["pan"]), real["shake"], tuple(real["shake_phases"]), real["zoom"])
-
-
 def render_clip(spec: ClipSpec, times: list[float]) -> np.ndarray:
-    """The real world's frames (N, H, W, 3) uint8 at `times` in [0, 1]: the scene through the camera,
-    exposed over the shutter, with the exposure's gain and sensor noise."""
+    """The real world's frames (N, H, W, 3) uint8 at `times` in [0, 1]: the scene through the camera
+    nuisances' path, then the pixel nuisances (pipeline.nuisances, the implementation `train
+    robustness` applies), sensor noise from the clip's own seed."""
     real = spec.real
     width, height = real["width"], real["height"]
+    present = real["nuisances"]
     m = int(round(scene.MARGIN * max(width, height)))
     canvas = scene.background_canvas(real["background"], width + 2 * m, height + 2 * m,
                                      (spec.bg_low, spec.bg_high), spec.gradient_vertical)
-    cam = _camera(real)
-    dt = 1.0 / max(1, round(real["fps"] * real["seconds"]) - 1)
-    noise_rng = np.random.default_rng(real["noise_seed"])
-    out = []
-    for t in times:
-        frame = scene.render_real_frame(spec, t, width, height, canvas, cam,
-                                        lambda d, u, off: _draw_objects(d, spec, u, width, height, off),
-                                        real["blur"], dt)
-        seconds = t * real["seconds"]
-        gain = (1.0 + real["flicker"] * math.sin(2 * math.pi * real["flicker_hz"] * seconds + real["flicker_phase"]))
-        gain *= 1.0 + real["gain_drift"] * t
-        frame = frame * gain
-        if real["noise"]:
-            frame += noise_rng.standard_normal(frame.shape, dtype=np.float32) * np.float32(real["noise"])
-        out.append(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
-    return np.stack(out)
+    at = np.asarray(times, np.float64)
+    offsets, scales = nuisances.camera_path(present, at)
+    frames = np.stack([
+        scene.render_real_frame(t, width, height, canvas, (float(o[0] * width), float(o[1] * width), float(z)),
+                                lambda d, u, off: _draw_objects(d, spec, u, width, height, off))
+        for t, o, z in zip(times, offsets, scales, strict=True)]).astype(np.float32)
+    frames = nuisances.apply_pixels(frames, present, at, real["seconds"], np.random.default_rng(real["noise_seed"]))
+    return nuisances.to_u8(frames)
 
 
 def _place(action: str, rng: np.random.Generator, slot: float) -> tuple[float, float]:
@@ -392,9 +379,9 @@ def _real_spec(i: int, split: str, seed: int, heldout: set) -> ClipSpec:
 
 
 def real_settings(rng: np.random.Generator, spec: ClipSpec, bg_kind: str, seed: int) -> dict:
-    """One clip's camera, exposure, scene and format in the real world (REAL_RATES: how often each)."""
+    """One clip's format, background and nuisances in the real world: each listed nuisance of
+    pipeline.nuisances on its World.rate share of clips, its strength uniform in its World range."""
     width, height = REAL_SIZES[int(rng.integers(len(REAL_SIZES)))]
-    on = {name: bool(rng.random() < rate) for name, rate in REAL_RATES.items()}
     background: dict = {"kind": bg_kind}
     if bg_kind == "photo":
         names = sorted(scene.PHOTOS)
@@ -404,55 +391,35 @@ def real_settings(rng: np.random.Generator, spec: ClipSpec, bg_kind: str, seed: 
                           flip=bool(rng.random() < 0.5))
     elif bg_kind == "clutter":
         background.update(seed=int(rng.integers(2**31)), items=int(rng.integers(12, 40)))
-    angle = rng.uniform(0, 2 * math.pi)
-    pan = rng.uniform(0.03, 0.07) if on["pan"] else 0.0  # of the width: a fifth of the vertical travel at most
-    zoom = rng.uniform(1.04, 1.14) if on["zoom"] else 1.0
-    occluder = None
-    if on["occlusion"]:
-        main = spec.objects[0]
-        vertical = main.action not in ("up", "down", "bounce")
-        centre = main.x0 if vertical else main.y0
-        if main.action in ("left", "right"):
-            centre = 0.5
-        elif main.action in ("up", "down"):
-            centre = 0.5
-        grey = int(rng.integers(40, 215))
-        occluder = {"vertical": vertical, "pos": float(centre + rng.uniform(-0.06, 0.06)),
-                    "width": float(rng.uniform(0.05, 0.1)), "colour": [grey, grey, grey]}
-    drift = float(rng.uniform(0.05, 0.3) * (1 if rng.random() < 0.5 else -1)) if on["gain_drift"] else 0.0
+    present = {}
+    for name, n in nuisances.LISTED.items():  # each from its own stream: a new nuisance leaves the others' draws
+        own = np.random.default_rng([seed, spec.index, 3, zlib.crc32(name.encode())])
+        if own.random() < n.world.rate:
+            present[name] = n.draw(float(own.uniform(n.world.low, n.world.high)), own, _across(spec.objects[0]))
     return {
         "width": width, "height": height, "fps": int(REAL_FPS[int(rng.integers(len(REAL_FPS)))]),
         "seconds": round(float(rng.uniform(*REAL_SECONDS)), 1), "background": background,
-        "noise": float(rng.uniform(2, 12)) if on["noise"] else 0.0,
-        "noise_seed": [seed, spec.index, 2],
-        "flicker": float(rng.uniform(0.02, 0.1)) if on["flicker"] else 0.0,
-        "flicker_hz": float(rng.uniform(1, 6)), "flicker_phase": float(rng.uniform(0, 2 * math.pi)),
-        "gain_drift": drift,
-        "shake": float(rng.uniform(0.004, 0.025)) if on["shake"] else 0.0,
-        "shake_phases": [float(v) for v in rng.uniform(0, 2 * math.pi, 6)],
-        "pan": [pan * math.cos(angle), pan * math.sin(angle)],
-        "zoom": float(zoom if rng.random() < 0.5 else 1.0 / zoom) if on["zoom"] else 1.0,
-        "blur": float(rng.uniform(0.4, 1.0)) if on["blur"] else 0.0,
-        "occluder": occluder,
+        "noise_seed": [seed, spec.index, 2], "nuisances": present,
     }
+
+
+def _across(main: ObjectSpec) -> nuisances.Across:
+    """Where an occluder hides part of the main object's path: a vertical bar across a row mover (its
+    centre at the object's start, or the middle for one that crosses the frame), a horizontal one across
+    a column mover."""
+    vertical = main.action not in _COLUMN_ACTIONS
+    centre = 0.5 if main.action in ("left", "right", "up", "down") else (main.x0 if vertical else main.y0)
+    return vertical, float(centre)
 
 
 def nuisance_record(spec: ClipSpec) -> dict:
     """What a clip's metadata says of its nuisances: the ones present, each with its strength (in
-    the units of ``pipeline.nuisances``), the background, the second object, and the format."""
+    the unit of its ``pipeline.nuisances`` entry, as `train robustness` reports it), the background
+    and the second object."""
     real = spec.real
     if real is None:
         return {}
-    rec: dict = {}
-    for name in ("noise", "flicker", "gain_drift", "shake", "blur"):
-        if real[name]:
-            rec[name] = round(real[name], 4)
-    if any(real["pan"]):
-        rec["pan"] = round(math.hypot(*real["pan"]), 4)
-    if real["zoom"] != 1.0:
-        rec["zoom"] = round(real["zoom"], 4)
-    if real["occluder"]:
-        rec["occlusion"] = round(real["occluder"]["width"], 4)
+    rec: dict = nuisances.record(real["nuisances"])
     bg = real["background"]
     rec["background"] = f"photo:{bg['image']}" if bg["kind"] == "photo" else bg["kind"]
     if len(spec.objects) > 1:

@@ -1,6 +1,9 @@
-"""Issue 12, item 4: a fresh build checked against docs/shards.md -- member names, every json field
-and its type, manifests, stats, build.json, failures, vocab.json, Parquet schemas -- with the tables
-read from the document itself; and readers refuse a format major version they do not know."""
+"""A fresh build of each built-in world (the clean one, and a few clips of the realistic one, whose
+samples carry `nuisances` and whose build.json carries `heldout_triples`) checked against
+docs/shards.md -- member names, every json field and its type, manifests, stats, build.json,
+failures, vocab.json, Parquet schemas -- with the tables read from the document itself; the format
+version follows the document's rule; readers accept older minor versions and refuse a major version
+they do not know."""
 
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ from urllib.parse import unquote
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, copy_build, one_line_error, tool
+from conftest import REPO, SMALL_BUILD, copy_build, one_line_error, tool
 from PIL import Image
 
 from vidcap.pipeline.frames_job import ShardTask, build_shard
+from vidcap.pipeline.nuisances import NUISANCES
 from vidcap.shards.layout import FORMAT_VERSION, DataInfo
 from vidcap.shards.reader import ShardError
 
@@ -75,14 +79,47 @@ def key_of(clip_id: str) -> str:
     return "".join(c if re.fullmatch(r"[A-Za-z0-9_-]", c) else "".join(f"%{b:02X}" for b in c.encode()) for c in clip_id)
 
 
+@pytest.fixture(scope="module")
+def built_real(tmp_path_factory) -> Path:
+    """Eight clips of the realistic world, built as the clean ones are."""
+    from vidcap.pipeline.build import BuildConfig, build
+    from vidcap.pipeline.synth import synthesize
+
+    root = tmp_path_factory.mktemp("real-contract") / "ds"
+    synthesize(root, clips=8, seed=4, world="real", workers=2, progress=False)
+    out = root.parent / "out"
+    build(BuildConfig(dataset="msrvtt", root=str(root), out=str(out), workers=1, **SMALL_BUILD))
+    return out
+
+
 def test_the_document_has_every_contract_table_and_its_version_is_the_code_s():
     assert sorted(contract()) == sorted(TABLES)
-    assert DOC.read_text().splitlines()[0] == f"# The shard contract (format version {FORMAT_VERSION})"
+    text = DOC.read_text()
+    assert text.splitlines()[0] == f"# The shard contract (format version {FORMAT_VERSION})"
+    # the version table's last row is this version, and every optional field it names a row of a table
+    history = re.findall(r"^\| (\d+\.\d+) \| (.+) \|$", text, re.M)
+    assert history[-1][0] == FORMAT_VERSION
+    fields = {r["field"] for rows in contract().values() for r in rows if "field" in r}
+    for _, what in history[1:]:
+        named = re.findall(r"`([a-z_]+)` in", what)
+        assert named and set(named) <= fields, what
 
 
-def test_a_fresh_build_keeps_the_contract_field_by_field(built_small):
-    out = built_small
-    samples = 0
+def test_a_new_optional_field_is_a_minor_bump():
+    """docs/shards.md's rule, against the fields: every optional field added since 1.0 (named in the
+    version table) is optional in its table, and the version is 1.(number of additions)."""
+    text = DOC.read_text()
+    history = re.findall(r"^\| (\d+\.\d+) \| (.+) \|$", text, re.M)
+    optional = {r["field"] for rows in contract().values() for r in rows if r.get("presence") == "optional"}
+    for version, what in history[1:]:
+        assert version.split(".")[0] == "1" and set(re.findall(r"`([a-z_]+)` in", what)) <= optional, version
+    assert FORMAT_VERSION == f"1.{len(history) - 1}"
+
+
+@pytest.mark.parametrize("world", ["clean", "real"])
+def test_a_fresh_build_keeps_the_contract_field_by_field(world, request):
+    out = request.getfixturevalue("built_small" if world == "clean" else "built_real")
+    samples, recorded = 0, set()
     for split in ("train", "val", "test"):
         manifest = json.loads((out / "shards" / f"manifest-{split}.json").read_text())
         check(manifest, "manifest", f"manifest-{split}.json")
@@ -108,6 +145,13 @@ def test_a_fresh_build_keeps_the_contract_field_by_field(built_small):
                 check(meta, "sample-json", f"{entry['name']}:{key}.json")
                 for obj in meta.get("objects", []):
                     check(obj, "sample-object", f"{key}.json objects")
+                for name, value in meta.get("nuisances", {}).items():  # in the unit of the table's entry
+                    recorded.add(name)
+                    if name in NUISANCES:
+                        lo, hi = NUISANCES[name].world.low, NUISANCES[name].world.high
+                        assert lo - 1e-4 <= value <= hi + 1e-4, (key, name, value)
+                    else:
+                        assert name in ("background", "distractor") and isinstance(value, str), (key, name)
                 assert key == key_of(meta["clip_id"]) and unquote(key) == meta["clip_id"] and meta["split"] == split
                 assert meta["size"] == size and len(meta["frame_indices"]) == len(meta["timestamps"]) == k
                 for i in range(k):
@@ -115,9 +159,14 @@ def test_a_fresh_build_keeps_the_contract_field_by_field(built_small):
                         assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (size, size))
             samples += len(by_key)
         assert manifest["samples"] == sum(e["samples"] for e in manifest["shards"])
-    assert samples == 24 and "objects" in meta  # every clip of synth_small, with the built-in ground truth
+    assert "objects" in meta  # the built-in ground truth
     build = json.loads((out / "build.json").read_text())
     check(build, "build", "build.json")
+    if world == "clean":
+        assert samples == 24 and not recorded and "heldout_triples" not in build  # every clip of synth_small
+    else:
+        assert samples == 8 and len(build["heldout_triples"]) == 10 and "background" in recorded
+        assert len(recorded & NUISANCES.keys()) >= 3, recorded
     assert build["format_version"] == FORMAT_VERSION
     check(json.loads((out / "vocab.json").read_text()), "vocab", "vocab.json")
     for line in (out / "failures.jsonl").read_text().splitlines():
@@ -145,7 +194,7 @@ def test_failed_clips_keep_the_contract(synth_small, tmp_path):
         assert sorted(tar.getnames()) == [f"clip%2E1.{i}.jpg" for i in range(5)] + ["clip%2E1.json"]
 
 
-@pytest.mark.parametrize("version, accepted", [("1.0", True), ("1.7", True), (None, True), ("2.0", False),
+@pytest.mark.parametrize("version, accepted", [("1.0", True), ("1.1", True), ("1.7", True), (None, True), ("2.0", False),
                                                ("0.9", False), ("one", False)])
 def test_readers_check_the_format_version(built_small, tmp_path, version, accepted):
     out = copy_build(built_small, tmp_path / "out")

@@ -18,6 +18,7 @@ from vidcap.model.checkpoint import CheckpointError
 from vidcap.shards.layout import SPLITS
 from vidcap.train.config import DEVICES, LOADERS, SCHEDULES
 from vidcap.train.recipes import STAGES, TABLE3_ORDER
+from vidcap.train.run_folder import ROBUSTNESS_JSON, ROBUSTNESS_MD, ROBUSTNESS_PNG
 
 PRESETS = list(SCHEDULES)  # the choices are the registries' (train/config.py, train/recipes.py): one edit adds one
 
@@ -84,7 +85,9 @@ def _probe_main(argv: list[str]) -> None:
 
 
 def _robustness_main(argv: list[str]) -> None:
+    from vidcap.pipeline.nuisances import HELD_OUT, LISTED, NUISANCES
     from vidcap.train.robustness import (
+        GROUPS,
         STRENGTH_NAMES,
         format_markdown,
         parse_nuisances,
@@ -93,16 +96,16 @@ def _robustness_main(argv: list[str]) -> None:
     )
 
     p = ArgumentParser(prog="train robustness", description="caption a split clean and with one nuisance of real "
-                       "footage at a time (noise, flicker, camera motion, blur, occlusion, and held-out camera "
-                       "faults) at each strength; writes robustness.{json,md,png}")
+                       f"footage at a time (pipeline/nuisances.py: {', '.join(LISTED)}; held out, never rendered "
+                       f"by the realistic world: {', '.join(HELD_OUT)}) at each strength; writes "
+                       "robustness.{json,md,png}")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--ckpt", help="checkpoint (e.g. RUN/stage3/best.pt)")
     which.add_argument("--model", help="model folder (from `train export`)")
     p.add_argument("--data", required=True, help="pipeline build output")
     p.add_argument("--split", default="test", choices=list(SPLITS))
-    p.add_argument("--nuisances", default="all", help="all (default), listed, held-out, or names: "
-                   "noise,flicker,gain_drift,shake,pan,zoom,blur,occlusion,colour_cast,vignette,low_contrast,"
-                   "salt_pepper,jpeg,frame_drop")
+    p.add_argument("--nuisances", default="all", help=f"{', '.join(GROUPS)} (default all), or comma-separated "
+                   f"names: {','.join(NUISANCES)}")
     p.add_argument("--strengths", default=",".join(STRENGTH_NAMES), help="comma-separated subset of "
                    f"{', '.join(STRENGTH_NAMES)} (default all three)")
     p.add_argument("--max-clips", type=int, default=120, help="clips of the split (default 120)")
@@ -117,7 +120,7 @@ def _robustness_main(argv: list[str]) -> None:
     r = robustness(a.ckpt, a.model, a.data, a.split, parse_nuisances(a.nuisances), parse_strengths(a.strengths),
                    a.max_clips, a.beam, a.seed, a.out, progress=not a.quiet)
     print(format_markdown(r))
-    print(f"written: {r['dir']}/robustness.json, robustness.md" + (", robustness.png" if "all_acc" in r["rows"][0] else ""))
+    print(f"written: {r['dir']}/{ROBUSTNESS_JSON}, {ROBUSTNESS_MD}" + (f", {ROBUSTNESS_PNG}" if "all_acc" in r["rows"][0] else ""))
 
 
 def _ablate_main(argv: list[str]) -> None:

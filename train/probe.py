@@ -23,6 +23,7 @@ from vidcap.shards.layout import DataInfo
 from vidcap.shards.reader import checked_samples
 from vidcap.train.data import SplitStream, torch_loader
 from vidcap.train.features import feature_cache_path
+from vidcap.train.run_folder import RunFolder
 
 SLOT_LABELS = {"action": ACTIONS, "colour": COLOUR_NAMES, "shape": SHAPES}
 VIEWS = {
@@ -115,7 +116,7 @@ def probe_checkpoint(ckpt: str, data: str, split: str = "val", features_dir: str
     model.eval()
     info = DataInfo.load(data)
     if features_dir == "auto":
-        features_dir = Path(ckpt).resolve().parent.parent / "features"
+        features_dir = RunFolder(Path(ckpt).resolve().parent.parent).features
     features_dir = Path(features_dir) if features_dir is not None else None
 
     def features(name: str) -> tuple[torch.Tensor, list[dict]]:

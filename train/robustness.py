@@ -1,7 +1,7 @@
 """`train robustness`: what each nuisance of real footage costs a model -- the test clips captioned
 as they are, then with one nuisance at a time applied to their frames at each strength
-(``pipeline.nuisances``: the listed ones the realistic world renders, and held-out camera faults it
-never renders), scored as `train eval` scores: the grounded accuracies of the built-in dataset
+(``pipeline.nuisances``: the listed ones the realistic world renders -- the same table, strengths,
+draws and implementation as the world's -- and held-out camera faults it never renders), scored as `train eval` scores: the grounded accuracies of the built-in dataset
 (action, colour, shape, all three) and CIDEr.
 
 The same clips under every condition, each perturbation seeded by the clip and the condition, so
@@ -30,22 +30,25 @@ from vidcap.shards.layout import DataInfo
 from vidcap.shards.reader import checked_samples
 from vidcap.tokens import decode
 from vidcap.train.data import SplitStream, decode_jpeg
-from vidcap.train.run_folder import ROBUSTNESS
+from vidcap.train.run_folder import ROBUSTNESS, ROBUSTNESS_JSON, ROBUSTNESS_MD, ROBUSTNESS_PNG
 
 STRENGTH_NAMES = ("mild", "standard", "strong")
+DEFAULT_SECONDS = 2.0  # a clip's length when its container states no frame rate (the clean world's length)
 SLOT_KEYS = ("action_acc", "colour_acc", "shape_acc", "all_acc")
 
 
+GROUPS = {"all": list(NUISANCES), "listed": list(LISTED), "held-out": list(HELD_OUT)}  # --nuisances' words
+
+
 def parse_nuisances(text: str) -> list[str]:
-    """`all`, `listed`, `held-out`, or a comma-separated list of names (``pipeline.nuisances``)."""
-    groups = {"all": list(NUISANCES), "listed": list(LISTED), "held-out": list(HELD_OUT)}
-    if text in groups:
-        return groups[text]
+    """A group of GROUPS, or a comma-separated list of names (``pipeline.nuisances``)."""
+    if text in GROUPS:
+        return GROUPS[text]
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in NUISANCES]
     if unknown or not names:
-        raise UserError(f"--nuisances {text}: unknown {', '.join(unknown) or '(empty)'}; choose all, listed, "
-                        f"held-out or from {', '.join(NUISANCES)}")
+        raise UserError(f"--nuisances {text}: unknown {', '.join(unknown) or '(empty)'}; choose "
+                        f"{', '.join(GROUPS)} or from {', '.join(NUISANCES)}")
     return names
 
 
@@ -64,7 +67,7 @@ def _load_clips(info: DataInfo, split: str, max_clips: int | None, size: int) ->
         meta = s["json"]
         frames = np.stack([decode_jpeg(j, size).transpose(1, 2, 0) for j in s["frames"]])
         clips.append({"clip_id": meta["clip_id"], "frames": frames, "captions": meta["captions"],
-                      "objects": meta.get("objects")})
+                      "objects": meta.get("objects"), "seconds": meta.get("duration") or DEFAULT_SECONDS})
         if max_clips is not None and len(clips) >= max_clips:
             break
     if not clips:
@@ -106,7 +109,7 @@ def robustness(ckpt: str | None, model_dir: str | None, data: str, split: str = 
     for name, level in tqdm(conditions, desc="robustness", unit="condition", disable=not progress):
         frames = [c["frames"] if level is None else
                   perturb(c["frames"], name, NUISANCES[name].strengths[level],
-                          _condition_seed(seed, c["clip_id"], name, level)) for c in clips]
+                          _condition_seed(seed, c["clip_id"], name, level), c["seconds"]) for c in clips]
         preds = dict(zip(ids, _caption(model, frames, raw["vocab"], beam), strict=True))
         row = {"nuisance": name, "strength": None if level is None else STRENGTH_NAMES[level],
                "value": None if level is None else NUISANCES[name].strengths[level],
@@ -117,15 +120,15 @@ def robustness(ckpt: str | None, model_dir: str | None, data: str, split: str = 
         rows.append(row)
     result = {"checkpoint": raw["source"], "data": str(data), "split": split, "clips": len(clips), "beam": beam,
               "seed": seed, "rows": rows,
-              "nuisances": {n: {"what": NUISANCES[n].what, "unit": NUISANCES[n].unit,
-                                "strengths": list(NUISANCES[n].strengths), "held_out": n in HELD_OUT}
+              "nuisances": {n: {"what": NUISANCES[n].what, "unit": NUISANCES[n].unit, "kind": NUISANCES[n].kind,
+                                "strengths": list(NUISANCES[n].strengths), "held_out": NUISANCES[n].held_out}
                             for n in nuisances}}
     out_dir = Path(out) if out else (Path(model_dir) if model_dir else Path(raw["source"]).parent) / ROBUSTNESS
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "robustness.json", result)
-    write_bytes_atomic(out_dir / "robustness.md", format_markdown(result).encode())
+    write_json_atomic(out_dir / ROBUSTNESS_JSON, result)
+    write_bytes_atomic(out_dir / ROBUSTNESS_MD, format_markdown(result).encode())
     if objects:
-        plot(result, out_dir / "robustness.png")
+        plot(result, out_dir / ROBUSTNESS_PNG)
     result["dir"] = str(out_dir)
     return result
 

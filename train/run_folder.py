@@ -1,7 +1,9 @@
 """The run folder, in one place: every subfolder and file name a training run writes or reads, as
 shards/layout.py is for a build. The trainer, ``train eval``, ``train export`` (its model card reads
-the run back), ``train ablate``, the run lock, the metrics log and the bench scripts all name files
-through this module; none spells a name itself.
+the run back), ``train ablate``, ``train probe``, ``train robustness``, the run lock, the metrics log
+and the bench scripts all name files through this module; none spells a name itself in code
+(``tests/test_run_folder_names.py`` reads every Python file for one; the recipes' folder names are
+``train/recipes.py``'s, and the Makefile's ``make demo``, which cannot import, spells its own).
 
 ```
 RUN/                          --run
@@ -16,6 +18,7 @@ RUN/                          --run
     curves.png                training loss and val CIDEr per epoch
     eval-SPLIT-beamB/         `train eval`: predictions.json, metrics.json, action_confusion.{json,png},
                               grounded_groups.json, gallery.html (also in a model folder evaluated with --model)
+    eval-DATA-SPLIT-beamB/    the same of another build (`make demo`: eval-clean-test-beam3, the clean world)
     robustness/               `train robustness`: robustness.json, robustness.md, robustness.png
     row.json                  `train ablate`: the row's test scores
   seed0/ seed1/ ...           `train ablate`: one run folder per training seed
@@ -44,13 +47,15 @@ ABLATION_MD, ABLATION_JSON = "ablation.md", "ablation.json"
 # inside eval-SPLIT-beamB/
 PREDICTIONS, EVAL_METRICS, GALLERY = "predictions.json", "metrics.json", "gallery.html"
 CONFUSION_JSON, CONFUSION_PNG = "action_confusion.json", "action_confusion.png"
-ROBUSTNESS = "robustness"  # a folder; inside it robustness.json, .md, .png
+ROBUSTNESS = "robustness"  # a folder; inside it:
+ROBUSTNESS_JSON, ROBUSTNESS_MD, ROBUSTNESS_PNG = "robustness.json", "robustness.md", "robustness.png"
 GROUPS = "grounded_groups.json"  # the grounded accuracies per group of clips (seen / held-out, per nuisance)
 
 
-def eval_name(split: str, beam: int) -> str:
-    """The folder ``train eval`` writes by default: ``eval-test-beam3``."""
-    return f"eval-{split}-beam{beam}"
+def eval_name(split: str, beam: int, data: str | None = None) -> str:
+    """The folder ``train eval`` writes by default: ``eval-test-beam3``; with `data`, a label of another
+    build than the run's, ``eval-clean-test-beam3`` (what ``make demo`` names the clean world's)."""
+    return f"eval-{data + '-' if data else ''}{split}-beam{beam}"
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,12 @@ class StageFolder:
     def row(self) -> Path:
         return self.path / ROW
 
-    def eval_dir(self, split: str, beam: int) -> Path:
-        return self.path / eval_name(split, beam)
+    def eval_dir(self, split: str, beam: int, data: str | None = None) -> Path:
+        return self.path / eval_name(split, beam, data)
+
+    @property
+    def robustness(self) -> Path:
+        return self.path / ROBUSTNESS
 
     def eval_metrics(self, split: str = "test") -> list[Path]:
         """Every ``eval-SPLIT-beam*/metrics.json`` here, sorted (the model card's test rows)."""
