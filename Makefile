@@ -51,7 +51,7 @@ demo: setup
 	$(VENV)/bin/train robustness --ckpt $(DEMO)/run/stage3/best.pt --data $(DEMO)/clean-data --strengths standard \
 	  --max-clips 120 --out $(DEMO)/run/stage3/robustness
 	$(VENV)/bin/train probe --ckpt $(DEMO)/run/stage2/best.pt --ckpt $(DEMO)/run/stage3/best.pt --data $(DEMO)/data \
-	  --split test --out $(DEMO)/run/probe.json
+	  --split test --json $(DEMO)/run/probe.json
 	$(VENV)/bin/train export --ckpt $(DEMO)/run/stage3/best.pt --out $(DEMO)/model --name demo-cpu-small --overwrite
 	$(VENV)/bin/caption $(DEMO_CLIPS) $(DEMO)/synth/videos/video$$(($(DEMO_N) - 1)).mp4 --model $(DEMO)/model
 	@echo "demo outputs: $(DEMO)/synth (videos), $(DEMO)/data (shards, attributes, CIDEr-D df, vocabulary),"
