@@ -19,7 +19,7 @@ from vidcap.shards.layout import SPLITS
 from vidcap.train.config import DEVICES, LOADERS, SCHEDULES
 from vidcap.train.recipes import STAGES, TABLE3_ORDER
 
-PRESETS = list(SCHEDULES)  # the choices are the registries' (train/config.py, train/recipes.py): one edit adds one
+PRESETS = list(SCHEDULES)  # the choices are the registries' (train/config.py, train/recipes.py), never typed here
 
 
 def _eval_main(argv: list[str]) -> None:
