@@ -44,7 +44,7 @@ def tiny_model(tmp: Path, clips: Path) -> Path:
                       progress=False))
     for argv in (["train", "--stage", "1", "--data", str(tmp / "data"), "--run", str(tmp / "run"), "--preset", "tiny",
                   "epochs=1", "num_workers=0", "--quiet"],
-                 ["train", "export", "--ckpt", str(RunFolder(tmp / "run").stage("s2vt").best), "--out", str(tmp / "model"),
+                 ["train", "export", "--ckpt", str(RunFolder(tmp / "run").stage("xe").best), "--out", str(tmp / "model"),
                   "--name", "tiny-1-epoch"]):
         subprocess.run([tool(argv[0]), *argv[1:]], check=True, stdout=subprocess.DEVNULL)
     return tmp / "model"

@@ -133,7 +133,7 @@ def main() -> None:
         print(report["cache_cpu_small"], flush=True)
         from vidcap.model.checkpoint import save_checkpoint as save
 
-        save(RunFolder(tmp / "run").stage("s2vt").best, t1.model, info.itos, info.attributes)
+        save(RunFolder(tmp / "run").stage("xe").best, t1.model, info.itos, info.attributes)
         s2, n2, t2 = trainer_epoch(cfg(2))
         save(RunFolder(tmp / "run").stage("rfc+").best, t2.model, info.itos, info.attributes)
         s3, n3, _ = trainer_epoch(cfg(3))
