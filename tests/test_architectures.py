@@ -1,4 +1,4 @@
-"""Issue 12, item 1: every registered architecture trains through the paper's three stages with the
+"""Every registered architecture trains through the paper's three stages with the
 same trainer (tiny preset), and after each stage decodes with every decoder; and the issue's "done
 when", through the console scripts: a transformer trained by `train --stage 1/2`, captioned by `caption`."""
 

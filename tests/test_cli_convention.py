@@ -1,4 +1,4 @@
-"""Issue 21: one convention across every command (docs/cli.md). Each command's real parser -- taken
+"""One convention across every command (docs/cli.md). Each command's real parser -- taken
 from its own entry point as it parses -- is checked: `--out` is a folder wherever it shows; one-file
 outputs are named for their format (their old `--out FILE` spelling still parses, hidden); `--workers`
 has one meaning; choices are the registries'; and a value out of range is one line naming its flag."""

@@ -168,3 +168,11 @@ def test_each_readme_figure_is_written_by_the_script_its_caption_names():
         scripts = re.findall(r"`((?:bench|model|train|pipeline|caption|evalkit)/[\w/]+\.py)", caption)
         assert scripts, f"the caption of {figure} names no script that writes it"
         assert any(figure in (REPO / s).read_text() for s in scripts), f"{figure}: {scripts} do not write it"
+
+
+def test_each_test_file_opens_by_saying_what_it_checks():
+    """A test module's docstring starts with what it checks, not with the issue that asked for it."""
+    import ast
+
+    opening = {p.name: (ast.get_docstring(ast.parse(p.read_text())) or "") for p in (REPO / "tests").glob("test_*.py")}
+    assert [n for n, doc in opening.items() if not doc or re.match(r"issue\b", doc, re.I)] == []

@@ -1,4 +1,4 @@
-"""Issue 13, item 3: `caption serve` as a user meets it -- a real uvicorn server on 127.0.0.1 (a
+"""`caption serve` as a user meets it -- a real uvicorn server on 127.0.0.1 (a
 subprocess on a free port), real HTTP requests with real clips and bad uploads, 20 clients at once,
 and the page driven in headless Chromium (skipped, saying why, where Chromium is not installed;
 `make test` installs it). The page's screenshot is kept in test-artifacts/serve_page.png."""

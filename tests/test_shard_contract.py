@@ -1,4 +1,4 @@
-"""Issue 12, item 4: a fresh build checked against docs/shards.md -- member names, every json field
+"""A fresh build checked against docs/shards.md -- member names, every json field
 and its type, manifests, stats, build.json, failures, vocab.json, Parquet schemas -- with the tables
 read from the document itself; and readers refuse a format major version they do not know."""
 

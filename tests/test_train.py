@@ -1,4 +1,4 @@
-"""Issue 6: the three training stages, resume, the loaders, the feature cache, eval and caption."""
+"""The three training stages, resume, the loaders, the feature cache, eval and caption."""
 
 from __future__ import annotations
 
