@@ -51,7 +51,7 @@ demo: setup
 	$(VENV)/bin/train robustness --ckpt $(DEMO)/run/stage3/best.pt --data $(DEMO)/clean-data --strengths standard \
 	  --max-clips 120 --out $(DEMO)/run/stage3/robustness
 	$(VENV)/bin/train probe --ckpt $(DEMO)/run/stage2/best.pt --ckpt $(DEMO)/run/stage3/best.pt --data $(DEMO)/data \
-	  --split test --out $(DEMO)/run/probe.json
+	  --split test --json $(DEMO)/run/probe.json
 	$(VENV)/bin/train export --ckpt $(DEMO)/run/stage3/best.pt --out $(DEMO)/model --name demo-cpu-small --overwrite
 	$(VENV)/bin/caption $(DEMO_CLIPS) $(DEMO)/synth/videos/video$$(($(DEMO_N) - 1)).mp4 --model $(DEMO)/model
 	@echo "demo outputs: $(DEMO)/synth (videos), $(DEMO)/data (shards, attributes, CIDEr-D df, vocabulary),"
@@ -74,17 +74,20 @@ docs: setup
 wheel: setup
 	$(PY) -m pip wheel . --no-deps --no-build-isolation -w dist
 
+# Every speed benchmark in bench/speed/ (docs/benchmarks.md), each as a module from the repository root;
+# each writes bench/speed/NAME_report.json. serve_load trains a tiny model when given none (~20 s).
+BENCH_SPEED := job1 cider train checkpoint ddp scale kv_cache cnn_layout serve_load
 bench: setup
-	$(PY) bench/job1.py && $(PY) bench/cider.py && $(PY) bench/train.py && $(PY) bench/checkpoint.py && $(PY) bench/ddp.py && $(PY) bench/scale.py && $(PY) bench/kv_cache.py && $(PY) bench/cnn_layout.py
+	@for b in $(BENCH_SPEED); do echo "== bench.speed.$$b =="; $(PY) -m bench.speed.$$b || exit 1; done
 
 # The GPU check (docs/benchmarks.md, "The GPU check"): on a GPU machine `make gpu-check` runs DALI's
 # mixed decode, stages 1-3 in fp32 and bf16, a 1-process NCCL group and one loader=dali epoch within
-# --budget-s (300 s), and writes bench/gpu_report.{json,md}; `make gpu-check ARGS=--dry-run` is the CPU
+# --budget-s (300 s), and writes bench/acceptance/gpu_report.{json,md}; `make gpu-check ARGS=--dry-run` is the CPU
 # rehearsal that `make test` also runs (tests/test_gpu_check.py). The script exits 0 pass, 1 a check failed,
 # 2 misconfigured (make turns any failure into its own 2: run the script itself to tell them apart).
 ARGS ?=
 gpu-check: setup
-	$(PY) bench/gpu_check.py $(ARGS)
+	$(PY) -m bench.acceptance.gpu_check $(ARGS)
 
 clean:
-	rm -rf $(DEMO) .pytest_cache .ruff_cache test-artifacts site dist build bench/gpu_check_work
+	rm -rf $(DEMO) .pytest_cache .ruff_cache test-artifacts site dist build bench/acceptance/gpu_check_work

@@ -44,7 +44,7 @@ import socket
 import tempfile
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +69,10 @@ STATUS = {"empty": 400, "no_video_stream": 415, "undecodable": 415, "no_frames":
           "out_of_memory": 422, "crashed": 422, "missing": 400}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ServeSettings:
+    """What `caption serve`'s flags set, by keyword only: six numbers in a row are easy to swap."""
+
     max_upload_mb: float = 50.0
     timeout: float = 30.0  # seconds to decode one upload
     workers: int = 2  # uploads decoded at once
@@ -317,12 +319,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def settings_from(args: argparse.Namespace) -> ServeSettings:
+    """The parsed flags as settings, each field by the name of its flag (``--read-timeout`` -> ``read_timeout``)."""
+    return ServeSettings(**{f.name: getattr(args, f.name) for f in fields(ServeSettings)})
+
+
 def main(argv: list[str]) -> None:
     with cli_errors("caption serve", also=(CheckpointError,)):
         a = parser().parse_args(argv)
         for key, (lo, hi, above, unit) in LIMITS.items():
             check_range(f"--{key.replace('_', '-')}", getattr(a, key), lo, hi, above=above, unit=unit)
-        settings = ServeSettings(a.max_upload_mb, a.timeout, a.workers, a.queue, a.beam, a.read_timeout)
+        settings = settings_from(a)
         import uvicorn
 
         captioner = load_from(a.ckpt, a.model, beam=a.beam, timeout=a.timeout, workers=a.workers)

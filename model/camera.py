@@ -22,7 +22,7 @@ whole background. Three steps, each an option of the model (``model.focus.exposu
    is half of them (0.5, the default and cpu-small's), which leaves 20% of the frames of photographs
    and 14% of clutter uncorrected under a pan; 0.24 (12 blocks) leaves 8% and 6% and moves 2.1% of
    the frames of static clean-world clips by more than a pixel (0.5: 0.6%;
-   ``bench/stabilizer_coverage.py``, seed 0's test clips) -- but a large object over a plain wall
+   ``bench/stabilizer_coverage.py`` at 425031b, seed 0's test clips) -- but a large object over a plain wall
    covers 12 blocks too, and at 0.24 the camera is locked onto it (a test shows it). The estimate is refined twice (warp by
    it, measure what is left, compose). Each frame is then warped onto the reference, so what moves
    afterwards moves relative to the scene -- which is what the direction words mean.

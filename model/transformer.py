@@ -12,7 +12,7 @@ many parameters as S2VT's two LSTMs at the same preset (docs/model.md).
 Incremental decoding: ``encode`` runs the encoder once per clip and computes every decoder layer's
 cross-attention keys and values once; ``step`` feeds one word and caches each layer's
 self-attention keys and values, so step t costs O(t) instead of re-running the decoder over the
-whole prefix (O(t^2)). Measured (bench/kv_cache.py: cpu-small sizes, 32 clips, 35 words, one
+whole prefix (O(t^2)). Measured (bench/speed/kv_cache.py: cpu-small sizes, 32 clips, 35 words, one
 thread on this 2-core machine), the cache is 5.5x faster for greedy decoding, 6.3x for beam 3 and
 7.8x for 8 samples per clip with REINFORCE's backward pass, and both give the same sequences.
 """

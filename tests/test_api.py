@@ -1,4 +1,4 @@
-"""Issue 21, item 3: the Python API. `vidcap.load(DIR or CKPT)` captions a file, a list of files, a
+"""The Python API. `vidcap.load(DIR or CKPT)` captions a file, a list of files, a
 folder and decoded frames with the captions the `caption` command gives (a real subprocess of the
 command on real encoded clips); it checks its settings, names what failed, and leaves no decoder
 process behind."""

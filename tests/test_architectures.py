@@ -1,17 +1,16 @@
-"""Issue 12, item 1: every registered architecture trains through the paper's three stages with the
+"""Every registered architecture trains through the paper's three stages with the
 same trainer (tiny preset), and after each stage decodes with every decoder; and the issue's "done
 when", through the console scripts: a transformer trained by `train --stage 1/2`, captioned by `caption`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tool
+from conftest import tool
 
 from vidcap.model import ARCHS, load_checkpoint
 from vidcap.shards.layout import DataInfo
@@ -107,10 +106,9 @@ def test_done_when_a_transformer_trains_and_captions_through_the_console_scripts
 
 
 def test_the_architecture_comparison_runs_at_tiny_scale_and_resumes(built_small, tmp_path):
-    """bench/arch_compare.py (the README's S2VT vs transformer table) end to end on the tiny build."""
-    spec = importlib.util.spec_from_file_location("arch_compare", REPO / "bench" / "arch_compare.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    """bench/experiments/arch_compare.py (the README's S2VT vs transformer table) end to end on the tiny build."""
+    from bench.experiments import arch_compare as bench
+
     argv = ["--data", str(built_small), "--work", str(tmp_path / "work"), "--seeds", "1", "--preset", "tiny",
             "--out", str(tmp_path / "report.json"), "--quiet", "num_workers=0", "epochs=1"]
     report = bench.main(argv)

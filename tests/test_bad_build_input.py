@@ -1,4 +1,4 @@
-"""Issue 10, items 2, 6, 9, 10 and 11 (pipeline side): hostile annotations, clip ids and paths,
+"""Bad input to `pipeline build`: hostile annotations, clip ids and paths,
 arguments, a full disk and a cluster without workers -- each one line naming the culprit, nothing
 written outside OUT, nothing lost silently."""
 

@@ -1,4 +1,4 @@
-"""Issue 10, items 1, 3 and 7: every reader checks every shard against its manifest and every
+"""Every reader checks every shard against its manifest and every
 member; a bad shard is one line naming the shard, the sample key and the problem (or, with
 skip_bad_shards=true, a warning and the count); nothing is ever extracted."""
 

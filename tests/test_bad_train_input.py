@@ -1,4 +1,4 @@
-"""Issue 10, items 5, 8, 10, 11 and 13 (training side) and the one user-error path of every CLI:
+"""Bad input to training and the one user-error path of every CLI:
 bad arguments, bad checkpoints, a second trainer on one run, a full disk, a NaN loss and an
 interrupted epoch -- each one line naming the key, file or holder, nothing stale or invalid left."""
 

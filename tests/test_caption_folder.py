@@ -1,4 +1,4 @@
-"""Issue 13, item 2: `caption PATH... --model DIR --jsonl caps.jsonl` captions files and folders, one
+"""`caption PATH... --model DIR --jsonl caps.jsonl` captions files and folders, one
 JSON row per file; a bad file is a row with its error; a killed run loses no finished row and a
 re-run skips what is done; decoders run in parallel with the batched model and change nothing."""
 

@@ -1,4 +1,4 @@
-"""Issue 21: one convention across every command (docs/cli.md). Each command's real parser -- taken
+"""One convention across every command (docs/cli.md). Each command's real parser -- taken
 from its own entry point as it parses -- is checked: `--out` is a folder wherever it shows; one-file
 outputs are named for their format (their old `--out FILE` spelling still parses, hidden); `--workers`
 has one meaning; choices are the registries'; and a value out of range is one line naming its flag."""
@@ -18,7 +18,7 @@ from vidcap.pipeline import cli as pipeline_cli
 from vidcap.pipeline.adapters import ADAPTERS
 from vidcap.train import cli as train_cli
 from vidcap.train.config import DEVICES, LOADERS, SCHEDULES
-from vidcap.train.recipes import STAGES, TABLE3_ORDER
+from vidcap.train.recipes import RENAMED, STAGES, TABLE3_ORDER
 
 COMMANDS = {  # (entry point, argv before --help): every command and sub-command
     "pipeline": (pipeline_cli.main, []), "train": (train_cli.main, []), "train eval": (train_cli.main, ["eval"]),
@@ -77,7 +77,7 @@ def test_choices_are_the_registries(monkeypatch):
     (train,) = parsers("train", monkeypatch)
     opts = options(train)
     assert opts["--preset"].choices == list(SCHEDULES) and opts["--stage"].choices == list(STAGES)
-    assert list(opts["--recipe"].choices) == list(TABLE3_ORDER)
+    assert list(opts["--recipe"].choices) == [*TABLE3_ORDER, *RENAMED]  # old names still accepted
     assert opts["--device"].choices == list(DEVICES) and opts["--loader"].choices == list(LOADERS)
     (ablate,) = parsers("train ablate", monkeypatch)
     assert options(ablate)["--preset"].choices == list(SCHEDULES)

@@ -1,4 +1,4 @@
-"""Issue 21: what users made before the `vidcap.*` namespace still works. The fixture archive
+"""What users made before the `vidcap.*` namespace still works. The fixture archive
 (tests/fixtures/pre_restructure.tar.xz, < 200 KB) holds a pipeline build, a stage-1 run with its
 checkpoint, and that checkpoint's model folder, all written by the code of commit 87ef093 (top-level
 packages `pipeline`, `model`, `train`, `evalkit`), with what that code said about them: the captions

@@ -1,4 +1,4 @@
-"""Issue 10, items 4 and 12: the ffmpeg fallback keeps only the K sampled frames, the decoder
+"""The ffmpeg fallback keeps only the K sampled frames, the decoder
 subprocess is capped in memory and killed with its ffmpeg children on timeout, and `caption`
 gives up on a stalled input (a FIFO) after its per-file timeout."""
 

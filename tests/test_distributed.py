@@ -1,4 +1,4 @@
-"""Issue 11, item 1: training under torchrun -- real 2-process gloo groups on 127.0.0.1."""
+"""Training under torchrun -- real 2-process gloo groups on 127.0.0.1."""
 
 from __future__ import annotations
 

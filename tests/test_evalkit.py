@@ -1,4 +1,4 @@
-"""Issue 4: evalkit -- pycocoevalcap metrics as the paper reports them, and the fast CIDEr-D reward."""
+"""evalkit: pycocoevalcap metrics as the paper reports them, and the fast CIDEr-D reward."""
 
 from __future__ import annotations
 

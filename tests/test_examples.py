@@ -1,5 +1,5 @@
-"""Issue 12, item 4: examples/ trains other models from the same shards, self-contained (torch,
-webdataset and the standard library; at most 80 lines), and CI runs them on a tiny build. Issue 21:
+"""examples/ trains other models from the same shards, self-contained (torch,
+webdataset and the standard library; at most 80 lines), and CI runs them on a tiny build;
 an example of vidcap's own Python API imports vidcap (and decord, to show frames decoded elsewhere);
 tests/test_api.py runs it."""
 

@@ -1,4 +1,4 @@
-"""Issue 2: console scripts, the built-in dataset (determinism, layout, decoding, grounding), bad input."""
+"""The foundation: console scripts, the built-in dataset (determinism, layout, decoding, grounding), bad input."""
 
 from __future__ import annotations
 

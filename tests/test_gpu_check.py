@@ -1,10 +1,9 @@
-"""Issue 22, item 2: bench/gpu_check.py, the one prepared GPU check, runs here as its --dry-run (the
+"""bench/acceptance/gpu_check.py, the one prepared GPU check, runs here as its --dry-run (the
 same checks on the CPU at tiny sizes), so the script a GPU session runs in its few minutes has run
 in CI; and its misconfiguration paths are the one-line exit 2, not a half-written report."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,14 +14,14 @@ import pytest
 import torch
 from conftest import REPO, one_line_error
 
-SCRIPT = REPO / "bench" / "gpu_check.py"
+MODULE = "bench.acceptance.gpu_check"
 CHECKS = ["environment", "data", "dali_decode", "stage1", "stage2", "stage3", "process_group", "dali_epoch"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          env=ENV)
+    return subprocess.run([sys.executable, "-m", MODULE, *args], capture_output=True, text=True, timeout=timeout,
+                          env=ENV, cwd=REPO)
 
 
 def _dali_installed() -> bool:
@@ -84,12 +83,10 @@ def test_a_bad_override_or_data_folder_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_spent_budget_fails_what_it_did_not_run(tmp_path, monkeypatch):
+def test_a_spent_budget_fails_what_it_did_not_run(tmp_path):
     """The run must fit a lease: checks left when the budget is gone are FAILs that say so."""
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gc = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_check", gc)  # dataclasses look their module up there
-    spec.loader.exec_module(gc)
+    from bench.acceptance import gpu_check as gc
+
     s = gc.Settings(dry_run=True, device="cpu", preset="tiny", overrides=[], steps=2, clips=10, data=None,
                     work=tmp_path / "work", out=tmp_path / "out", budget_s=0.0, workers=1)
     report = gc.run_all(s)

@@ -1,4 +1,4 @@
-"""Issue 9: the grounded evaluation -- the parser follows the generator's grammar, the accuracies
+"""The grounded evaluation -- the parser follows the generator's grammar, the accuracies
 and the attribute mAP are right on hand-made cases."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 23: every row of the red team's turn-3 log marked FAIL (``../shared/reviews/redteam-turn3-log.md``),
+"""Every row of the red team's turn-3 log marked FAIL (``../shared/reviews/redteam-turn3-log.md``),
 and what was found while fixing them, as one table. Each row builds its bad input in a temporary
 folder, runs the real console script (a subprocess: real Java, real spaCy, real Dask, real torch)
 and asserts the exit status, the one line and what is on disk -- nothing half-written, nothing

@@ -1,4 +1,4 @@
-"""Issue 21: the rooms and their floors, read from the source with `ast` (nothing imported). No
+"""The rooms and their floors, read from the source with `ast` (nothing imported). No
 import circle between files; no package imports one above it (vidcap's foundation < shards <
 evalkit < pipeline, model < train < caption; pipeline and model are peers that do not import each
 other). Every import counts -- at module level, inside functions and under TYPE_CHECKING -- since a

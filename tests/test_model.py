@@ -1,5 +1,5 @@
-"""Issue 5: the captioner -- shapes, decoders, freezing, presets, real pretrained weights, checkpoints.
-Issue 12: the decoder tests run for every registered architecture (one decoder interface)."""
+"""The captioner -- shapes, decoders, freezing, presets, real pretrained weights, checkpoints.
+The decoder tests run for every registered architecture (one decoder interface)."""
 
 from __future__ import annotations
 

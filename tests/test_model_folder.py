@@ -1,4 +1,4 @@
-"""Issue 13, item 1: `train export` writes a model folder (config.json, model.safetensors, vocab.json,
+"""`train export` writes a model folder (config.json, model.safetensors, vocab.json,
 README.md) that loads without any pickle, captions and evaluates exactly as its checkpoint, and
 whose every damaged or hostile file is one error naming the file."""
 

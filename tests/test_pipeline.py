@@ -1,4 +1,4 @@
-"""Issue 3: `pipeline build` -- adapters, shards, attributes, CIDEr-D df, vocabulary, Dask, robustness."""
+"""`pipeline build` -- adapters, shards, attributes, CIDEr-D df, vocabulary, Dask, robustness."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 11, item 4: step checkpoints and preemption. A real `train` process is stopped mid-epoch
+"""Step checkpoints and preemption. A real `train` process is stopped mid-epoch
 (SIGTERM, SIGINT, SIGKILL after a step checkpoint); `--resume` reaches the very weights of the
 uninterrupted run."""
 

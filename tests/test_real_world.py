@@ -1,4 +1,4 @@
-"""Issue 20: the built-in world with the nuisances of real footage -- every nuisance rendered into the
+"""The built-in world with the nuisances of real footage -- every nuisance rendered into the
 frames and recorded in the metadata, the direction words under a moving camera, the compositional
 split, the camera compensation that undoes them, and `train robustness`."""
 

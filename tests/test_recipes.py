@@ -1,5 +1,6 @@
-"""Issue 9: stages as recipes -- each Table 3 row freezes and weights what it says -- and
-`train ablate`, the table as one command."""
+"""Stages as recipes: each Table 3 row freezes and weights what it says, recipes are named apart from
+the architectures (the old name `s2vt` of `xe` still accepted), and `train ablate` is the table as one
+command."""
 
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ import torch
 from conftest import tool
 
 from vidcap.errors import UserError
+from vidcap.model import ARCHS
+from vidcap.train.ablate import ablate
 from vidcap.train.config import make_train_config
+from vidcap.train.export import _stage_lines
 from vidcap.train.loop import Trainer, run_stage
-from vidcap.train.recipes import RECIPES, STAGES, TABLE3_ORDER, prefix_chain
+from vidcap.train.recipes import RECIPES, RENAMED, STAGES, TABLE3_ORDER, get_recipe, prefix_chain
 
 # The paper's Table 3, row by row: (CNN trained, XE weight, RL weight, attribute weight, M, starts from).
 TABLE3 = {
-    "s2vt": (False, 1.0, 0.0, 0.0, None, None),
-    "rfc": (False, 0.0, 1.0, 0.0, 1, "s2vt"),
-    "rfc+": (False, 0.0, 1.0, 0.0, 8, "s2vt"),
-    "e2e-xe": (True, 1.0, 0.0, 0.0, None, "s2vt"),
-    "e2e-att-xe": (True, 0.95, 0.0, 0.05, None, "s2vt"),
+    "xe": (False, 1.0, 0.0, 0.0, None, None),
+    "rfc": (False, 0.0, 1.0, 0.0, 1, "xe"),
+    "rfc+": (False, 0.0, 1.0, 0.0, 8, "xe"),
+    "e2e-xe": (True, 1.0, 0.0, 0.0, None, "xe"),
+    "e2e-att-xe": (True, 0.95, 0.0, 0.05, None, "xe"),
     "e2e-no-attr": (True, 0.0, 1.0, 0.0, 8, "rfc+"),
     "e2e-scratch": (True, 1.0, 0.0, 0.0, None, None),
     "e2e": (True, 0.0, 0.95, 0.05, 8, "rfc+"),
@@ -31,7 +35,7 @@ TABLE3 = {
 
 def test_every_table3_row_is_a_recipe_with_the_papers_settings():
     assert list(TABLE3_ORDER) == list(TABLE3) and set(RECIPES) == set(TABLE3)
-    assert STAGES == {1: "s2vt", 2: "rfc+", 3: "e2e"}
+    assert STAGES == {1: "xe", 2: "rfc+", 3: "e2e"}
     for name, (cnn, xe, rl, attr, m, init) in TABLE3.items():
         cfg = make_train_config(name, "paper", [])
         assert (cfg.train_cnn, cfg.xe_weight, cfg.rl_weight, cfg.attr_weight) == (cnn, xe, rl, attr), name
@@ -40,25 +44,41 @@ def test_every_table3_row_is_a_recipe_with_the_papers_settings():
         if m is not None:
             assert cfg.samples == m, name
         assert RECIPES[name].init == init, name
-    assert prefix_chain("e2e") == ["s2vt", "rfc+", "e2e"]
+    assert prefix_chain("e2e") == ["xe", "rfc+", "e2e"]
     # the paper's optimiser settings for its three stages
     assert [make_train_config(s, "paper", []).lr for s in (1, 2, 3)] == [1e-4, 1e-6, 1e-6]
     assert [make_train_config(s, "paper", []).batch_size for s in (1, 2, 3)] == [64, 256, 16]
 
 
+def test_recipes_are_named_apart_from_architectures_and_old_names_still_work(tmp_path):
+    assert not set(RECIPES) & set(ARCHS), "a recipe shares an architecture's name"
+    assert RENAMED == {"s2vt": "xe"}
+    assert get_recipe("s2vt") is RECIPES["xe"]
+    cfg = make_train_config("s2vt", "tiny", [])
+    assert cfg.recipe == "xe" and cfg.recipe_dir == "stage1"  # the new name is what is written
+    r = subprocess.run([tool("train"), "--recipe", "s2vt", "--data", str(tmp_path / "none"), "--run",
+                        str(tmp_path / "run"), "--preset", "tiny"], capture_output=True, text=True, timeout=120)
+    assert "invalid choice" not in r.stderr and str(tmp_path / "none") in r.stderr  # got past the parser
+    with pytest.raises(UserError, match=r"^--rows: unknown bogus;"):  # s2vt is xe's row, bogus is nothing
+        ablate(str(tmp_path / "none"), str(tmp_path / "abl"), "tiny", 1, rows=["s2vt", "bogus"], progress=False)
+    # a run folder written before the rename: the model card's stage table still finds the recipe
+    row = _stage_lines([{"dir": Path("stage1"), "recipe": "s2vt", "config": {}, "epochs": []}])[2]
+    assert row.startswith(f"| `stage1` | {RECIPES['xe'].title} |")
+
+
 @pytest.fixture(scope="module")
-def s2vt_ckpt(built_small, tmp_path_factory):
+def xe_ckpt(built_small, tmp_path_factory):
     run = tmp_path_factory.mktemp("recipes")
-    run_stage(make_train_config("s2vt", "tiny", ["num_workers=0", "epochs=1"], data=str(built_small), run=str(run)),
+    run_stage(make_train_config("xe", "tiny", ["num_workers=0", "epochs=1"], data=str(built_small), run=str(run)),
               progress=False)
     return run / "stage1" / "best.pt"
 
 
 @pytest.mark.parametrize("name", TABLE3_ORDER)
-def test_one_step_of_each_recipe_trains_what_its_row_says(name, built_small, s2vt_ckpt, tmp_path):
+def test_one_step_of_each_recipe_trains_what_its_row_says(name, built_small, xe_ckpt, tmp_path):
     cnn, xe, rl, attr, _, init = TABLE3[name]
     cfg = make_train_config(name, "tiny", ["num_workers=0", "batch_size=4"], data=str(built_small), run=str(tmp_path),
-                            init=str(s2vt_ckpt) if init else None)
+                            init=str(xe_ckpt) if init else None)
     t = Trainer(cfg, progress=False)
     assert all(p.requires_grad == cnn for p in t.model.backbone.parameters())
     before = {k: v.clone() for k, v in t.model.state_dict().items()}
@@ -75,11 +95,11 @@ def test_one_step_of_each_recipe_trains_what_its_row_says(name, built_small, s2v
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.01])
-def test_cnn_lr_scale_sets_the_cnns_step(scale, built_small, s2vt_ckpt, tmp_path):
+def test_cnn_lr_scale_sets_the_cnns_step(scale, built_small, xe_ckpt, tmp_path):
     """Adam's first step moves every parameter that has a gradient by its group's lr: the captioner
     by lr, the CNN by lr * cnn_lr_scale (one group, as before the option, when the scale is 1)."""
     cfg = make_train_config("e2e-xe", "tiny", ["num_workers=0", "batch_size=4", f"cnn_lr_scale={scale}"],
-                            data=str(built_small), run=str(tmp_path), init=str(s2vt_ckpt))
+                            data=str(built_small), run=str(tmp_path), init=str(xe_ckpt))
     t = Trainer(cfg, progress=False)
     assert len(t.opt.param_groups) == (1 if scale == 1.0 else 2)
     before = {k: v.clone() for k, v in t.model.named_parameters()}
@@ -91,10 +111,10 @@ def test_cnn_lr_scale_sets_the_cnns_step(scale, built_small, s2vt_ckpt, tmp_path
     assert cnn == pytest.approx(cfg.lr * scale, rel=0.05)
 
 
-def test_resume_with_another_cnn_lr_scale_is_one_line(built_small, s2vt_ckpt, tmp_path):
+def test_resume_with_another_cnn_lr_scale_is_one_line(built_small, xe_ckpt, tmp_path):
     """A last.pt saved with one optimiser group (cnn_lr_scale=1) cannot take two: one line saying which setting."""
     args = ["num_workers=0", "batch_size=4", "max_clips=8", "epochs=1"]
-    run_stage(make_train_config("e2e-xe", "tiny", args, data=str(built_small), run=str(tmp_path), init=str(s2vt_ckpt)),
+    run_stage(make_train_config("e2e-xe", "tiny", args, data=str(built_small), run=str(tmp_path), init=str(xe_ckpt)),
               progress=False)
     cfg = make_train_config("e2e-xe", "tiny", [*args, "cnn_lr_scale=0.1"], data=str(built_small), run=str(tmp_path),
                             resume=True)
@@ -103,12 +123,12 @@ def test_resume_with_another_cnn_lr_scale_is_one_line(built_small, s2vt_ckpt, tm
         Trainer(cfg, progress=False)
 
 
-def test_the_cnns_rate_is_logged_and_a_resume_keeps_the_schedule(built_small, s2vt_ckpt, tmp_path):
+def test_the_cnns_rate_is_logged_and_a_resume_keeps_the_schedule(built_small, xe_ckpt, tmp_path):
     """Two groups: each step record carries both rates. A last.pt trained on a cosine cannot be resumed
     at a constant rate (or the other way): one line naming the schedule it was trained with."""
     args = ["num_workers=0", "batch_size=4", "max_clips=8", "epochs=1", "cnn_lr_scale=0.1"]
     cfg = make_train_config("e2e-xe", "tiny", [*args, "lr_schedule=cosine"], data=str(built_small), run=str(tmp_path),
-                            init=str(s2vt_ckpt))
+                            init=str(xe_ckpt))
     run_stage(cfg, progress=False)
     records = [json.loads(x) for x in (Path(cfg.run) / "e2e-xe" / "metrics.jsonl").read_text().splitlines()]
     first = next(x for x in records if x["event"] == "step")

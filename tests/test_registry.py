@@ -1,4 +1,4 @@
-"""Issue 12, items 1 and 3: architectures and backbones come from registries. Checkpoints record the
+"""Architectures and backbones come from registries. Checkpoints record the
 architecture and the backbone's preprocessing; old checkpoints load as S2VT with the old (0.5)
 normalisation; every backbone's mean, std and input size come from its own pretrained config."""
 

@@ -1,26 +1,20 @@
-"""bench/rehearsal.py (issue 22's MSR-VTT-sized rehearsal, not run in CI: it takes an hour) -- the
+"""bench/experiments/rehearsal.py (the MSR-VTT-sized rehearsal, not run in CI: it takes an hour) -- the
 parts its report stands on, checked here: the growth exponent, MSR-VTT's nested splits, the caption
 assignment, the per-process peak-RSS reset, and the rendered clips' shape."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 from conftest import REPO
 
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("rehearsal", REPO / "bench" / "rehearsal.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from bench.experiments import rehearsal
 
 
 def test_the_growth_exponent_is_the_log_log_slope():
-    r = _bench()
+    r = rehearsal
     xs = [1000, 3000, 10000]
     assert r.exponent(xs, [2.0 * x for x in xs]) == 1.0
     assert r.exponent(xs, [x**2 / 1e6 for x in xs]) == 2.0
@@ -30,7 +24,7 @@ def test_the_growth_exponent_is_the_log_log_slope():
 
 
 def test_the_splits_are_msrvtts_and_nested():
-    r = _bench()
+    r = rehearsal
     full, small = r.split_of(10000), r.split_of(1000)
     count = lambda rows, s: sum(split == s for _, split in rows)  # noqa: E731
     assert [count(full, s) for s in ("train", "val", "test")] == [6513, 497, 2990]
@@ -40,7 +34,7 @@ def test_the_splits_are_msrvtts_and_nested():
 
 
 def test_each_clip_gets_twenty_captions_of_one_source_clip():
-    r = _bench()
+    r = rehearsal
     sets = [[f"clip {j} sentence {k}" for k in range(n)] for j, n in enumerate((45, 7, 30, 20))]
     caps = r.assign(10, sets, seed=3)
     assert caps == r.assign(10, sets, seed=3)  # seeded
@@ -52,11 +46,9 @@ def test_each_clip_gets_twenty_captions_of_one_source_clip():
 
 
 PEAK = """
-import importlib.util, json, sys
+import json
 import numpy as np
-spec = importlib.util.spec_from_file_location("rehearsal", sys.argv[1])
-r = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(r)
+from bench.experiments import rehearsal as r
 r.reset_peak()
 before = r.peak_rss_mb()
 block = np.ones(256 * 2**20 // 8)  # 256 MiB touched, fresh pages (a new process: nothing freed to reuse)
@@ -71,15 +63,15 @@ print(json.dumps({"before": before, "grown": grown, "after": r.peak_rss_mb(), "r
 def test_the_peak_rss_resets_per_measurement():
     """The peak counts what a measurement touched, and a reset brings it down to the RSS of now. In a
     fresh process: in pytest's, memory freed by earlier tests (kept by vidcap.allocator) is reused."""
-    out = subprocess.run([sys.executable, "-c", PEAK, str(REPO / "bench" / "rehearsal.py")], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True, check=True,
+                         cwd=REPO).stdout
     m = json.loads(out)
     assert m["grown"] - m["before"] > 200
     assert abs(m["after"] - m["rss"]) < 8
 
 
 def test_rendered_clips_have_the_msrvtt_shape(tmp_path):
-    r = _bench()
+    r = rehearsal
     (v,) = r.render_videos(tmp_path, 1, seed=0, workers=1)
     probe = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries",
                             "stream=width,height,codec_name,avg_frame_rate:format=duration", "-of", "json", str(v)],

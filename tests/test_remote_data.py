@@ -1,4 +1,4 @@
-"""Issue 11, item 2: a build read from URLs -- served by a real `python -m http.server` on
+"""A build read from URLs -- served by a real `python -m http.server` on
 127.0.0.1, through fsspec -- and from `file://` and `pipe:`; a dead server is one line naming the
 URL, and training resumes once it is back."""
 

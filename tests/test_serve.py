@@ -1,4 +1,4 @@
-"""Issue 13, item 3: `caption serve` as a user meets it -- a real uvicorn server on 127.0.0.1 (a
+"""`caption serve` as a user meets it -- a real uvicorn server on 127.0.0.1 (a
 subprocess on a free port), real HTTP requests with real clips and bad uploads, 20 clients at once,
 and the page driven in headless Chromium (skipped, saying why, where Chromium is not installed;
 `make test` installs it). The page's screenshot is kept in test-artifacts/serve_page.png."""
@@ -220,3 +220,14 @@ def test_uploads_leave_no_temporary_files_and_stopping_removes_the_folder(server
     assert len(list(server.tmp.glob("vidcap-serve-*"))) == 1  # where uploads went, while it runs
     assert server.stop()
     assert list(server.tmp.glob("vidcap-serve-*")) == [] and not any(p.is_file() for p in server.tmp.rglob("*"))
+
+
+def test_serve_settings_are_built_by_keyword_from_the_flags_of_the_same_names():
+    from vidcap.caption.serve import ServeSettings, parser, settings_from
+
+    with pytest.raises(TypeError):
+        ServeSettings(50.0, 30.0)  # positional: refused, so two numbers cannot be swapped
+    a = parser().parse_args(["--model", "m", "--timeout", "7", "--queue", "3", "--read-timeout", "9"])
+    built = settings_from(a)
+    assert (built.timeout, built.queue, built.read_timeout) == (7.0, 3, 9.0)
+    assert parser().parse_args(["--model", "m"]).beam == ServeSettings().beam  # the flags' defaults are its

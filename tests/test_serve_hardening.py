@@ -1,4 +1,4 @@
-"""Issue 23, item 6: `caption serve` against a slow uploader and after a SIGKILL -- a real uvicorn
+"""`caption serve` against a slow uploader and after a SIGKILL -- a real uvicorn
 server on 127.0.0.1 (tests/test_serve.py's Server: a subprocess with its own TMPDIR), a real
 socket that sends half an upload and stalls, real kills."""
 

@@ -1,4 +1,4 @@
-"""Issue 6: the three training stages, resume, the loaders, the feature cache, eval and caption."""
+"""The three training stages, resume, the loaders, the feature cache, eval and caption."""
 
 from __future__ import annotations
 
@@ -223,7 +223,7 @@ def test_config_errors_are_clear(built_small, tmp_path):
 @pytest.mark.parametrize("amp, dtype", [("false", torch.float32), ("true", torch.bfloat16)])
 def test_amp_is_bf16_autocast_on_the_device_of_the_model(built_small, tmp_path, amp, dtype):
     """amp=true autocasts the step on the model's own device: with "cuda" hard-coded, a CPU model
-    stayed in fp32 (and so amp=true was refused on the CPU); bench/gpu_check.py --dry-run relies on it."""
+    stayed in fp32 (and so amp=true was refused on the CPU); bench/acceptance/gpu_check.py --dry-run relies on it."""
     trainer = Trainer(cfg_for(1, built_small, tmp_path, f"amp={amp}", "feature_cache=false"), progress=False)
     seen: list[torch.dtype] = []
     try:

@@ -1,4 +1,4 @@
-"""Issue 23, item 1: captions in every script. One rule (vidcap.text: NFC, lower case, letters and
+"""Captions in every script. One rule (vidcap.text: NFC, lower case, letters and
 marks of every script, each Chinese/Japanese character a token) from the build's captions through
 the vocabulary, the spaCy attributes, the CIDEr-D document frequencies, the training reward and
 `evalkit score` -- asserted token by token over Latin with accents, Cyrillic, Chinese, Arabic and

@@ -1,4 +1,4 @@
-"""Issue 21, item 4: `pip wheel . --no-deps` builds one wheel; installed into a fresh virtual
+"""`pip wheel . --no-deps` builds one wheel; installed into a fresh virtual
 environment with no repository on the path, it gives the four commands and `import vidcap`, and
 nothing generic lands at the top of site-packages (`import model`, `import train` fail there).
 

@@ -1,7 +1,7 @@
 """`train ablate`: the paper's Table 3 as one command.
 
 Every row is a recipe (``train/recipes.py``). Rows that share a prefix share its training: per seed,
-``s2vt`` is trained once and both RFC rows and the cross-entropy E2E rows start from it; ``rfc+`` is
+``xe`` is trained once and both RFC rows and the cross-entropy E2E rows start from it; ``rfc+`` is
 trained once and both RL E2E rows start from it. Each row's best checkpoint is scored on the test
 split (greedy, as the paper's Table 3) with the four paper metrics and, on built-in data, the
 grounded accuracies. The table is mean ± std over seeds, with the paper's MSVD CIDEr beside ours.
@@ -24,7 +24,7 @@ from vidcap.evalkit.metric_names import ABLATION, metric
 from vidcap.train.config import make_train_config
 from vidcap.train.evaluate import evaluate_checkpoint
 from vidcap.train.loop import run_stage
-from vidcap.train.recipes import RECIPES, TABLE3_ORDER, prefix_chain
+from vidcap.train.recipes import RECIPES, TABLE3_ORDER, prefix_chain, recipe_name
 from vidcap.train.run_folder import RunFolder
 
 # (key in metrics.json, column title, scale): captions metrics on the paper's 0..1 scale, accuracies in %.
@@ -56,6 +56,7 @@ def ablate(data: str, run: str, preset: str = "cpu-small", seeds: int = 1, overr
     """Train and score every row for seeds 0..seeds-1; write RUN/ablation.json and RUN/ablation.md."""
     if seeds < 1:
         raise UserError(f"--seeds {seeds}: must be >= 1")
+    rows = [recipe_name(r) for r in rows]  # an old name (s2vt) is its recipe's row
     unknown = [r for r in rows if r not in RECIPES]
     if unknown:
         raise UserError(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(TABLE3_ORDER)}")

@@ -17,10 +17,10 @@ from vidcap.flags import add_file_flag, check_range, subcommand
 from vidcap.model.checkpoint import CheckpointError
 from vidcap.shards.layout import SPLITS
 from vidcap.train.config import DEVICES, LOADERS, SCHEDULES
-from vidcap.train.recipes import STAGES, TABLE3_ORDER
+from vidcap.train.recipes import RENAMED, STAGES, TABLE3_ORDER
 from vidcap.train.run_folder import ROBUSTNESS_JSON, ROBUSTNESS_MD, ROBUSTNESS_PNG
 
-PRESETS = list(SCHEDULES)  # the choices are the registries' (train/config.py, train/recipes.py): one edit adds one
+PRESETS = list(SCHEDULES)  # the choices are the registries' (train/config.py, train/recipes.py), never typed here
 
 
 def _eval_main(argv: list[str]) -> None:
@@ -162,7 +162,9 @@ def parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--stage", type=int, choices=list(STAGES),
                        help="the paper's stages: " + ", ".join(f"{n} = {r}" for n, r in STAGES.items()))
-    which.add_argument("--recipe", choices=TABLE3_ORDER, help="any recipe of the paper's Table 3 (train/recipes.py)")
+    which.add_argument("--recipe", choices=[*TABLE3_ORDER, *RENAMED],
+                       help="any recipe of the paper's Table 3 (train/recipes.py; "
+                       + ", ".join(f"{old}: the old name of {new}" for old, new in RENAMED.items()) + ")")
     p.add_argument("--data", required=True, help="pipeline build output: a folder, file://, http(s)://, s3://, "
                                                  "gs:// URL or pipe:COMMAND")
     p.add_argument("--run", required=True, help="run directory (stage N writes RUN/stageN/)")

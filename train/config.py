@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vidcap.train.recipes import RECIPES, STAGES, get_recipe
+from vidcap.train.recipes import STAGES, get_recipe
 from vidcap.train.reward import BASELINES, REWARDS
 
 DEVICES = ("cpu", "cuda")  # --device, device=
@@ -20,7 +20,7 @@ LOADERS = ("torch", "dali")  # --loader, loader=
 
 @dataclass
 class TrainConfig:
-    recipe: str = "s2vt"  # train/recipes.py; --stage 1/2/3 = s2vt / rfc+ / e2e
+    recipe: str = "xe"  # train/recipes.py; --stage 1/2/3 = xe / rfc+ / e2e
     data: str = ""  # pipeline build output
     run: str = ""  # run directory; each recipe writes RUN/<its dir>/ (stage1, stage2, stage3, rfc, ...)
     preset: str = "cpu-small"
@@ -64,7 +64,7 @@ class TrainConfig:
 
     @property
     def recipe_dir(self) -> str:
-        return RECIPES[self.recipe].dir
+        return get_recipe(self.recipe).dir
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=1) + "\n")

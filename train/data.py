@@ -136,11 +136,6 @@ def decode_jpeg(data: bytes, size: int) -> np.ndarray:
     return np.asarray(img).transpose(2, 0, 1)
 
 
-def decode_frames(jpegs: list[bytes], size: int) -> np.ndarray:
-    """JPEG bytes -> (K, 3, size, size) uint8."""
-    return np.stack([decode_jpeg(j, size) for j in jpegs])
-
-
 class FrameDecoder(Dataset):
     """Turns one raw sample (the DataLoader's "index") into tensors, in a DataLoader worker."""
 

@@ -42,7 +42,7 @@ from vidcap.model.folder import (
     model_folder_files,
 )
 from vidcap.shards.layout import Build
-from vidcap.train.recipes import RECIPES
+from vidcap.train.recipes import RECIPES, recipe_name
 from vidcap.train.run_folder import StageFolder, stage_of
 
 ARCH_TEXT = {"s2vt": "S2VT (the paper's: CNN -> FC -> two-layer LSTM)",
@@ -183,7 +183,7 @@ def _stage_lines(stages: list[dict]) -> list[str]:
     out = ["| stage | recipe | preset | epochs | lr | batch | best val CIDEr | val action / colour / shape |",
            "|---|---|---|---|---|---|---|---|"]
     for s in stages:
-        c, recipe = s["config"], RECIPES.get(s["recipe"] or "")
+        c, recipe = s["config"], RECIPES.get(recipe_name(s["recipe"] or ""))
         vals = [e for e in s["epochs"] if isinstance(e.get("val_CIDEr"), (int, float))]
         best = max(vals, key=lambda e: e["val_CIDEr"]) if vals else {}
         acc = " / ".join(_pct(best.get(f"val_{k}")) for k in OBJECT_SLOTS) if best else "-"

@@ -38,13 +38,6 @@ def make_reward(name: str, **kwargs) -> RewardFn:
     return REWARDS[name](**kwargs)
 
 
-def check_baseline(name: str, samples: int) -> None:
-    if name not in BASELINES:
-        raise ValueError(f"baseline={name}: unknown; choose from {', '.join(BASELINES)}")
-    if name == "mean" and samples < 2:
-        raise ValueError(f"baseline=mean needs samples >= 2 (the other samples' mean); got samples={samples}")
-
-
 def sample_rewards(model, feats: torch.Tensor, clip_ids: Sequence[str], samples: int, temperature: float,
                    reward: RewardFn, baseline: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
     """Draw M captions per clip and score them: (seqs (B*M, T), log-probs (B*M, T), rewards (B*M,),

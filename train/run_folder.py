@@ -118,7 +118,7 @@ class RunFolder:
         object.__setattr__(self, "path", Path(path))
 
     def stage(self, recipe: str) -> StageFolder:
-        """The folder of a recipe (``s2vt`` -> RUN/stage1/; train/recipes.py names each recipe's)."""
+        """The folder of a recipe (``xe`` -> RUN/stage1/; train/recipes.py names each recipe's)."""
         from vidcap.train.recipes import get_recipe
 
         return StageFolder(self.path / get_recipe(recipe).dir)

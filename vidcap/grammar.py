@@ -16,7 +16,6 @@ from __future__ import annotations
 
 COLOUR_NAMES = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle", "star")
-SIZES = ("small", "large")
 ACTIONS = ("left", "right", "up", "down", "grow", "shrink", "spin", "bounce")
 BACKGROUNDS = ("black", "gray", "white")
 

@@ -26,10 +26,10 @@ Checks, each PASS / FAIL / SKIP with its seconds:
 
 Exit status: 0 every check passed or was skipped; 1 a check failed (or the budget ran out: what
 was not run is a FAIL that says so); 2 misconfigured (no CUDA without --dry-run, a bad override),
-one line. The report, bench/gpu_report.json and .md (never committed), is rewritten after every
+one line. The report, bench/acceptance/gpu_report.json and .md (never committed), is rewritten after every
 check, so even a run cut short leaves what it found.
 
-Usage: python bench/gpu_check.py [--dry-run] [--data DIR] [--work DIR] [--out DIR] [--budget-s 300]
+Usage: python -m bench.acceptance.gpu_check [--dry-run] [--data DIR] [--work DIR] [--out DIR] [--budget-s 300]
        [--preset paper] [--steps 5] [--clips 366] [key=value ...]
 """
 
@@ -54,23 +54,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from vidcap.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
-from vidcap.errors import ArgumentParser, UserError, cli_errors  # noqa: E402
-from vidcap.jsonfile import read_json  # noqa: E402
-from vidcap.model.checkpoint import save_checkpoint  # noqa: E402
-from vidcap.model.registry import make_config  # noqa: E402
-from vidcap.shards.layout import DataInfo  # noqa: E402
-from vidcap.train import distributed, run_lock  # noqa: E402
-from vidcap.train.config import SCHEDULES, TrainConfig, make_train_config  # noqa: E402
-from vidcap.train.data import SplitStream, torch_loader  # noqa: E402
-from vidcap.train.loop import Trainer, build_model, run_stage  # noqa: E402
-from vidcap.train.recipes import RECIPES, STAGES  # noqa: E402
-from vidcap.train.run_folder import StageFolder  # noqa: E402
+from bench.common import REPO
+from vidcap.atomic import write_bytes_atomic, write_json_atomic
+from vidcap.errors import ArgumentParser, UserError, cli_errors
+from vidcap.jsonfile import read_json
+from vidcap.model.checkpoint import save_checkpoint
+from vidcap.model.registry import make_config
+from vidcap.shards.layout import DataInfo
+from vidcap.train import distributed, run_lock
+from vidcap.train.config import SCHEDULES, TrainConfig, make_train_config
+from vidcap.train.data import SplitStream, torch_loader
+from vidcap.train.loop import Trainer, build_model, run_stage
+from vidcap.train.recipes import RECIPES, STAGES
+from vidcap.train.run_folder import StageFolder
 
 PROG = "gpu_check"
 DECODE_MEAN_TOL, DECODE_MAX_TOL = 2.0, 64  # JPEG decoders differ in IDCT and chroma upsampling
@@ -532,7 +530,7 @@ def run_check(ctx: Context, c: Check, fn: Callable[[Context, Check], str]) -> No
 
 def report(ctx: Context, checks: list[Check], finished: bool) -> dict:
     s = ctx.s
-    return {"tool": "bench/gpu_check.py", "when": datetime.now(UTC).isoformat(timespec="seconds"),
+    return {"tool": "bench/acceptance/gpu_check.py", "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "dry_run": s.dry_run, "device": s.device, "preset": s.preset, "overrides": s.overrides, "steps": s.steps,
             "budget_s": s.budget_s, "elapsed_s": round(time.perf_counter() - ctx.t0, 2), "finished": finished,
             "passed": finished and all(c.status != "FAIL" for c in checks),
@@ -603,9 +601,10 @@ def parse(argv: list[str]) -> Settings:
                        "training check, as `train` takes them (batch_size=32, model.hidden=512, ...)")
     p.add_argument("--dry-run", action="store_true", help="the same checks on the CPU at tiny sizes (CI)")
     p.add_argument("--data", default=None, help="a pipeline build to use instead of building the built-in data")
-    p.add_argument("--work", default=str(REPO / "bench" / "gpu_check_work"),
-                   help="where the data and the runs go (default bench/gpu_check_work; a rerun reuses the data)")
-    p.add_argument("--out", default=str(REPO / "bench"), help="folder of gpu_report.json and .md (default bench/)")
+    p.add_argument("--work", default=str(REPO / "bench" / "acceptance" / "gpu_check_work"),
+                   help="where the data and the runs go (default bench/acceptance/gpu_check_work; a rerun reuses the data)")
+    p.add_argument("--out", default=str(REPO / "bench" / "acceptance"),
+                   help="folder of gpu_report.json and .md (default bench/acceptance/)")
     p.add_argument("--budget-s", type=float, default=300.0, help="seconds the whole run may take (default 300)")
     p.add_argument("--preset", default=None, choices=list(SCHEDULES),
                    help="model sizes and batch shapes (default paper; tiny with --dry-run)")

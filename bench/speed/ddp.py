@@ -11,7 +11,7 @@ the epoch's training seconds -- of the second epoch (the first pays for start-up
 built-in dataset (synth + pipeline build at 112 px). Ratios come from one run; on a 2-core machine
 shared with other work they are a lower bound of what two free cores give.
 
-Usage: python bench/ddp.py [--clips 300] [--out bench/ddp_report.json]
+Usage: python -m bench.speed.ddp [--clips 300] [--out bench/speed/ddp_report.json]
 """
 
 from __future__ import annotations
@@ -20,25 +20,18 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vidcap.model import Captioner, make_config, save_checkpoint  # noqa: E402
-from vidcap.pipeline.build import BuildConfig, build  # noqa: E402
-from vidcap.pipeline.synth import synthesize  # noqa: E402
-from vidcap.shards.layout import DataInfo  # noqa: E402
-from vidcap.train.recipes import STAGES  # noqa: E402
-from vidcap.train.run_folder import RunFolder  # noqa: E402
-
-BIN = Path(sys.executable).parent
+from bench.common import built_in_dataset, report_path, tool, write_report
+from vidcap.model import Captioner, make_config, save_checkpoint
+from vidcap.shards.layout import DataInfo
+from vidcap.train.recipes import STAGES
+from vidcap.train.run_folder import RunFolder
 
 
 def clips_per_s(n: int, stage: str, data: Path, run: Path, extra: list[str]) -> dict:
-    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(n), str(BIN / "train"), "--", "--stage",
+    cmd = [tool("torchrun"), "--standalone", "--nproc_per_node", str(n), tool("train"), "--", "--stage",
            stage, "--data", str(data), "--run", str(run), "--preset", "cpu-small", "--quiet", "epochs=2",
            "eval_every=99", "num_workers=0", "save_every=0", *extra]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -53,14 +46,12 @@ def clips_per_s(n: int, stage: str, data: Path, run: Path, extra: list[str]) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=300)
-    ap.add_argument("--out", default=str(REPO / "bench" / "ddp_report.json"))
+    ap.add_argument("--out", default=str(report_path(__file__)))
     a = ap.parse_args()
     report: dict = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()[0], "threads_per_process": 1}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synthesize(tmp / "synth", clips=a.clips, seed=0, progress=False)
-        build(BuildConfig(dataset="msrvtt", root=str(tmp / "synth"), out=str(tmp / "data"), size=112, shard_size=32,
-                          progress=False))
+        built_in_dataset(tmp, a.clips)
         info = DataInfo.load(tmp / "data")
         report["train_clips"] = len(info.metadata("train"))
         init = tmp / "init.pt"
@@ -73,8 +64,7 @@ def main() -> None:
             report[name] = {"one": one, "two": two, "speedup": round(two["clips_per_s"] / one["clips_per_s"], 2)}
             print(name, report[name], flush=True)
     report["load_avg_at_end"] = os.getloadavg()[0]
-    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report, indent=1))
+    write_report(a.out, report, echo=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ another commit's tree (`git archive COMMIT | tar -x -C DIR`) for a before/after 
 long by default (`--seconds`): 4,800 2-second clips take ~7 min to render on 2 cores, and job 1
 decodes the same 5 frames whatever the length. Ratios come from one run.
 
-Usage: python bench/scale.py [--sizes 300,1200,4800] [--seconds 1] [--out bench/scale_report.json]
+Usage: python -m bench.speed.scale [--sizes 300,1200,4800] [--seconds 1] [--out bench/speed/scale_report.json]
 """
 
 from __future__ import annotations
@@ -28,10 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vidcap.pipeline.synth import SPLIT_FRACTIONS, synthesize  # noqa: E402
+from bench.common import REPO, report_path, write_report
+from vidcap.pipeline.synth import SPLIT_FRACTIONS, synthesize
 
 DRIVER = """
 import json, resource, sys
@@ -101,7 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="300,1200,4800")
     ap.add_argument("--seconds", type=float, default=1.0, help="clip length for synth (default 1)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "scale_report.json"))
+    ap.add_argument("--out", default=str(report_path(__file__)))
     ap.add_argument("--compare-with", default=None, help="a source tree of another commit (git archive): its "
                     "driver's peak RSS on the largest size, for a before/after")
     a = ap.parse_args()
@@ -132,8 +130,7 @@ def main() -> None:
             print(report["compare_with"], flush=True)
         report["ratios"] = ratios(runs)
     report["load_avg_at_end"] = os.getloadavg()[0]
-    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report, indent=1))
+    write_report(a.out, report, echo=True)
 
 
 if __name__ == "__main__":

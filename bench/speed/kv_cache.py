@@ -9,24 +9,19 @@ Both variants run the same decoders of model/decoding.py -- the recompute varian
 step function, defined here -- and must give the same sequences; each timing is the best of
 --repeats, the two variants interleaved.
 
-Usage: python bench/kv_cache.py [--clips 32] [--vocab 111] [--repeats 3] [--out bench/kv_cache_report.json]
+Usage: python -m bench.speed.kv_cache [--clips 32] [--vocab 111] [--repeats 3] [--out bench/speed/kv_cache_report.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vidcap.model import create_model, decoding, make_config  # noqa: E402
-from vidcap.tokens import EOS  # noqa: E402
+from bench.common import report_path, write_report
+from vidcap.model import create_model, decoding, make_config
+from vidcap.tokens import EOS
 
 
 class Recompute:
@@ -65,7 +60,7 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=32)
     p.add_argument("--vocab", type=int, default=111)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=str(REPO / "bench" / "kv_cache_report.json"))
+    p.add_argument("--out", default=str(report_path(__file__)))
     a = p.parse_args()
     torch.manual_seed(0)
     model = create_model(make_config("cpu-small", a.vocab, arch="transformer", pretrained=False)).eval()
@@ -89,7 +84,7 @@ def main() -> None:
         report["speedup"][use] = round(best["recompute"] / best["kv_cache"], 2)
         print(f"{use:>17}: cache {best['kv_cache']:.3f} s, recompute {best['recompute']:.3f} s "
               f"-> cache {report['speedup'][use]:.2f}x", flush=True)
-    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+    write_report(a.out, report)
 
 
 if __name__ == "__main__":

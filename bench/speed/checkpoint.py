@@ -6,30 +6,24 @@ optimiser, every RNG state; written, fsynced and renamed; 5 timed). Reported: th
 between two checkpoints at save_every = 100 (the default) and the share of the time the saves take.
 Data: a fresh built-in dataset (synth + pipeline build at 112 px) in a temp dir.
 
-Usage: python bench/checkpoint.py [--clips 160] [--out bench/checkpoint_report.json]
+Usage: python -m bench.speed.checkpoint [--clips 160] [--out bench/speed/checkpoint_report.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vidcap.model.checkpoint import save_checkpoint  # noqa: E402
-from vidcap.pipeline.build import BuildConfig, build  # noqa: E402
-from vidcap.pipeline.synth import synthesize  # noqa: E402
-from vidcap.train.config import make_train_config  # noqa: E402
-from vidcap.train.loop import Trainer  # noqa: E402
-from vidcap.train.recipes import STAGES  # noqa: E402
-from vidcap.train.resume import Position  # noqa: E402
-from vidcap.train.run_folder import LAST, RunFolder  # noqa: E402
+from bench.common import built_in_dataset, report_path, write_report
+from vidcap.model.checkpoint import save_checkpoint
+from vidcap.train.config import make_train_config
+from vidcap.train.loop import Trainer
+from vidcap.train.recipes import STAGES
+from vidcap.train.resume import Position
+from vidcap.train.run_folder import LAST, RunFolder
 
 SAVE_EVERY = 100
 
@@ -60,20 +54,17 @@ def measure(stage: int, data: Path, run: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=160)
-    ap.add_argument("--out", default=str(REPO / "bench" / "checkpoint_report.json"))
+    ap.add_argument("--out", default=str(report_path(__file__)))
     a = ap.parse_args()
     report: dict = {"load_avg_at_start": os.getloadavg()[0], "save_every": SAVE_EVERY}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synthesize(tmp / "synth", clips=a.clips, seed=0, progress=False)
-        build(BuildConfig(dataset="msrvtt", root=str(tmp / "synth"), out=str(tmp / "data"), size=112, shard_size=32,
-                          progress=False))
+        built_in_dataset(tmp, a.clips)
         for stage in (1, 2, 3):
             report[f"stage{stage}"] = measure(stage, tmp / "data", tmp / "run")
             print(stage, report[f"stage{stage}"], flush=True)
     report["load_avg_at_end"] = os.getloadavg()[0]
-    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report, indent=1))
+    write_report(a.out, report, echo=True)
 
 
 if __name__ == "__main__":

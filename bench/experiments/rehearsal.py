@@ -31,8 +31,8 @@ vocabulary. This builds a dataset of that shape and runs the system over it at n
 The report: each cost at each size, its growth exponent over the sizes (the slope of log cost
 against log clips: 1 is linear, a cost per clip > 1 grows faster than the data), and a log-log plot.
 
-Usage: python bench/rehearsal.py [--work /tmp/rehearsal] [--sizes 1000,3000,10000] [--parts data,build,train,eval]
-       [--train-sizes 1000,10000] [--eval-sizes 1000,10000] [--steps 3] [--out bench/rehearsal_report.json]
+Usage: python -m bench.experiments.rehearsal [--work /tmp/rehearsal] [--sizes 1000,3000,10000] [--parts data,build,train,eval]
+       [--train-sizes 1000,10000] [--eval-sizes 1000,10000] [--steps 3] [--out bench/experiments/rehearsal_report.json]
 Re-runs reuse the work folder's videos and finished builds (delete a size's folder to measure it again).
 """
 
@@ -54,13 +54,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vidcap.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
+from bench.common import REPO, SHARED, report_path, write_report
+from vidcap.atomic import write_bytes_atomic, write_json_atomic
 
 MSRVTT_SPLITS = (("train", 6513), ("val", 497), ("test", 2990))  # of 10,000 clips
-MSVD = REPO.parent / "shared" / "data" / "captions" / "msvd"
+MSVD = SHARED / "data" / "captions" / "msvd"
 CAPTIONS_PER_CLIP = 20
 # (name, preset, overrides) trained at each --train-sizes build (cpu-small) or --paper-sizes build (all)
 VARIANTS = (("cpu-small", "cpu-small", []),
@@ -565,7 +563,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=3, help="measured optimiser steps per stage (after one warm-up)")
     p.add_argument("--feature-clips", type=int, default=64, help="clips whose features the frozen stages train on")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(REPO / "bench" / "rehearsal_report.json"))
+    p.add_argument("--out", default=str(report_path(__file__)))
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:  # a measurement in its own process: JSON in, JSON on the last stdout line
@@ -592,8 +590,7 @@ def main(argv: list[str] | None = None) -> dict:
     def save() -> None:
         report["growth"] = growth(report)
         report["projection"] = projection(report)
-        write_json_atomic(out, report)
-        write_bytes_atomic(out.with_suffix(".md"), format_markdown(report).encode())
+        write_report(out, report, format_markdown(report))
         plot(report, out.with_suffix(".png"))
 
     if "data" in parts:
@@ -645,7 +642,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "stages": [int(x) for x in (a.paper_stages if preset == "paper" else "1,2,3").split(",")]}
                 spec["rows_file"] = str(work / f"train{n}-{slug}.rows.jsonl")
                 Path(spec["rows_file"]).unlink(missing_ok=True)
-                _, wall, tree, rc = run_measured([sys.executable, str(Path(__file__).resolve()), "--child",
+                _, wall, tree, rc = run_measured([sys.executable, "-m", "bench.experiments.rehearsal", "--child",
                                                   json.dumps(spec)], work / f"train{n}-{slug}.log")
                 got = [json.loads(line) for line in Path(spec["rows_file"]).read_text().splitlines()] \
                     if Path(spec["rows_file"]).exists() else []
@@ -661,7 +658,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "features" in parts:  # the CNN's cost per clip, computed (the train rows may have read a cache)
         n = max(train_sizes)
         spec = {"kind": "features", "data": str(work / f"data{n}"), "feature_clips": a.feature_clips, "threads": 2}
-        res, wall, _, rc = run_measured([sys.executable, str(Path(__file__).resolve()), "--child",
+        res, wall, _, rc = run_measured([sys.executable, "-m", "bench.experiments.rehearsal", "--child",
                                          json.dumps(spec)], work / "features.log")
         if rc or res is None:
             raise SystemExit(f"features: exit {rc}; see {work / 'features.log'}")
@@ -676,7 +673,7 @@ def main(argv: list[str] | None = None) -> dict:
         for n in eval_sizes:
             spec = {"kind": "eval", "ckpt": str(RunFolder(work / f"run{n}-cpu-small").stage(STAGES[1]).best),
                     "data": str(work / f"data{n}"), "out": str(work / f"eval{n}"), "threads": 2}
-            res, wall, _, rc = run_measured([sys.executable, str(Path(__file__).resolve()), "--child",
+            res, wall, _, rc = run_measured([sys.executable, "-m", "bench.experiments.rehearsal", "--child",
                                              json.dumps(spec)], work / f"eval{n}.log")
             if rc or res is None:
                 raise SystemExit(f"eval on the {n}-clip build: exit {rc}; see {work / f'eval{n}.log'}")

@@ -7,35 +7,20 @@ no_grad (the feature cache, `train eval`, `train robustness`, `train probe`, `ca
 forward + backward in train mode (stage 3). The variants are interleaved and each timing is the
 best of --repeats; the outputs must agree to float rounding.
 
-Usage: python bench/cnn_layout.py [--backbone tf_efficientnet_lite0] [--size 160] [--images 160]
-                                  [--repeats 3] [--out bench/cnn_layout_report.json]
+Usage: python -m bench.speed.cnn_layout [--backbone tf_efficientnet_lite0] [--size 160] [--images 160]
+                                  [--repeats 3] [--out bench/speed/cnn_layout_report.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vidcap.model import create_backbone  # noqa: E402
-from vidcap.model.fold import fold_batchnorm  # noqa: E402
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from bench.common import best_of, report_path, write_report
+from vidcap.model import create_backbone
+from vidcap.model.fold import fold_batchnorm
 
 
 def main() -> None:
@@ -45,7 +30,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=160, help="images per batch (32 clips x 5 frames)")
     p.add_argument("--train-images", type=int, default=80, help="images per forward + backward (16 clips)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=str(REPO / "bench" / "cnn_layout_report.json"))
+    p.add_argument("--out", default=str(report_path(__file__)))
     a = p.parse_args()
     torch.manual_seed(0)
     nhwc, info = create_backbone(a.backbone)
@@ -87,8 +72,7 @@ def main() -> None:
         "forward_backward_s": {k: round(v, 3) for k, v in best_train.items()},
         "forward_backward_speedup_nhwc": round(best_train["nchw"] / best_train["nhwc"], 2),
     }
-    print(json.dumps(report, indent=1))
-    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+    write_report(a.out, report, echo=True)
 
 
 if __name__ == "__main__":

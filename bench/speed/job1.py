@@ -13,7 +13,7 @@ Every method produces the same thing: 5 frames at segment centres, 224x224, JPEG
   official   dump every frame to JPEG with ffmpeg, then pick 5 (resize + re-encode)
 seek and official run ffmpeg with its default threading, i.e. on both cores, like job1_dask.
 
-Usage: python bench/job1.py [--clips 50] [--out bench/job1_report.json]
+Usage: python -m bench.speed.job1 [--clips 50] [--out bench/speed/job1_report.json]
 """
 
 from __future__ import annotations
@@ -22,25 +22,21 @@ import argparse
 import io
 import json
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vidcap.pipeline.frames import encode_jpeg, sample_frames, segment_centres  # noqa: E402
-from vidcap.pipeline.frames_job import ShardTask, build_shard  # noqa: E402
+from bench.common import SHARED, best_of, report_path, write_report
+from vidcap.pipeline.frames import encode_jpeg, sample_frames, segment_centres
+from vidcap.pipeline.frames_job import ShardTask, build_shard
 
 SIZE, K = 224, 5
 
 
 def make_clips(n: int, out: Path) -> list[Path]:
-    shared = REPO.parent / "shared" / "data" / "videos"
+    shared = SHARED / "data" / "videos"
     sources = sorted(shared.glob("*.mp4")) if shared.is_dir() else []
     rng = np.random.default_rng(0)
     clips = []
@@ -115,18 +111,13 @@ def official(clips: list[Path], tmp: Path) -> None:
 
 
 def timed(fn, *args, repeat: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn(*args)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_of(lambda: fn(*args), repeat)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=50)
-    ap.add_argument("--out", default=str(REPO / "bench" / "job1_report.json"))
+    ap.add_argument("--out", default=str(report_path(__file__)))
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
@@ -146,8 +137,7 @@ def main() -> None:
               "job1_dask_speedup_vs_official": round(res["official"] / res["job1_dask"], 2),
               "job1_dask_speedup_vs_seek": round(res["seek"] / res["job1_dask"], 2),
               "job1_over_bare_one_process": round(res["job1"] / res["bare"], 3)}
-    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report, indent=1))
+    write_report(a.out, report, echo=True)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ Reads back what each demo left -- it trains nothing -- and reports:
 - with --against DEMO..., the same seeds run with another setting: per stage, these demos minus
   those, paired over the realistic test clips (the same clips: the same seed renders the same world).
 
-Usage: python bench/real_world_seeds.py DEMO [DEMO ...] [--before ROB_JSON ...] [--against DEMO ...]
-       [--out bench/real_world_seeds_report.json]
-(writes the .json, a .md of its tables and a .png of the stage-3 robustness beside it)
+Usage: python -m bench.results.real_world_seeds DEMO [DEMO ...] [--before ROB_JSON ...] [--against DEMO ...]
+       [--out bench/results/real_world_seeds_report.json] [--figure PNG]
+(writes the .json, a .md of its tables and a .png of the stage-3 robustness beside it; the README's figure is
+that plot, written with --figure docs/img/real-world-robustness.png)
 """
 
 from __future__ import annotations
@@ -23,22 +24,20 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vidcap.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
-from vidcap.evalkit.coco import Scorer  # noqa: E402
-from vidcap.evalkit.grounding import per_clip_correct  # noqa: E402
-from vidcap.shards.layout import Build  # noqa: E402
-from vidcap.train.ablate import over_seeds  # noqa: E402
-from vidcap.train.evaluate import paired_difference  # noqa: E402
-from vidcap.train.recipes import STAGES as RECIPE_OF  # noqa: E402
-from vidcap.train.run_folder import EVAL_METRICS, GROUPS, PREDICTIONS, ROBUSTNESS_JSON, RunFolder  # noqa: E402
+from bench.common import report_path, write_report
+from vidcap.atomic import write_bytes_atomic
+from vidcap.evalkit.coco import Scorer
+from vidcap.evalkit.grounding import per_clip_correct
+from vidcap.shards.layout import Build
+from vidcap.train.ablate import over_seeds
+from vidcap.train.evaluate import paired_difference
+from vidcap.train.recipes import STAGES as RECIPE_OF
+from vidcap.train.run_folder import EVAL_METRICS, GROUPS, PREDICTIONS, ROBUSTNESS_JSON, RunFolder
 
 STAGES = (1, 2, 3)
+README_FIGURE = "docs/img/real-world-robustness.png"  # written with --figure, never copied by hand
 ACC = ("action_acc", "colour_acc", "shape_acc", "all_acc")
 SLOTS = ("action", "colour", "shape", "all")
 
@@ -211,29 +210,33 @@ def plot_robustness(rows: list[dict], n_seeds: int, path: Path) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("demos", nargs="+", type=Path)
     ap.add_argument("--before", nargs="*", type=Path, default=[], help="robustness.json files of older models")
     ap.add_argument("--against", nargs="*", type=Path, default=[],
                     help="the same seeds' demos with another setting (same order): paired differences per stage")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "real_world_seeds_report.json")
-    a = ap.parse_args()
+    ap.add_argument("--out", type=Path, default=report_path(__file__))
+    ap.add_argument("--figure", type=Path, default=None,
+                    help=f"also write the stage-3 robustness plot here (the README shows {README_FIGURE})")
+    a = ap.parse_args(argv)
+    if a.against and len(a.against) != len(a.demos):
+        ap.error(f"--against: {len(a.against)} demos for {len(a.demos)} seeds (one per seed, same order)")
     with Scorer(meteor=False) as scorer:
         seeds = [load_seed(d, scorer) for d in a.demos]
         others = [load_seed(d, scorer) for d in a.against]
     report = summarise(seeds, [json.loads(p.read_text()) for p in a.before])
     if others:
-        if len(others) != len(seeds):
-            raise SystemExit(f"--against: {len(others)} demos for {len(seeds)} seeds (one per seed, same order)")
         report["against"] = {"demos": [str(d) for d in a.against], "per_stage": {
             str(s): paired_runs([o["stages"][s] for o in others], [sd["stages"][s] for sd in seeds]) for s in STAGES}}
-    write_json_atomic(a.out, report)
     md = format_markdown(report)
-    write_bytes_atomic(a.out.with_suffix(".md"), md.encode())
+    write_report(a.out, report, md)
     if report["robustness"]:
-        plot_robustness(report["robustness"], len(seeds), a.out.with_suffix(".png"))
+        for png in (a.out.with_suffix(".png"), a.figure):
+            if png is not None:
+                plot_robustness(report["robustness"], len(seeds), png)
     print(md)
+    return report
 
 
 if __name__ == "__main__":

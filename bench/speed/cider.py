@@ -6,7 +6,7 @@ Candidates: other references of the same clip with words dropped/shuffled (reali
 Both score every candidate against its clip's references; CiderD's references and document
 frequencies are prepared once per dataset (its constructor, reported separately), as in training.
 
-Usage: python bench/cider.py [--clips 64] [--samples 8] [--out bench/cider_report.json]
+Usage: python -m bench.speed.cider [--clips 64] [--samples 8] [--out bench/speed/cider_report.json]
 """
 
 from __future__ import annotations
@@ -14,25 +14,20 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from pycocoevalcap.cider.cider import Cider
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from pycocoevalcap.cider.cider import Cider  # noqa: E402
-
-from vidcap.evalkit.cider import CiderD  # noqa: E402
-from vidcap.evalkit.ngrams import reference_tokens  # noqa: E402
-from vidcap.pipeline.vocab import build_vocab  # noqa: E402
-from vidcap.tokens import encode  # noqa: E402
+from bench.common import SHARED, best_of, report_path, write_report
+from vidcap.evalkit.cider import CiderD
+from vidcap.evalkit.ngrams import reference_tokens
+from vidcap.pipeline.vocab import build_vocab
+from vidcap.tokens import encode
 
 
 def corpus(n_clips: int) -> dict[str, list[str]]:
-    path = REPO.parent / "shared" / "data" / "captions" / "msvd" / "msvd_train.json"
+    path = SHARED / "data" / "captions" / "msvd" / "msvd_train.json"
     if path.exists():
         data = json.loads(path.read_text())
         return {f: caps[:20] for f, _, caps in data if len(caps) >= 21}
@@ -46,7 +41,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=64)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--out", default=str(REPO / "bench" / "cider_report.json"))
+    ap.add_argument("--out", default=str(report_path(__file__)))
     a = ap.parse_args()
     refs = corpus(a.clips)
     vocab = build_vocab((c for caps in refs.values() for c in caps), min_count=1)["itos"]
@@ -71,21 +66,14 @@ def main() -> None:
     # pycocoevalcap: one Cider call over the same candidates (df from the batch's own references)
     gts = {i: [" ".join(reference_tokens(r)) for r in refs[c]] for i, c in enumerate(ids)}
     res = {i: [c + " <eos>"] for i, c in enumerate(cands)}
-    t_ref = min(_time(lambda: Cider().compute_score(gts, res)) for _ in range(a.repeat))
-    t_ours = min(_time(lambda: cd.score(ids, seqs)) for _ in range(a.repeat))
+    t_ref = best_of(lambda: Cider().compute_score(gts, res), a.repeat)
+    t_ours = best_of(lambda: cd.score(ids, seqs), a.repeat)
     n = len(cands)
     report = {"candidates": n, "references_per_clip": 20, "ciderd_setup_s": round(setup, 3),
               "pycocoevalcap_s": round(t_ref, 5), "ciderd_s": round(t_ours, 5),
               "pycocoevalcap_rewards_per_s": round(n / t_ref), "ciderd_rewards_per_s": round(n / t_ours),
               "speedup": round(t_ref / t_ours, 1)}
-    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report, indent=1))
-
-
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    write_report(a.out, report, echo=True)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ Data: --data DIR (a `pipeline build` of the built-in dataset), else a fresh one 
 (`pipeline synth --clips N --seed 0`, `pipeline build` at 112 px, as `make demo`). A re-run resumes:
 a scored stage's row.json is read back, a cut-off stage continues from its last.pt.
 
-Usage: python bench/arch_compare.py [--data DIR | --clips 600] [--work bench/arch_compare_work] [--seeds 3]
-       [--preset cpu-small] [--archs s2vt,transformer] [--out bench/arch_compare_report.json] [key=value ...]
+Usage: python -m bench.experiments.arch_compare [--data DIR | --clips 600] [--work bench/experiments/arch_compare_work] [--seeds 3]
+       [--preset cpu-small] [--archs s2vt,transformer] [--out bench/experiments/arch_compare_report.json] [key=value ...]
 Writes --out (JSON) and the table beside it (.md).
 """
 
@@ -20,23 +20,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vidcap.atomic import write_bytes_atomic, write_json_atomic  # noqa: E402
-from vidcap.evalkit.coco import Scorer  # noqa: E402
-from vidcap.evalkit.metric_names import OBJECT_SLOTS, label  # noqa: E402
-from vidcap.model import ARCHS  # noqa: E402
-from vidcap.train.ablate import over_seeds  # noqa: E402
-from vidcap.train.config import make_train_config  # noqa: E402
-from vidcap.train.evaluate import evaluate_checkpoint  # noqa: E402
-from vidcap.train.loop import run_stage  # noqa: E402
-from vidcap.train.recipes import STAGES  # noqa: E402
-from vidcap.train.run_folder import RunFolder  # noqa: E402
+from bench.common import REPO, report_path, write_report
+from vidcap.atomic import write_json_atomic
+from vidcap.evalkit.coco import Scorer
+from vidcap.evalkit.metric_names import OBJECT_SLOTS, label
+from vidcap.model import ARCHS
+from vidcap.train.ablate import over_seeds
+from vidcap.train.config import make_train_config
+from vidcap.train.evaluate import evaluate_checkpoint
+from vidcap.train.loop import run_stage
+from vidcap.train.recipes import STAGES
+from vidcap.train.run_folder import RunFolder
 
 # (key in the scored metrics, column title, scale)
 COLUMNS = (("CIDEr", "test CIDEr", 100), ("Bleu_4", label("Bleu_4"), 100),
@@ -101,7 +98,7 @@ def format_markdown(report: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Parameters: the captioner without its CNN (the CNN is the same for both). train min: wall-clock "
               "minutes of the stage where it ran (features cached in stages 1-2); on a shared machine they time the "
-              "load as much as the model, so compare speed with bench/train.py and bench/kv_cache.py instead."]
+              "load as much as the model, so compare speed with bench/speed/train.py and bench/speed/kv_cache.py instead."]
     return "\n".join(lines) + "\n"
 
 
@@ -109,11 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=None, help="a pipeline build of the built-in dataset (default: make one)")
     p.add_argument("--clips", type=int, default=600, help="clips of the fresh built-in dataset (without --data)")
-    p.add_argument("--work", default=str(REPO / "bench" / "arch_compare_work"), help="runs (and data) go here")
+    p.add_argument("--work", default=str(REPO / "bench" / "experiments" / "arch_compare_work"), help="runs (and data) go here")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--preset", default="cpu-small")
     p.add_argument("--archs", default="s2vt,transformer")
-    p.add_argument("--out", default=str(REPO / "bench" / "arch_compare_report.json"))
+    p.add_argument("--out", default=str(report_path(__file__)))
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value for every stage of every run (e.g. max_clips=100)")
     a = p.parse_args(argv)
@@ -135,8 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
                                           a.overrides, scorer, not a.quiet))
     report = {"data": data, "preset": a.preset, "seeds": a.seeds, "archs": archs, "overrides": a.overrides,
               "table": summarise(rows, archs), "rows": rows}
-    write_json_atomic(Path(a.out), report)
-    write_bytes_atomic(Path(a.out).with_suffix(".md"), format_markdown(report).encode())
+    write_report(Path(a.out), report, format_markdown(report))
     print(format_markdown(report))
     return report
 

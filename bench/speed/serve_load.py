@@ -11,7 +11,7 @@ Client threads share the machine with the server (2 cores here), as they would o
 The model: --model DIR (a model folder), or --ckpt CKPT (exported to a temporary folder first), or
 else a tiny model trained here for one epoch (~20 s) -- the report says which.
 
-Usage: python bench/serve_load.py [--model DIR | --ckpt CKPT] [--seconds 15] [--out bench/serve_load_report.json]
+Usage: python -m bench.speed.serve_load [--model DIR | --ckpt CKPT] [--seconds 15] [--out bench/speed/serve_load_report.json]
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,13 +29,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = REPO / ".venv" / "bin"
+from bench.common import report_path, tool, write_report
+from vidcap.pipeline.synth import synthesize
+
 LEVELS = (1, 4, 16)
-
-
-def tool(name: str) -> str:
-    return str(BIN / name) if (BIN / name).exists() else name
 
 
 def tiny_model(tmp: Path, clips: Path) -> Path:
@@ -48,7 +44,7 @@ def tiny_model(tmp: Path, clips: Path) -> Path:
                       progress=False))
     for argv in (["train", "--stage", "1", "--data", str(tmp / "data"), "--run", str(tmp / "run"), "--preset", "tiny",
                   "epochs=1", "num_workers=0", "--quiet"],
-                 ["train", "export", "--ckpt", str(RunFolder(tmp / "run").stage("s2vt").best), "--out", str(tmp / "model"),
+                 ["train", "export", "--ckpt", str(RunFolder(tmp / "run").stage("xe").best), "--out", str(tmp / "model"),
                   "--name", "tiny-1-epoch"]):
         subprocess.run([tool(argv[0]), *argv[1:]], check=True, stdout=subprocess.DEVNULL)
     return tmp / "model"
@@ -95,11 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     which.add_argument("--model", help="model folder")
     which.add_argument("--ckpt", help="checkpoint, exported to a temporary model folder")
     ap.add_argument("--seconds", type=float, default=15.0, help="per level (default 15)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "serve_load_report.json"))
+    ap.add_argument("--out", default=str(report_path(__file__)))
     a = ap.parse_args(argv)
     load_at_start = os.getloadavg()[0]
-    sys.path.insert(0, str(REPO))
-    from vidcap.pipeline.synth import synthesize
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -138,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
               "clip": "built-in, 2 s, 160x120 H.264", "cpus": os.cpu_count(),
               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "seconds_per_level": a.seconds,
               "load_avg_at_start": load_at_start, "load_avg_at_end": os.getloadavg()[0], "levels": rows}
-    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
+    write_report(a.out, report)
     print("| clients | requests/s | p50 (ms) | p95 (ms) | requests | 503s |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clients']} | {r['requests_per_s']} | {r['p50_ms']} | {r['p95_ms']} | {r['requests']} | "

@@ -2,7 +2,7 @@
 
   loader      the shard loader (JPEG decode in 2 DataLoader workers) vs decoding the raw videos
               with decord every epoch (same 2 workers, same 5 frames at the same size), on the
-              built-in clips (160x120, 2 s: cheap to decode) and on 50 real clips (bench/job1.py)
+              built-in clips (160x120, 2 s: cheap to decode) and on 50 real clips (bench/speed/job1.py)
   cache       stage-1 epoch time with and without the frozen-backbone feature cache (cpu-small),
               and the same per-step ratio for the `paper` preset (IRv2 at 224)
   stages      clips/s of one epoch of stages 1, 2 (cached features) and 3 (streamed) for cpu-small
@@ -10,14 +10,13 @@
 
 Data: a fresh built-in dataset (synth + pipeline build at 112 px) in a temp dir.
 Each timed epoch follows one untimed warm-up step.
-Usage: python bench/train.py [--clips 160] [--out bench/train_report.json] [--skip-paper]
+Usage: python -m bench.speed.train [--clips 160] [--out bench/speed/train_report.json] [--skip-paper]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,18 +24,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from vidcap.model import create_model, make_config, save_checkpoint  # noqa: E402
-from vidcap.pipeline.build import BuildConfig, build  # noqa: E402
-from vidcap.pipeline.frames import sample_frames  # noqa: E402
-from vidcap.pipeline.synth import synthesize  # noqa: E402
-from vidcap.shards.layout import DataInfo  # noqa: E402
-from vidcap.train.config import make_train_config  # noqa: E402
-from vidcap.train.data import SplitStream, torch_loader  # noqa: E402
-from vidcap.train.loop import Trainer  # noqa: E402
-from vidcap.train.run_folder import RunFolder  # noqa: E402
+from bench.common import built_in_dataset, report_path, write_report
+from vidcap.model import create_model, make_config, save_checkpoint
+from vidcap.pipeline.build import BuildConfig, build
+from vidcap.pipeline.frames import sample_frames
+from vidcap.shards.layout import DataInfo
+from vidcap.train.config import make_train_config
+from vidcap.train.data import SplitStream, torch_loader
+from vidcap.train.loop import Trainer
+from vidcap.train.run_folder import RunFolder
 
 
 class RawVideos(Dataset):
@@ -70,9 +66,8 @@ def trainer_epoch(cfg) -> tuple[float, int, Trainer]:
 
 
 def real_clip_loader(tmp: Path) -> dict:
-    """Shards of 50 real clips (as bench/job1.py cuts them) vs decoding those clips every epoch."""
-    sys.path.insert(0, str(REPO / "bench"))
-    from job1 import make_clips
+    """Shards of 50 real clips (as bench/speed/job1.py cuts them) vs decoding those clips every epoch."""
+    from bench.speed.job1 import make_clips
 
     clips = make_clips(50, tmp)
     ds = {"videos": [{"id": c.stem, "path": str(c), "split": "train", "captions": ["a clip"]} for c in clips]}
@@ -108,15 +103,13 @@ def paper_cache_ratio(tmp: Path, pc) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=400)
-    ap.add_argument("--out", default=str(REPO / "bench" / "train_report.json"))
+    ap.add_argument("--out", default=str(report_path(__file__)))
     ap.add_argument("--skip-paper", action="store_true")
     a = ap.parse_args()
     report: dict = {"torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synthesize(tmp / "synth", clips=a.clips, seed=0, progress=False)
-        build(BuildConfig(dataset="msrvtt", root=str(tmp / "synth"), out=str(tmp / "data"), size=112, shard_size=64,
-                          progress=False))
+        built_in_dataset(tmp, a.clips, shard_size=64)
         info = DataInfo.load(tmp / "data")
         paths = [m["source"] for m in info.metadata("train")]
         shard = epoch_clips_per_s(torch_loader(SplitStream(info, "train", shuffle=True), 112, 32, 2))
@@ -140,7 +133,7 @@ def main() -> None:
         print(report["cache_cpu_small"], flush=True)
         from vidcap.model.checkpoint import save_checkpoint as save
 
-        save(RunFolder(tmp / "run").stage("s2vt").best, t1.model, info.itos, info.attributes)
+        save(RunFolder(tmp / "run").stage("xe").best, t1.model, info.itos, info.attributes)
         s2, n2, t2 = trainer_epoch(cfg(2))
         save(RunFolder(tmp / "run").stage("rfc+").best, t2.model, info.itos, info.attributes)
         s3, n3, _ = trainer_epoch(cfg(3))
@@ -168,8 +161,7 @@ def main() -> None:
             report["paper_stage3_step"] = {"batch": len(b["clip_id"]), "samples": pc.samples,
                                            "seconds_per_clip": round((time.perf_counter() - t0) / len(b["clip_id"]), 2)}
             print(report["paper_stage3_step"], flush=True)
-    Path(a.out).write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report, indent=1))
+    write_report(a.out, report, echo=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The GPU acceptance check (`make gpu-check`; docs/benchmarks.md, "The GPU check")."""
