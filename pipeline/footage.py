@@ -147,3 +147,57 @@ def frame_at(scene: dict, t: float, seconds: float, cw: int, ch: int, folder: Pa
 def record(scene: dict) -> dict:
     """What videodatainfo.json and the shard json say of a clip's scene (the ``footage`` field)."""
     return {k: scene[k] for k in ("source", "offset", "speed", "crop", "flip", "hue", "saturation")}
+
+
+# ---- train robustness's real_scene: held-out footage behind a plain background --------------------
+
+KEY_CHROMA = (25.0, 60.0)  # a pixel's chroma (max - min channel, 3x3 mean) from background (<=) to object (>=)
+
+
+def object_alpha(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 1) in [0, 1]: how much each pixel is an object, keyed on chroma. The clean world's rule
+    (``synth.BACKGROUND_LEVELS``): backgrounds are grey, only objects are saturated -- so on its clips,
+    and on the realistic world's plain gradients, this is the objects (edges soft after the codecs).
+    The 3x3 mean keeps sensor noise and JPEG ringing on a grey wall below the key."""
+    from scipy.ndimage import uniform_filter
+
+    smooth = uniform_filter(np.asarray(frames, np.float32), size=(1, 3, 3, 1), mode="nearest")
+    chroma = smooth.max(-1, keepdims=True) - smooth.min(-1, keepdims=True)
+    lo, hi = KEY_CHROMA
+    return np.clip((chroma - lo) / (hi - lo), 0.0, 1.0)
+
+
+def draw_held_out(strength: float, rng: np.random.Generator) -> dict:
+    """One clip's held-out scene, in fractions (the frame's aspect and the clip's length are known
+    only when it is applied): a held-out source, where in it the clip starts (0..1 of the time left),
+    speed, crop size and position, flip. No colour shift: the footage as it was filmed."""
+    return {"strength": float(strength), "source": HELD_OUT_SOURCES[int(rng.integers(len(HELD_OUT_SOURCES)))],
+            "start": float(rng.uniform()), "speed": float(math.exp(rng.uniform(math.log(SPEEDS[0]), math.log(SPEEDS[1])))),
+            "side": float(rng.uniform(*CROP_SIDE)), "x": float(rng.uniform()), "y": float(rng.uniform()),
+            "flip": bool(rng.random() < 0.5)}
+
+
+def behind(frames: np.ndarray, p: dict, times: np.ndarray, seconds: float,
+           folder: Path | str | None = None) -> np.ndarray:
+    """`frames` (float T x H x W x 3, a clip with a plain background) with held-out footage `p`
+    (draw_held_out) behind its objects at opacity p["strength"]: the source's frames at the clip's
+    `times`, cropped at the frame's aspect, and composited where ``object_alpha`` says background."""
+    available = sources(folder, held_out=True)
+    if p["source"] not in available:
+        raise FileNotFoundError(f"{Path(folder or DEFAULT_FOLDER) / p['source']}: held-out footage not found")
+    _t, h, w, _ = frames.shape
+    sw, sh, _fps, duration = available[p["source"]]
+    speed = min(p["speed"], 0.98 * duration / seconds)
+    ch = p["side"] * sh
+    cw = ch * w / h
+    if cw > p["side"] * sw:
+        cw = p["side"] * sw
+        ch = cw * h / w
+    x0, y0 = p["x"] * (sw - cw), p["y"] * (sh - ch)
+    scene = {"source": p["source"], "offset": p["start"] * max(0.0, duration - seconds * speed), "speed": speed,
+             "crop": [x0 / sw, y0 / sh, (x0 + cw) / sw, (y0 + ch) / sh], "flip": p["flip"], "hue": 0.0,
+             "saturation": 1.0}
+    back = np.stack([np.asarray(frame_at(scene, float(u), seconds, w, h, folder), np.float32) for u in times])
+    keep = object_alpha(frames)
+    s = np.float32(p["strength"])
+    return frames * keep + (1 - keep) * ((1 - s) * frames + s * back)

@@ -12,11 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SMALL_BUILD
+from PIL import Image
 
 from vidcap.pipeline import footage
-from vidcap.pipeline.synth import COLOURS, make_specs, nuisance_record, render_clip, synthesize
+from vidcap.pipeline.nuisances import NUISANCES, perturb, sampled_times
+from vidcap.pipeline.synth import COLOURS, make_specs, nuisance_record, render_clip, render_frame, synthesize
 
-pytestmark = pytest.mark.skipif(not footage.sources(None), reason=f"no footage in {footage.DEFAULT_FOLDER}")
+pytestmark = pytest.mark.skipif(not (footage.sources(None) and footage.sources(None, held_out=True)),
+                                reason=f"no footage in {footage.DEFAULT_FOLDER}")
 TIMES = [0.1, 0.3, 0.5, 0.7, 0.9]
 
 
@@ -134,3 +137,53 @@ def test_the_scene_is_recorded_in_videodatainfo_the_shard_json_and_inspect(tiny_
     text = inspect(out, n_samples=3, png=root.parent / "sheet.png")
     vid, rec = next(iter(recorded.items()))
     assert f"{vid}: {rec['source']} from {rec['offset']:g} s at {rec['speed']:g}x" in text
+
+
+# ---- train robustness's real_scene: held-out footage behind a plain background ----------------------
+
+BACKDROP = next(n for n, e in NUISANCES.items() if e.kind == "backdrop")
+
+
+def _clean_frames(seed: int = 1, k: int = 5) -> tuple[list, np.ndarray]:
+    """A clean-world clip's K sampled frames at 96 px, as `train robustness` decodes them (square)."""
+    spec = make_specs(3, seed, "clean")[0]
+    frames = np.stack([np.asarray(Image.fromarray(render_frame(spec, t, 160, 120)).resize((96, 96)))
+                       for t in sampled_times(k)])
+    return spec, frames
+
+
+def test_real_scene_lays_held_out_footage_behind_the_objects_and_keeps_them():
+    spec, frames = _clean_frames()
+    out = perturb(frames, BACKDROP, NUISANCES[BACKDROP].strengths[2], 3, 2.0).astype(np.float32)
+    assert np.array_equal(out, perturb(frames, BACKDROP, NUISANCES[BACKDROP].strengths[2], 3, 2.0))
+    colour = np.float32(COLOURS[spec.objects[0].colour])
+    on_object = np.abs(frames.astype(np.float32) - colour).max(-1) < 20
+    grey = footage.object_alpha(frames)[..., 0] == 0
+    assert on_object.sum() > 50 and grey.mean() > 0.5
+    assert np.abs(out - frames)[on_object].max() < 8  # the objects are kept (a bilinear resize's edge: 0)
+    assert np.abs(out - frames).mean(-1)[grey].mean() > 20  # the plain wall is gone
+    moving = np.abs(np.diff(out, axis=0)).mean(-1)[grey[:-1] & grey[1:]].mean()
+    assert moving > 3 and np.abs(np.diff(frames.astype(np.float32), axis=0)).mean(-1)[grey[:-1] & grey[1:]].mean() < 0.5
+    draw = NUISANCES[BACKDROP].draw(1.0, np.random.default_rng(3), None)
+    assert draw["source"] in footage.HELD_OUT_SOURCES and NUISANCES[BACKDROP].held_out
+
+
+def test_only_plain_backgrounds_take_a_real_scene():
+    from vidcap.train.robustness import plain_background
+
+    assert plain_background({"clip_id": "clean"})
+    assert plain_background({"nuisances": {"background": "gradient", "noise": 4.0}})
+    assert not plain_background({"nuisances": {"background": "gradient", "occlusion": 0.08}})
+    assert not plain_background({"nuisances": {"background": "photo:brick"}})
+    assert not plain_background({"nuisances": {"background": "footage:bikes"}, "footage": {"source": "bikes.mp4"}})
+
+
+def test_robustness_scores_a_real_scene_on_the_same_clips_beside_their_clean_score(tiny_model, built_small, tmp_path):
+    from vidcap.train.robustness import robustness
+
+    result = robustness(str(tiny_model["ckpt"]), None, str(built_small), nuisances=[BACKDROP], levels=[2], beam=1,
+                        out=str(tmp_path / "rob"), progress=False)
+    clean, scene = result["rows"]
+    assert scene["nuisance"] == BACKDROP and scene["held_out"] and scene["clips"] == result["clips"]
+    assert scene["baseline"] == {k: clean[k] for k in scene["baseline"]}  # the clean world: every clip is plain
+    assert f"| {BACKDROP} * ({result['clips']} plain clips) | strong | 1 |" in (tmp_path / "rob" / "robustness.md").read_text()
