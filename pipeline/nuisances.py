@@ -341,7 +341,7 @@ NUISANCES: dict[str, Nuisance] = {n.name: n for n in (
     _N("frame_drop", "frames repeated (stalls)", "sampled frames dropped", (1.0, 1.0, 2.0), "codec", None, _plain,
        pixels=_frame_drop),
     _N("real_scene", "held-out real footage behind the objects of a plain-background clip",
-       "footage opacity over the plain background", (0.5, 0.75, 1.0), "backdrop", None, _draw_backdrop,
+       "footage opacity over the plain background", (0.5, 1.0, 1.0), "backdrop", None, _draw_backdrop,
        pixels=_backdrop),
 )}
 LISTED: dict[str, Nuisance] = {k: n for k, n in NUISANCES.items() if not n.held_out}

@@ -187,3 +187,22 @@ def test_robustness_scores_a_real_scene_on_the_same_clips_beside_their_clean_sco
     assert scene["nuisance"] == BACKDROP and scene["held_out"] and scene["clips"] == result["clips"]
     assert scene["baseline"] == {k: clean[k] for k in scene["baseline"]}  # the clean world: every clip is plain
     assert f"| {BACKDROP} * ({result['clips']} plain clips) | strong | 1 |" in (tmp_path / "rob" / "robustness.md").read_text()
+
+
+def test_a_malformed_footage_record_is_one_line_naming_the_file(tmp_path):
+    from vidcap.errors import UserError
+    from vidcap.pipeline.adapters import msrvtt
+    from vidcap.shards.reader import footage_problem
+
+    good = {"source": "bikes.mp4", "offset": 1.5, "speed": 0.8, "crop": [0.1, 0.0, 0.7, 0.9], "flip": True}
+    assert footage_problem(good) is None
+    assert "source string" in footage_problem({"speed": 1.0})
+    assert "'speed'" in footage_problem({**good, "speed": float("nan")})
+    assert "'crop'" in footage_problem({**good, "crop": list(range(9))})
+    info = {"videos": [{"video_id": "video0", "split": "train", "footage": {"speed": 1.0}}],
+            "sentences": [{"video_id": "video0", "caption": "a red circle moves left", "sen_id": 0}]}
+    (tmp_path / "videodatainfo.json").write_text(json.dumps(info))
+    with pytest.raises(UserError) as e:
+        msrvtt(tmp_path)
+    assert str(e.value) == (f"{tmp_path / 'videodatainfo.json'}: videos[0].footage: must be an object of at most "
+                            "16 entries with a source string")
