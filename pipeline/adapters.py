@@ -18,7 +18,7 @@ from vidcap.errors import UserError
 from vidcap.jsonfile import read_json as _read_json
 from vidcap.jsonfile import read_text as _read_text
 from vidcap.shards.layout import SPLITS
-from vidcap.shards.reader import OBJECT_FIELDS, nuisances_problem
+from vidcap.shards.reader import OBJECT_FIELDS, footage_problem, nuisances_problem
 from vidcap.text import tokenize
 
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validate": "val",
@@ -34,6 +34,7 @@ class Clip:
     captions: list[str]
     objects: list[dict] | None = None  # ground truth of the built-in dataset (shape, colour, size, action)
     nuisances: dict | None = None  # the built-in real world's per-clip nuisances (name -> strength or kind)
+    footage: dict | None = None  # the built-in real world's real scene behind the clip (pipeline.footage.record)
 
 
 @dataclass
@@ -120,6 +121,16 @@ def _nuisances(value, path: Path, where: str) -> dict | None:
     return dict(value)
 
 
+def _footage(value, path: Path, where: str) -> dict | None:
+    """The optional real scene behind a clip (the built-in real world writes it): source, offset, speed, ..."""
+    if value is None:
+        return None
+    problem = footage_problem(value)
+    if problem:
+        raise UserError(f"{path}: {where}.footage: {problem}")
+    return dict(value)
+
+
 def _heldout(data, path: Path) -> list[list[str]] | None:
     world = data.get("vidcap_world") if isinstance(data, dict) else None
     if world is None:
@@ -176,7 +187,8 @@ def msrvtt(root: Path) -> AdapterResult:
             path = next((d / f"{vid}.mp4" for d in dirs if _exists(d / f"{vid}.mp4")),
                         (dirs[0] if dirs else root) / f"{vid}.mp4")
             result.clips.append(Clip(vid, path, split, _clean(caps.get(vid, []), result),
-                                     _objects(v.get("objects"), f, where), _nuisances(v.get("nuisances"), f, where)))
+                                     _objects(v.get("objects"), f, where), _nuisances(v.get("nuisances"), f, where),
+                                     _footage(v.get("footage"), f, where)))
         result.heldout_triples = _heldout(data, f) or result.heldout_triples
     return result
 
@@ -260,7 +272,7 @@ def generic_json(root: Path) -> AdapterResult:
         caps = _captions(_require(v, "captions", f, where), f, f"{where}.captions")
         result.clips.append(Clip(clip_id, path if path.is_absolute() else f.parent / path, split,
                                  _clean(caps, result), _objects(v.get("objects"), f, where),
-                                 _nuisances(v.get("nuisances"), f, where)))
+                                 _nuisances(v.get("nuisances"), f, where), _footage(v.get("footage"), f, where)))
     result.heldout_triples = _heldout(data, f)
     return result
 

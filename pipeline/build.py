@@ -92,7 +92,8 @@ def plan_shards(clips, cfg: BuildConfig) -> list[ShardTask]:
         for i in range(0, len(members), cfg.shard_size):
             group = [{"clip_id": c.clip_id, "path": os.path.abspath(c.path), "captions": c.captions,
                       **({"objects": c.objects} if c.objects is not None else {}),
-                      **({"nuisances": c.nuisances} if c.nuisances is not None else {})}
+                      **({"nuisances": c.nuisances} if c.nuisances is not None else {}),
+                      **({"footage": c.footage} if c.footage is not None else {})}
                      for c in members[i : i + cfg.shard_size]]
             tasks.append(ShardTask(layout.shard_stem(split, i // cfg.shard_size), split, group, cfg.frames, cfg.size,
                                    cfg.quality, cfg.timeout, cfg.decoder_memory_mb))

@@ -19,7 +19,7 @@ def _synth(a: argparse.Namespace) -> None:
                         "REAL_SIZES, REAL_SECONDS, REAL_FPS); they set the clean world's only")
     info = synthesize(Path(a.out), clips=a.clips, seed=a.seed, size=parse_size(a.size or "160x120"),
                       seconds=a.seconds or 2.0, fps=a.fps or 24, workers=a.workers, overwrite=a.overwrite,
-                      progress=not a.quiet, world=a.world, test_only=a.test_only)
+                      progress=not a.quiet, world=a.world, test_only=a.test_only, footage_folder=a.footage)
     print(f"wrote {a.clips} clips ({a.world} world) to {Path(a.out) / 'videos'} and annotations to {info}")
 
 
@@ -53,8 +53,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--world", choices=WORLDS, default="clean",
                    help="clean: a static camera over grey gradients; real: the nuisances of pipeline/nuisances.py "
-                        f"({', '.join(LISTED)}), photos and clutter, moving distractors, varied formats "
+                        f"({', '.join(LISTED)}), real moving footage, photos and clutter, moving distractors, varied formats "
                         "(default clean)")
+    s.add_argument("--footage", default=None, metavar="DIR",
+                   help="the real world's footage folder (default ../shared/data/videos beside the repository: "
+                        "pipeline/footage.py names the sources it takes); without it those clips are photographs")
     s.add_argument("--test-only", action="store_true", help="every clip in the test split: an evaluation set "
                    "(its build has no vocabulary or attributes of its own; `train eval` decodes with the model's)")
     s.add_argument("--size", default=None, help="WIDTHxHEIGHT, clean world (default 160x120)")

@@ -1,6 +1,7 @@
 """`pipeline inspect OUT` (a folder or URL): what a build made -- manifest summary (every shard checked against it),
 the per-shard stats (clips, successes, failures by reason), one sample's captions and attributes,
-and a contact sheet PNG of a few samples' frames."""
+and a contact sheet PNG of a few samples' frames (with, for the realistic built-in world, each
+clip's nuisances and the real scene behind it: source, offset, speed, flip, crop)."""
 
 from __future__ import annotations
 
@@ -51,14 +52,27 @@ def _first_samples(build: Build, split: str, n: int) -> list[tuple[dict, list[Im
     return out
 
 
+def scene_text(footage: dict) -> str:
+    """A clip's real scene (the ``footage`` field) in words: 'bikes.mp4 from 1.2 s at 0.88x, flipped, crop ...'."""
+    crop = footage.get("crop")
+    parts = [f"{footage.get('source')} from {footage.get('offset', 0):g} s at {footage.get('speed', 1):g}x"]
+    if footage.get("flip"):
+        parts.append("flipped")
+    if isinstance(crop, list):
+        parts.append("crop " + " ".join(f"{v:.2f}" for v in crop))
+    if "hue" in footage:
+        parts.append(f"hue {footage['hue']:+g} turn, saturation {footage.get('saturation', 1):g}")
+    return ", ".join(parts)
+
+
 def _nuisance_label(meta: dict) -> str:
-    rec = meta.get("nuisances") or {}
+    rec = {k: v for k, v in (meta.get("nuisances") or {}).items() if not str(v).startswith("footage:")}
     return ", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in rec.items())
 
 
 def contact_sheet(samples: list[tuple[dict, list[Image.Image]]], thumb: int = 112) -> Image.Image:
     cols = max(len(f) for _, f in samples)
-    label = 26 if any(m.get("nuisances") for m, _ in samples) else 14
+    label = 14 + 12 * bool(any(m.get("nuisances") for m, _ in samples)) + 12 * bool(any(m.get("footage") for m, _ in samples))
     sheet = Image.new("RGB", (max(cols * thumb, 560), len(samples) * (thumb + label)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, (meta, frames) in enumerate(samples):
@@ -66,6 +80,8 @@ def contact_sheet(samples: list[tuple[dict, list[Image.Image]]], thumb: int = 11
         draw.text((2, y), f"{meta['clip_id']}: {meta['captions'][0][:80] if meta['captions'] else ''}", fill="black")
         if label > 14:
             draw.text((2, y + 12), _nuisance_label(meta)[:110], fill=(150, 20, 20))
+        if meta.get("footage"):
+            draw.text((2, y + 24), ("scene " + scene_text(meta["footage"]))[:110], fill=(20, 20, 150))
         for c, f in enumerate(frames):
             sheet.paste(f.resize((thumb, thumb)), (c * thumb, y + label))
     return sheet
@@ -120,6 +136,10 @@ def inspect(out: str | Path, n_samples: int = 4, png: Path | None = None) -> str
               f"frames {meta.get('frame_indices')}):"]
     lines += [f"  - {c}" for c in meta["captions"][:5]]
     lines.append(f"  attributes: {' '.join(words)}")
+    scenes = [m for m, _ in samples if m.get("footage")]
+    if scenes:  # the realistic world's real scenes behind (pipeline.footage)
+        lines.append(f"  real scenes behind ({len(scenes)} of the {len(samples)} samples shown):")
+        lines += [f"    {m['clip_id']}: {scene_text(m['footage'])}" for m in scenes]
     png = Path(png) if png else (build.store.local_path("contact_sheet.png") if build.is_local else Path("contact_sheet.png"))
     contact_sheet(samples).save(png)
     lines.append(f"contact sheet: {png}")

@@ -23,6 +23,14 @@ Where each one acts (``kind``, in the order light meets them; the world applies 
   The world places it across the main object's path (``Across``); ``perturb`` in the middle third.
 - ``optics``, ``exposure``, ``sensor``, ``codec``: pixel operators on float frames (``pixels``), the
   same call in both (the world's frames before H.264; ``perturb``'s after decoding).
+- ``backdrop`` (``real_scene``, held out): real footage behind the objects, in place of a *plain*
+  background. ``train robustness`` has decoded frames, not the clip's layers; it keys the objects out
+  on chroma (``pipeline.footage.object_alpha``: the clean world's backgrounds are grey and only its
+  objects saturated, by its own rule) and lays held-out footage (``footage.HELD_OUT_SOURCES``, never
+  in the world) behind them, so it only applies to clips whose background is plain (the clean world,
+  and the realistic world's gradients without an occluder) -- ``train robustness`` scores it on those
+  and beside their own clean score. Re-rendering from the clip's spec would be exact too, but a build
+  keeps no spec (no positions), and the key is exact where the rule holds.
 
 Times are fractions of the clip, 0 to 1: the world renders every frame at k / (N - 1), ``perturb``
 the K sampled frames at their segment centres, (i + 0.5) / K (``sampled_times``: the frames
@@ -31,9 +39,11 @@ the K sampled frames at their segment centres, (i + 0.5) / K (``sampled_times``:
 Entries with ``world=None`` are **held out**: camera faults the world never renders and no recipe was
 tuned on (a colour cast, vignetting, low contrast, salt-and-pepper pixels, heavy JPEG, a dropped
 frame); the robustness report shows both groups, so a recipe that only learnt the listed ones shows
-up as a gap between them. A new nuisance is one entry here (its implementation beside it): the
-world, ``train robustness``, its ``--nuisances`` choices and help, and the shard json follow; its row
-in docs/real-world.md's table is the one other line (tests/test_nuisances.py compares the two).
+up as a gap between them. ``real_scene`` is held out the same way: real footage the world never
+shows (``footage.HELD_OUT_SOURCES``) behind a plain-background clip's objects. A new nuisance is one
+entry here (its implementation beside it): the world, ``train robustness``, its ``--nuisances``
+choices and help, and the shard json follow; its row in docs/real-world.md's table is the one other
+line (tests/test_nuisances.py compares the two).
 """
 
 from __future__ import annotations
@@ -46,10 +56,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from vidcap.pipeline import footage
+
 Frames = np.ndarray  # (T, H, W, 3): uint8 as decoded or encoded, float32 while a nuisance acts on it
 Params = dict  # one clip's draw of a nuisance: JSON values, "strength" among them (in the entry's unit)
 Across = tuple[bool, float]  # a bar across the main object's path: (vertical, its centre as a fraction)
-KINDS = ("camera", "scene", "optics", "exposure", "sensor", "codec")
+KINDS = ("backdrop", "camera", "scene", "optics", "exposure", "sensor", "codec")
 BLUR_WIDTH = 160  # blur's radius is in pixels of a frame this wide (the demo's shard size)
 
 
@@ -288,6 +300,16 @@ def _frame_drop(frames: Frames, p: Params, times: np.ndarray, seconds: float, rn
     return out
 
 
+# ---- the backdrop: held-out footage behind a plain background ----------------------------------------
+
+def _draw_backdrop(strength: float, rng: np.random.Generator, across: Across | None = None) -> Params:
+    return footage.draw_held_out(strength, rng)
+
+
+def _backdrop(frames: Frames, p: Params, times: np.ndarray, seconds: float, rng: np.random.Generator) -> Frames:
+    return footage.behind(frames, p, times, seconds)
+
+
 # ---- the table -------------------------------------------------------------------------------------
 
 _N = Nuisance
@@ -318,6 +340,9 @@ NUISANCES: dict[str, Nuisance] = {n.name: n for n in (
     _N("jpeg", "heavy compression", "JPEG quality", (40.0, 20.0, 10.0), "codec", None, _plain, pixels=_jpeg),
     _N("frame_drop", "frames repeated (stalls)", "sampled frames dropped", (1.0, 1.0, 2.0), "codec", None, _plain,
        pixels=_frame_drop),
+    _N("real_scene", "held-out real footage behind the objects of a plain-background clip",
+       "footage opacity over the plain background", (0.5, 1.0, 1.0), "backdrop", None, _draw_backdrop,
+       pixels=_backdrop),
 )}
 LISTED: dict[str, Nuisance] = {k: n for k, n in NUISANCES.items() if not n.held_out}
 HELD_OUT: dict[str, Nuisance] = {k: n for k, n in NUISANCES.items() if n.held_out}

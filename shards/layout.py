@@ -51,7 +51,8 @@ SHARDS = "shards"
 BUILD_OUTPUTS = (BUILD_JSON, FAILURES, VOCAB, ATTRIBUTES, CLIP_ATTRIBUTES, CIDER_DF)
 # The contract of this layout is docs/shards.md; its format version (MAJOR.MINOR) is in every manifest
 # and in build.json. MINOR: additions a reader may ignore; MAJOR: anything else, refused by readers.
-FORMAT_VERSION = "1.1"  # 1.1: the optional `nuisances` (sample json) and `heldout_triples` (build.json)
+# 1.1: the optional `nuisances` (sample json) and `heldout_triples` (build.json); 1.2: the optional `footage`
+FORMAT_VERSION = "1.2"
 
 ATTRIBUTES_SCHEMA = pa.schema([("attribute_id", pa.int32()), ("word", pa.string()), ("pos", pa.string()),
                                ("clip_count", pa.int64())])

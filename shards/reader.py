@@ -70,6 +70,25 @@ def nuisances_problem(value: object) -> str | None:
     return None
 
 
+def _finite(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def footage_problem(value: object) -> str | None:
+    """Why a clip's ``footage`` is malformed (None: fine): the real scene behind a clip of the
+    realistic built-in world (``pipeline.footage.record``) -- an object with a ``source`` file name and
+    at most 16 entries, each a finite number, a bool, a short string or a list of at most 8 numbers."""
+    if not isinstance(value, dict) or len(value) > 16 or not isinstance(value.get("source"), str):
+        return "must be an object of at most 16 entries with a source string"
+    for k, v in value.items():
+        ok = isinstance(k, str) and len(k) <= 64 and (
+            _finite(v) or isinstance(v, bool) or (isinstance(v, str) and len(v) <= 128)
+            or (isinstance(v, list) and len(v) <= 8 and all(_finite(x) for x in v)))
+        if not ok:
+            return f"{str(k)[:64]!r}: must be a finite number, a bool, a short string or a list of at most 8 numbers"
+    return None
+
+
 class ShardError(UserError):
     """A shard that cannot be used: the message names the shard, the sample key and the problem."""
 
@@ -211,6 +230,9 @@ def _sample_problem(key: str, meta_bytes: bytes | None, frames: dict[int, bytes]
     problem = nuisances_problem(meta["nuisances"]) if "nuisances" in meta else None
     if problem:
         return f"json: nuisances: {problem}", None
+    problem = footage_problem(meta["footage"]) if "footage" in meta else None
+    if problem:
+        return f"json: footage: {problem}", None
     objects = meta.get("objects")
     if objects is not None and not (isinstance(objects, list) and all(
             isinstance(o, dict) and all(isinstance(o.get(f), str) for f in OBJECT_FIELDS) for o in objects)):

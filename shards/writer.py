@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 # Per-clip ground truth an adapter may carry (the built-in dataset's), passed through to the json.
-GROUND_TRUTH_FIELDS = ("objects", "nuisances")
+GROUND_TRUTH_FIELDS = ("objects", "nuisances", "footage")
 
 
 def sample_key(clip_id: str) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import REPO, tool
 
-from vidcap.pipeline import nuisances
+from vidcap.pipeline import footage, nuisances
 from vidcap.pipeline.nuisances import HELD_OUT, LISTED, NUISANCES, perturb, sampled_times
 from vidcap.pipeline.synth import make_specs, nuisance_record, render_clip
 
@@ -50,6 +50,8 @@ def test_an_entry_is_whole(name):
 
 @pytest.mark.parametrize("name", list(NUISANCES))
 def test_the_effect_grows_with_the_strength_and_is_seeded(name):
+    if NUISANCES[name].kind == "backdrop" and not footage.sources(None, held_out=True):
+        pytest.skip("no held-out footage (../shared/data/videos)")
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (K, 48, 64, 3), dtype=np.uint8)
     frames[:, 10:30, 12:40] = 200  # some structure for the geometric ones

@@ -26,7 +26,7 @@ from vidcap.shards.layout import FORMAT_VERSION, DataInfo
 from vidcap.shards.reader import ShardError
 
 DOC = REPO / "docs" / "shards.md"
-TABLES = ("sample-json", "sample-object", "manifest", "manifest-shard", "stats", "build", "failure", "vocab",
+TABLES = ("sample-json", "sample-object", "sample-footage", "manifest", "manifest-shard", "stats", "build", "failure", "vocab",
           "parquet attributes.parquet", "parquet clip_attributes.parquet", "parquet cider_df.parquet")
 
 
@@ -119,7 +119,7 @@ def test_a_new_optional_field_is_a_minor_bump():
 @pytest.mark.parametrize("world", ["clean", "real"])
 def test_a_fresh_build_keeps_the_contract_field_by_field(world, request):
     out = request.getfixturevalue("built_small" if world == "clean" else "built_real")
-    samples, recorded = 0, set()
+    samples, recorded, scenes = 0, set(), 0
     for split in ("train", "val", "test"):
         manifest = json.loads((out / "shards" / f"manifest-{split}.json").read_text())
         check(manifest, "manifest", f"manifest-{split}.json")
@@ -145,6 +145,9 @@ def test_a_fresh_build_keeps_the_contract_field_by_field(world, request):
                 check(meta, "sample-json", f"{entry['name']}:{key}.json")
                 for obj in meta.get("objects", []):
                     check(obj, "sample-object", f"{key}.json objects")
+                if "footage" in meta:
+                    check(meta["footage"], "sample-footage", f"{key}.json footage")
+                    scenes += 1
                 for name, value in meta.get("nuisances", {}).items():  # in the unit of the table's entry
                     recorded.add(name)
                     if name in NUISANCES:
@@ -163,9 +166,10 @@ def test_a_fresh_build_keeps_the_contract_field_by_field(world, request):
     build = json.loads((out / "build.json").read_text())
     check(build, "build", "build.json")
     if world == "clean":
-        assert samples == 24 and not recorded and "heldout_triples" not in build  # every clip of synth_small
+        assert samples == 24 and not recorded and not scenes and "heldout_triples" not in build  # synth_small
     else:
         assert samples == 8 and len(build["heldout_triples"]) == 10 and "background" in recorded
+        assert scenes >= 1  # a real scene behind at least one of the eight clips
         assert len(recorded & NUISANCES.keys()) >= 3, recorded
     assert build["format_version"] == FORMAT_VERSION
     check(json.loads((out / "vocab.json").read_text()), "vocab", "vocab.json")
