@@ -37,7 +37,7 @@ def _inspect(a: argparse.Namespace) -> None:
     from vidcap.pipeline.inspect_out import inspect
 
     check_range("--samples", a.samples, 1, 64)
-    print(inspect(Path(a.out), a.samples, a.png))
+    print(inspect(a.out, a.samples, a.png))  # a str: Path() would fold a URL's // (round 3, H-1)
 
 
 def parser() -> argparse.ArgumentParser:

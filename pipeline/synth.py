@@ -23,9 +23,7 @@ moves ("... while a small blue star moves up").
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -53,6 +51,7 @@ from vidcap.grammar import (
     TEMPLATES,
     action_phrases,
 )
+from vidcap.owned import MARKER, mark, only_names, remove_ours, resolve_out
 from vidcap.pipeline import scene
 from vidcap.pipeline.ffmpeg_check import require_ffmpeg
 
@@ -534,6 +533,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+SYNTH_COMMAND = "pipeline synth"  # the name in the marker of the folders it makes (vidcap/owned.py)
+
+
+def is_synth_layout(out: Path) -> bool:
+    """A folder holding only what `pipeline synth` writes (one made before the marker file)."""
+    return only_names(out, lambda n: n in ("videos", "videodatainfo.json", MARKER) or n.endswith(".tmp")) and (
+        not (out / "videos").exists()
+        or only_names(out / "videos", lambda n: n.startswith(("video", ".video")) and n.endswith(".mp4")))
+
+
 def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int] = (160, 120),
                seconds: float = 2.0, fps: int = 24, workers: int = 2, overwrite: bool = False,
                progress: bool = True, world: str = "clean", test_only: bool = False) -> Path:
@@ -553,12 +562,15 @@ def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int]
         if not lo <= value <= hi:
             raise UserError(f"{name} {value}: must be between {lo} and {hi}")
     require_ffmpeg()
-    out = Path(os.path.abspath(out))  # a folder named like an option (-x) must never reach ffmpeg as one
+    out = resolve_out(out)  # absolute: a folder named like an option (-x) must never reach ffmpeg as one
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out}: directory is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
+        remove_ours(out, SYNTH_COMMAND, "a `pipeline synth` output", is_synth_layout)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    mark(out, SYNTH_COMMAND)
     width, height = size
     specs = make_specs(clips, seed, world, test_only)
     jobs = [(s, out / "videos" / f"video{s.index}.mp4", width, height, fps, seconds) for s in specs]
