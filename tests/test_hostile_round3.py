@@ -1,0 +1,281 @@
+"""Issue 38: the FAIL rows of the third adversarial review (``../shared/reviews/adversarial-round3.md``)
+as one table. Each row builds its hostile input itself in the test's own folder -- a device node made
+with ``mknod`` (as root; else the row skips and says why), a FIFO, a symlink, a lying HTTP server on
+127.0.0.1 -- runs the real console script and asserts the exit status, the one line and what is on
+disk afterwards. Rows are named after the log's IDs (P-50, C-1, H-11, ...)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import copy_build, one_line_error, tool
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ATTACKS: dict[str, Callable[[pytest.FixtureRequest, Path], None]] = {}
+
+
+def attack(row: str):
+    """Register a row of the table: a function (request, tmp_path) that runs the attack and asserts."""
+
+    def deco(fn):
+        ATTACKS[row] = fn
+        return fn
+
+    return deco
+
+
+def run(cmd: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ENV, **kw)
+
+
+def device_node(tmp: Path) -> Path:
+    """A clone of /dev/null (character device 1,3) in the test's own folder; root only."""
+    if os.geteuid() != 0:
+        pytest.skip("making a device node (mknod) needs root; the FIFO and folder rows cover the same check")
+    node = tmp / "node"
+    os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    return node
+
+
+def target(tmp: Path, kind: str) -> Path:
+    """A path that is not a regular file: a device node, a FIFO, a folder, or a symlink to a device."""
+    if kind == "device":
+        return device_node(tmp)
+    if kind == "link-to-device":
+        link = tmp / "link"
+        link.symlink_to(device_node(tmp))
+        return link
+    path = tmp / kind
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    return path
+
+
+def still(path: Path, kind: str) -> bool:
+    mode = os.stat(path).st_mode
+    return {"device": stat.S_ISCHR, "link-to-device": stat.S_ISCHR, "fifo": stat.S_ISFIFO,
+            "dir": stat.S_ISDIR}[kind](mode) and (kind != "link-to-device" or path.is_symlink())
+
+
+def scores_input(tmp: Path) -> list[str]:
+    (tmp / "p.json").write_text(json.dumps({"c1": "a man is cooking", "c2": "a dog runs"}))
+    (tmp / "r.json").write_text(json.dumps({"c1": ["a man is cooking food"], "c2": ["a dog is running"]}))
+    return [tool("evalkit"), "score", "--pred", str(tmp / "p.json"), "--refs", str(tmp / "r.json"), "--no-meteor"]
+
+
+# ---- P-50/P-51: an atomic write renamed a temporary file over a device node ------------------------
+for _flag in ("--json", "--per-clip"):
+    for _kind in ("device", "link-to-device", "fifo", "dir"):
+        @attack(f"P-51 evalkit score {_flag} onto a {_kind}")
+        def _(request, tmp, flag=_flag, kind=_kind):
+            node = target(tmp, kind)
+            r = run([*scores_input(tmp), flag, str(node)])
+            what = {"device": "a character device", "link-to-device": "a character device", "fifo": "a FIFO",
+                    "dir": "a directory"}[kind]
+            assert one_line_error(r, "evalkit score") == f"{node}: {what}, not a regular file; refusing to replace it " \
+                                                  "(write to a file)"
+            assert still(node, kind)
+            assert not [p for p in node.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary left
+
+
+# ---- C-1 .. C-6: caption --jsonl on files that are not its own rows ---------------------------------
+def caption_jsonl(tmp: Path, jsonl: Path, *more: str, model: Path | None = None, **kw) -> subprocess.CompletedProcess:
+    clip = tmp / "clip.mp4"
+    if not clip.exists():
+        clip.write_bytes(b"not reached: the --jsonl file is refused first")
+    return run([tool("caption"), str(clip), *more, "--model", str(model or tmp / "no-model"), "--jsonl", str(jsonl)],
+               **kw)
+
+
+FOREIGN = {"C-1a a json.dump output without a newline": (b'{"video1": "a man is cooking", "video2": "a dog"}',
+                                                          "line 1 is not one of its rows"),
+           "C-1b a one-line document without a newline": (b"single line no newline, an important document",
+                                                          "it holds no complete row (no newline)"),
+           "C-1c 3 MB of text without a newline": (b"x" * (3 << 20), "line 1 is longer than 1 MB"),
+           "C-1d notes with newlines": (b"my notes line 1\nline 2\n", "line 1 is not JSON")}
+for _row, (_data, _why) in FOREIGN.items():
+    @attack(_row)
+    def _(request, tmp, data=_data, why=_why):
+        f = tmp / "file.jsonl"
+        f.write_bytes(data)
+        r = caption_jsonl(tmp, f)
+        assert one_line_error(r, "caption") == f"{f}: {why}; not a file this command wrote (nothing changed)"
+        assert f.read_bytes() == data  # was cut to nothing and replaced, exit 0
+
+
+@attack("C-4 --jsonl a FIFO nobody reads")
+def _(request, tmp):
+    fifo = tmp / "fifo"
+    os.mkfifo(fifo)
+    r = caption_jsonl(tmp, fifo, timeout=60)  # hung forever
+    assert one_line_error(r, "caption") == f"{fifo}: a FIFO with no reader; start its reader first"
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+def tiny(request) -> dict[str, Path]:
+    return request.getfixturevalue("tiny_model")
+
+
+def a_clip(request, n: int = 1) -> Path:
+    return request.getfixturevalue("synth_small") / "videos" / f"video{n}.mp4"
+
+
+@attack("C-2 --jsonl whose last row is whole but has no newline")
+def _(request, tmp):
+    f = tmp / "caps.jsonl"
+    row = {"path": str(a_clip(request, 1)), "caption": "kept", "frame_times": [], "error": None}
+    f.write_text(json.dumps(row))  # hand-edited: no trailing newline
+    r = run([tool("caption"), str(a_clip(request, 1)), str(a_clip(request, 2)), "--model", str(tiny(request)["model"]),
+             "--jsonl", str(f), "--quiet"])
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in f.read_text().splitlines()]
+    assert rows[0] == row and [r["path"] for r in rows] == [str(a_clip(request, 1)), str(a_clip(request, 2))]
+    assert "1 captioned, 0 failed, 1 already" in r.stdout
+
+
+@attack("C-2b --jsonl with a row torn by a full disk: cut, and redone")
+def _(request, tmp):
+    f = tmp / "caps.jsonl"
+    row = {"path": str(a_clip(request, 1)), "caption": "kept", "frame_times": [], "error": None}
+    f.write_text(json.dumps(row) + "\n" + '{"path": "' + str(a_clip(request, 2)) + '", "capt')
+    r = run([tool("caption"), str(a_clip(request, 1)), str(a_clip(request, 2)), "--model", str(tiny(request)["model"]),
+             "--jsonl", str(f), "--quiet"])
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in f.read_text().splitlines()]
+    assert rows[0] == row and [r["path"] for r in rows] == [str(a_clip(request, 1)), str(a_clip(request, 2))]
+
+
+@attack("C-3 --jsonl a symlink to /dev/full")
+def _(request, tmp):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("this machine has no /dev/full")
+    link = tmp / "full.jsonl"
+    link.symlink_to("/dev/full")
+    r = run([tool("caption"), str(a_clip(request)), "--model", str(tiny(request)["model"]), "--jsonl", str(link),
+             "--quiet"], timeout=120)  # read endless zeros until MemoryError
+    assert one_line_error(r, "caption") == f"{link}: No space left on device"
+    assert link.is_symlink() and stat.S_ISCHR(os.stat(link).st_mode)
+
+
+@attack("C-6 --jsonl /dev/stdout into a pipe")
+def _(request, tmp):
+    r = run([tool("caption"), str(a_clip(request)), "--model", str(tiny(request)["model"]), "--jsonl", "/dev/stdout",
+             "--quiet"], timeout=120)  # hung: the resume step read the pipe
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [row["path"] for row in rows] == [str(a_clip(request))] and rows[0]["error"] is None
+
+
+# ---- P-36 .. P-40: --overwrite of a folder the command did not make ---------------------------------
+def precious_folder(tmp: Path, *extra: str) -> Path:
+    d = tmp / "D"
+    (d / "src").mkdir(parents=True)
+    (d / "precious.txt").write_text("precious")
+    (d / "src" / "main.c").write_text("int main() {}")
+    for name in extra:
+        (d / name).mkdir()
+    return d
+
+
+def intact(d: Path) -> bool:
+    return (d / "precious.txt").read_text() == "precious" and (d / "src" / "main.c").exists()
+
+
+@attack("P-36 pipeline build --overwrite of a folder that merely holds shards/")
+def _(request, tmp):
+    d = precious_folder(tmp, "shards")
+    r = run([tool("pipeline"), "build", "--dataset", "msrvtt", "--root", str(tmp / "nowhere"), "--out", str(d),
+             "--overwrite"])
+    assert one_line_error(r, "pipeline build") == (
+        f"--out {d}: not a pipeline output (it holds precious.txt, shards/, src/); refusing to replace it for "
+        "--overwrite: remove it yourself or choose another --out")
+    assert intact(d) and (d / "shards").is_dir()
+
+
+@attack("P-36b a real build (with its marker, or an old one without it) is still replaceable")
+def _(request, tmp):
+    from vidcap.owned import MARKER, made_by
+    from vidcap.pipeline.build import BuildConfig
+
+    build = copy_build(request.getfixturevalue("built_small"), tmp / "b")
+    assert made_by(build) == "pipeline build"
+    BuildConfig(dataset="msrvtt", root=".", out=str(build), overwrite=True).validate()
+    (build / MARKER).unlink()  # a build made before the marker: recognised by its layout
+    BuildConfig(dataset="msrvtt", root=".", out=str(build), overwrite=True).validate()
+    (build / "notes.txt").write_text("mine")  # ... but not with a user's file beside it
+    with pytest.raises(Exception, match="not a pipeline output"):
+        BuildConfig(dataset="msrvtt", root=".", out=str(build), overwrite=True).validate()
+
+
+@attack("P-37 pipeline synth --overwrite of a folder it did not make")
+def _(request, tmp):
+    d = precious_folder(tmp)
+    r = run([tool("pipeline"), "synth", "--out", str(d), "--clips", "1", "--overwrite", "--quiet"])
+    assert one_line_error(r, "pipeline synth") == (
+        f"--out {d}: not a `pipeline synth` output (it holds precious.txt, src/); refusing to replace it for "
+        "--overwrite: remove it yourself or choose another --out")
+    assert intact(d) and sorted(p.name for p in d.iterdir()) == ["precious.txt", "src"]
+
+
+@attack("P-38 pipeline synth --out SYMLINK --overwrite: the link's folder is replaced, the link kept")
+def _(request, tmp):
+    real, link = tmp / "real", tmp / "link"
+    argv = [tool("pipeline"), "synth", "--clips", "1", "--size", "64x48", "--seconds", "1", "--workers", "1", "--quiet"]
+    assert run([*argv, "--out", str(real)]).returncode == 0
+    link.symlink_to(real)
+    r = run([*argv, "--out", str(link), "--overwrite"])
+    assert r.returncode == 0, r.stderr  # was an rmtree traceback
+    assert link.is_symlink() and (real / "videos" / "video0.mp4").is_file() and (real / "videodatainfo.json").is_file()
+
+
+@attack("P-38b pipeline build --out SYMLINK (to a foreign folder) --overwrite")
+def _(request, tmp):
+    d = precious_folder(tmp, "shards")
+    link = tmp / "link"
+    link.symlink_to(d)
+    r = run([tool("pipeline"), "build", "--dataset", "msrvtt", "--root", str(tmp / "nowhere"), "--out", str(link),
+             "--overwrite"])
+    assert one_line_error(r, "pipeline build").startswith(f"--out {d}: not a pipeline output (it holds precious.txt, ")
+    assert intact(d) and link.is_symlink()
+
+
+@attack("P-40 train export --overwrite into a folder that is not a vidcap model")
+def _(request, tmp):
+    d = precious_folder(tmp)
+    (d / "config.json").write_text('{"x": 1}')
+    r = run([tool("train"), "export", "--ckpt", str(tiny(request)["ckpt"]), "--out", str(d), "--overwrite"])
+    assert one_line_error(r, "train export") == (
+        f"--out {d}: not a vidcap model folder (it holds config.json, precious.txt, src/); refusing to replace it "
+        "for --overwrite: remove it yourself or choose another --out")
+    assert intact(d) and (d / "config.json").read_text() == '{"x": 1}'
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "precious.txt", "src"]
+
+
+@attack("P-40b train export --overwrite of a vidcap model folder keeps the user's own files")
+def _(request, tmp):
+    d = tmp / "m"
+    shutil.copytree(tiny(request)["model"], d)
+    (d / "notes.txt").write_text("mine")
+    r = run([tool("train"), "export", "--ckpt", str(tiny(request)["ckpt"]), "--out", str(d), "--overwrite"])
+    assert r.returncode == 0, r.stderr
+    assert (d / "notes.txt").read_text() == "mine" and json.loads((d / "config.json").read_text())["format"]
+
+
+# ---- P-52 / H-1: pipeline inspect ---------------------------------------------------------------------
+@attack("P-52 pipeline inspect --png NAME without an extension")
+def _(request, tmp):
+    build = copy_build(request.getfixturevalue("built_small"), tmp / "b")
+    r = run([tool("pipeline"), "inspect", str(build), "--png", str(tmp / "sheet")])
+    assert r.returncode == 0, r.stderr  # was a PIL ValueError traceback
+    assert (tmp / "sheet").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("row", list(ATTACKS))
+def test_hostile_round3(row, request, tmp_path):
+    ATTACKS[row](request, tmp_path)
