@@ -276,6 +276,96 @@ def _(request, tmp):
     assert (tmp / "sheet").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+# ---- ..R-15, A-45, A-46: checkpoints checked like model folders -------------------------
+def tampered_checkpoint(request, tmp: Path, change: Callable[[dict], None]) -> Path:
+    import torch
+
+    raw = torch.load(tiny(request)["ckpt"], weights_only=True)
+    change(raw)
+    path = tmp / "bad.pt"
+    torch.save(raw, path)
+    return path
+
+
+def _nan_weights(raw: dict) -> None:
+    first = next(k for k, v in raw["model"].items() if v.is_floating_point())
+    raw["model"][first] = raw["model"][first] * float("nan")
+
+
+CHECKPOINTS = {
+    "R-12 n_frames=0": (lambda raw: raw["config"].__setitem__("n_frames", 0), "n_frames 0 is outside 1..64"),
+    "R-13 max_len=10^9": (lambda raw: raw["config"].__setitem__("max_len", 10**9),
+                          "max_len 1000000000 is outside 2..1024"),
+    "R-14 pixel_std=0": (lambda raw: raw["config"].__setitem__("pixel_std", (0.0, 0.0, 0.0)),
+                         "pixel_std [0.0, 0.0, 0.0] is outside 0.001..100 (frames are scaled to 0..1 first)"),
+    "R-14b NaN weights": (_nan_weights, "its weights hold NaN or infinite values (e.g. "),
+    "R-15 image_size=100000": (lambda raw: raw["config"].__setitem__("image_size", 100000),
+                               "image_size 100000 is outside 8..2048"),
+}
+for _row, (_change, _line) in CHECKPOINTS.items():
+    for _cmd in ("caption", "train eval"):
+        @attack(f"{_row}: {_cmd} --ckpt")
+        def _(request, tmp, change=_change, line=_line, cmd=_cmd):
+            ckpt = tampered_checkpoint(request, tmp, change)
+            argv = ([tool("caption"), str(a_clip(request)), "--ckpt", str(ckpt)] if cmd == "caption" else
+                    [tool("train"), "eval", "--ckpt", str(ckpt), "--data", str(request.getfixturevalue("built_small")),
+                     "--no-meteor", "--out", str(tmp / "ev")])
+            r = run(argv, timeout=120)  # a traceback, a 128 GB allocation, or empty captions with exit 0
+            assert one_line_error(r, cmd).startswith(f"{ckpt}: {line}")
+            assert sorted(os.listdir(tmp)) == ["bad.pt"]  # no --out folder, nothing beside the checkpoint
+
+
+def tampered_folder(request, tmp: Path, file: str, change: Callable[[dict], None]) -> Path:
+    folder = tmp / "m"
+    shutil.copytree(tiny(request)["model"], folder)
+    doc = json.loads((folder / file).read_text())
+    change(doc)
+    (folder / file).write_text(json.dumps(doc))
+    return folder
+
+
+FOLDERS = {
+    "A-45 pixel_mean 1e308": ("config.json", lambda d: d["preprocessing"].__setitem__("pixel_mean", [1e308] * 3),
+                              "config.json: pixel_mean [1e+308, 1e+308, 1e+308] is outside -10..10"),
+    "A-45b pixel_std 1e-320": ("config.json", lambda d: d["preprocessing"].__setitem__("pixel_std", [1e-320] * 3),
+                               "config.json: pixel_std [1e-320, 1e-320, 1e-320] is outside 0.001..100"),
+    "A-46 a 1,000,000-character word": ("vocab.json", lambda d: d["itos"].__setitem__(5, "x" * 10**6),
+                                        "vocab.json: its vocabulary holds a word of 1,000,000 characters"),
+    "A-46b an empty word": ("vocab.json", lambda d: d["itos"].__setitem__(5, ""),
+                            "vocab.json: its vocabulary holds an empty word"),
+}
+for _row, (_file, _change, _line) in FOLDERS.items():
+    @attack(f"{_row}: caption --model")
+    def _(request, tmp, file=_file, change=_change, line=_line):
+        folder = tampered_folder(request, tmp, file, change)
+        r = run([tool("caption"), str(a_clip(request)), "--model", str(folder)], timeout=120)  # was: "" with rc 0
+        assert one_line_error(r, "caption").startswith(f"{folder}/{line}")
+
+
+def lite0_weights(tmp: Path, kind: str) -> Path:
+    path = tmp / f"weights-{kind}"
+    if kind == "text":
+        path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif kind == "random":
+        path.write_bytes(os.urandom(100))
+    elif kind == "fifo":
+        os.mkfifo(path)
+    return path
+
+
+for _kind in ("text", "random", "fifo"):
+    @attack(f"R-7/R-8 backbone_weights= a {_kind} file")
+    def _(request, tmp, kind=_kind):
+        pytest.importorskip("timm")
+        weights = lite0_weights(tmp, kind)
+        r = run([tool("train"), "--stage", "1", "--data", str(request.getfixturevalue("built_small")), "--run",
+                 str(tmp / "run"), "--preset", "tiny", "--quiet", "num_workers=0", "model.backbone=tf_efficientnet_lite0",
+                 "model.pretrained=true", f"backbone_weights={weights}"], timeout=180)
+        line = one_line_error(r, "train")  # was an IndexError / UnpicklingError traceback; a FIFO "not found"
+        assert line.startswith(f"backbone_weights={weights}: " + (
+            "not a regular file" if kind == "fifo" else "not a tf_efficientnet_lite0 weights file")), line
+
+
 @pytest.mark.parametrize("row", list(ATTACKS))
 def test_hostile_round3(row, request, tmp_path):
     ATTACKS[row](request, tmp_path)
