@@ -366,6 +366,125 @@ for _kind in ("text", "random", "fifo"):
             "not a regular file" if kind == "fifo" else "not a tf_efficientnet_lite0 weights file")), line
 
 
+# ---- H-1, H-11..H-15: a build read from a lying HTTP server ---------------------------------------------
+class Liar:
+    """A local HTTP server (127.0.0.1, a free port) serving a build under /MODE/: ``ok`` honestly, the
+    others lying about the manifests (gzip bomb, endless body, a 10^12-byte shard, a trickle)."""
+
+    def __init__(self, root: Path):
+        import http.server
+        import threading
+
+        liar = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                mode, _, rel = self.path.lstrip("/").partition("/")
+                path = root / rel
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                try:
+                    liar.serve(self, mode, rel, data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/{mode}/"
+
+    def serve(self, h, mode: str, rel: str, data: bytes) -> None:
+        import gzip
+        import time
+
+        manifest = rel.startswith("shards/manifest-")
+        if manifest and mode == "huge-shard":
+            doc = json.loads(data)
+            doc["shards"][0]["bytes"] = 10**12
+            data = json.dumps(doc).encode()
+        h.send_response(200)
+        if manifest and mode == "gzip":  # 40 KB on the wire, 40 MB inflated
+            body = gzip.compress(b" " * (40 << 20))
+            h.send_header("Content-Encoding", "gzip")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
+        elif manifest and mode == "endless":  # no length, never ends
+            h.send_header("Connection", "close")
+            h.end_headers()
+            while True:
+                h.wfile.write(b" " * 65536)
+        elif manifest and mode == "trickle":  # an honest length, one byte every 0.5 s
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            for i in range(len(data)):
+                h.wfile.write(data[i: i + 1])
+                h.wfile.flush()
+                time.sleep(0.5)
+        else:
+            h.send_header("Content-Length", str(len(data)))
+            h.end_headers()
+            h.wfile.write(data)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def liar(built_small):
+    server = Liar(built_small)
+    yield server
+    server.close()
+
+
+def inspect_url(tmp: Path, url: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([tool("pipeline"), "inspect", url], capture_output=True, text=True, timeout=120,
+                          env={**ENV, **env}, cwd=tmp)
+
+
+@attack("H-1 pipeline inspect URL")
+def _(request, tmp):
+    url = request.getfixturevalue("liar").url("ok")
+    r = inspect_url(tmp, url)  # was "http:/127.0.0.1:.../ok: not a pipeline output (no build.json)"
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{url}: built from msrvtt") and (tmp / "contact_sheet.png").is_file()
+
+
+REMOTE = {
+    "H-11 a manifest claiming a 10^12-byte shard": ("huge-shard", {},
+                                                    "shards[0]: bytes 1000000000000 is more than 4096 MB "
+                                                    "(VIDCAP_MAX_SHARD_MB)"),
+    "H-12 a gzip-encoded manifest inflating 40 KB to 40 MB": ("gzip", {"VIDCAP_MAX_JSON_MB": "1"},
+                                                             "larger than 1 MB (VIDCAP_MAX_JSON_MB); not a json "
+                                                             "file of a build"),
+    "H-13 an endless manifest": ("endless", {"VIDCAP_MAX_JSON_MB": "1"},
+                                 "larger than 1 MB (VIDCAP_MAX_JSON_MB); not a json file of a build"),
+    "H-15 a manifest trickled one byte every 0.5 s": ("trickle", {"VIDCAP_READ_DEADLINE_S": "3"},
+                                                      "not read within 3 s (the deadline for one file, "
+                                                      "VIDCAP_READ_DEADLINE_S); "),
+}
+for _row, (_mode, _env, _line) in REMOTE.items():
+    @attack(_row)
+    def _(request, tmp, mode=_mode, env=_env, line=_line):
+        import time
+
+        url = request.getfixturevalue("liar").url(mode)
+        t0 = time.monotonic()
+        r = inspect_url(tmp, url, **env)  # was: memory growing until MemoryError, or a hang of hours
+        msg = one_line_error(r, "pipeline inspect")
+        assert msg.startswith(f"{url}shards/manifest-train.json: {line}"), msg
+        assert time.monotonic() - t0 < 60 and not (tmp / "contact_sheet.png").exists()
+
+
 @pytest.mark.parametrize("row", list(ATTACKS))
 def test_hostile_round3(row, request, tmp_path):
     ATTACKS[row](request, tmp_path)
