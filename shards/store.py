@@ -214,13 +214,14 @@ class FsspecStore(Store):
 
     def read_bytes(self, rel: str, what: str = "file") -> bytes:
         """Streamed, never ``cat_file``: that holds whatever the server sends (an endless body, a gzip bomb)."""
-        try:
-            f = self.open(rel)
+        limit = limit_bytes(kind_of(rel))
+        try:  # a size given: fsspec skips its HEAD request, which reports a dead server as "not found"
+            f = self.open(rel, limit + 1)
         except NotFound:
             raise NotFound(f"{self.url(rel)}: {what} not found") from None
         try:
             with f:
-                chunks, _ = read_limited(f, self.url(rel), limit_bytes(kind_of(rel)), kind_of(rel))
+                chunks, _ = read_limited(f, self.url(rel), limit, kind_of(rel))
         except UserError:
             raise
         except FileNotFoundError:
