@@ -485,6 +485,107 @@ for _row, (_mode, _env, _line) in REMOTE.items():
         assert time.monotonic() - t0 < 60 and not (tmp / "contact_sheet.png").exists()
 
 
+# ---- S-31, S-32, S-66: caption serve against many trickling connections ----------------------------
+def _serve(request, tmp: Path, *flags: str):
+    from test_serve import Server
+
+    return Server(tiny(request)["model"], tmp / "tmp", *flags)
+
+
+def _open(url: str, n: int, body: bool) -> list:
+    """`n` connections that sent part of a request: its first header lines (``body=False``) or its
+    headers and the start of a 1 MB upload (``body=True``)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((host, int(port)))
+        if body:
+            s.sendall(b"POST /caption HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=B\r\n"
+                      b"Content-Length: 1000000\r\n\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; "
+                      b"filename=\"slow.mp4\"\r\n\r\n")
+        else:
+            s.sendall(b"POST /caption HTTP/1.1\r\nHost: x\r\n")
+        socks.append(s)
+    return socks
+
+
+def _trickle(socks: list, body: bool, seconds: float) -> None:
+    """One more byte on every connection each 0.5 s, for `seconds` (a header line's byte, or the upload's)."""
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for s in socks:
+            try:
+                s.send(b"x" if body else b"X")
+            except OSError:  # closed by the server: its deadline
+                pass
+        time.sleep(0.5)
+
+
+def _reply(sock, wait: float) -> bytes:
+    sock.settimeout(wait)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except OSError:
+        pass
+    return data
+
+
+@attack("S-32/S-66 caption serve: 100 header and 100 body tricklers, a normal upload still captioned")
+def _(request, tmp):
+    import threading
+    import time
+
+    import httpx
+
+    clip = a_clip(request)
+    s = _serve(request, tmp, "--workers", "1", "--queue", "1", "--header-timeout", "3", "--read-timeout", "20")
+    try:
+        headers, bodies = _open(s.url, 100, body=False), _open(s.url, 100, body=True)
+        threads = [threading.Thread(target=_trickle, args=(socks, kind, 12), daemon=True)
+                   for socks, kind in ((headers, False), (bodies, True))]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        t0 = time.monotonic()  # was: 503 in plain text for as long as they trickle (S-32), or JSON 503 (S-66)
+        r = httpx.post(s.url + "/caption", files={"file": ("clip.mp4", clip.read_bytes(), "video/mp4")}, timeout=60)
+        assert r.status_code == 200 and r.json()["caption"], r.text
+        assert httpx.get(s.url + "/health", timeout=10).json()["status"] == "ok"
+        took = time.monotonic() - t0
+        late = _reply(headers[0], 10)  # the header tricklers: 408 at their deadline, however they pace
+        assert late.startswith(b"HTTP/1.1 408 Request Timeout"), late[:200]
+        assert json.loads(late.partition(b"\r\n\r\n")[2]) == {
+            "error": "the request's headers did not arrive within 3 s"}
+        for t in threads:
+            t.join()
+        for sock in headers + bodies:
+            sock.close()
+        assert took < 30, took
+    finally:
+        assert s.stop(), s.stderr()
+
+
+@attack("S-32b caption serve: past --max-connections, a 503 in the service's JSON")
+def _(request, tmp):
+    s = _serve(request, tmp, "--max-connections", "5", "--header-timeout", "20")
+    try:
+        socks = _open(s.url, 5, body=False)
+        extra, = _open(s.url, 1, body=False)
+        reply = _reply(extra, 10)  # was uvicorn's plain-text "Service Unavailable"
+        assert reply.startswith(b"HTTP/1.1 503 Service Unavailable"), reply[:200]
+        assert json.loads(reply.partition(b"\r\n\r\n")[2]) == {
+            "error": "busy: 5 connections open; try again shortly"}
+        for sock in [*socks, extra]:
+            sock.close()
+    finally:
+        assert s.stop(), s.stderr()
+
+
 @pytest.mark.parametrize("row", list(ATTACKS))
 def test_hostile_round3(row, request, tmp_path):
     ATTACKS[row](request, tmp_path)
