@@ -469,6 +469,27 @@ def encode_clip(spec: ClipSpec, path: Path, width: int, height: int, fps: int, s
     frames = (np.stack([render_frame(spec, t, width, height) for t in times]) if spec.real is None
               else render_clip(spec, times))
     tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    try:
+        _encode(frames, tmp, spec, width, height, fps)
+        tmp.replace(path)
+    except (ffmpeg.Error, OSError) as e:
+        # One line a parent process can unpickle: ffmpeg.Error cannot be (its __init__ takes three
+        # arguments), which killed the pool's result thread and hung synth forever (round 3, P-44).
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write it ({_ffmpeg_reason(e)})") from None
+
+
+def _ffmpeg_reason(e: BaseException) -> str:
+    """The last line ffmpeg wrote to stderr (``No space left on device``), or the OSError's text."""
+    if isinstance(e, ffmpeg.Error):
+        lines = [line.strip() for line in (e.stderr or b"").decode("utf-8", "replace").splitlines() if line.strip()]
+        known = [line.split(": ")[-1] for line in lines if "No space left" in line or "File too large" in line]
+        errors = [line for line in lines if "rror" in line and not line.startswith("frame=")]
+        return (known or errors or ["ffmpeg failed (is the disk full?)"])[-1][:200]
+    return (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+
+
+def _encode(frames: np.ndarray, tmp: Path, spec: ClipSpec, width: int, height: int, fps: int) -> None:
     (
         ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", r=fps)
         # the real world's noisy frames cost x264 twice the clean ones' time at "veryfast"
@@ -478,7 +499,6 @@ def encode_clip(spec: ClipSpec, path: Path, width: int, height: int, fps: int, s
         .overwrite_output()
         .run(input=frames.tobytes(), quiet=True)
     )
-    tmp.replace(path)
 
 
 def _encode_job(args: tuple) -> int:

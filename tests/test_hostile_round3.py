@@ -586,6 +586,20 @@ def _(request, tmp):
         assert s.stop(), s.stderr()
 
 
+# ---- P-44/P-45: pipeline synth when a worker's ffmpeg fails (a full disk) --------------------------------
+for _workers in ("2", "1"):
+    @attack(f"P-44/P-45 pipeline synth --workers {_workers} on a full disk")
+    def _(request, tmp, workers=_workers):
+        from test_bad_build_input import with_file_size_limit
+
+        out = tmp / "syn"
+        r = run(with_file_size_limit(2000, [tool("pipeline"), "synth", "--out", str(out), "--clips", "2", "--size",
+                                            "64x48", "--seconds", "1", "--workers", workers, "--quiet"]), timeout=120)
+        line = one_line_error(r, "pipeline synth")  # --workers 2 hung forever; --workers 1 was a traceback
+        assert line.startswith(f"{out}/videos/video") and ".mp4: cannot write it (" in line, line
+        assert not list(out.rglob("*.tmp.mp4")) and not (out / "videodatainfo.json").exists()
+
+
 @pytest.mark.parametrize("row", list(ATTACKS))
 def test_hostile_round3(row, request, tmp_path):
     ATTACKS[row](request, tmp_path)
