@@ -600,6 +600,50 @@ for _workers in ("2", "1"):
         assert not list(out.rglob("*.tmp.mp4")) and not (out / "videodatainfo.json").exists()
 
 
+# ---- R-16, P-46: TensorBoard events outside --out, and on a full disk --------------------------------
+@attack("R-16 train eval --out DIR writes nothing beside the checkpoint")
+def _(request, tmp):
+    ckpt = tmp / "ck" / "best.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny(request)["ckpt"], ckpt)
+    os.chmod(ckpt.parent, 0o555)  # as the read-only mount of the log; root ignores it, the listing below does not
+    try:
+        r = run([tool("train"), "eval", "--ckpt", str(ckpt), "--data", str(request.getfixturevalue("built_small")),
+                 "--no-meteor", "--out", str(tmp / "ev")])
+    finally:
+        os.chmod(ckpt.parent, 0o755)
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(ckpt.parent) == ["best.pt"]  # was: tb/events.out.tfevents.* beside it
+    assert list((tmp / "ev" / "tb").iterdir()) and (tmp / "ev" / "gallery.html").is_file()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MB tmpfs mounted in the test's folder (root only), unmounted afterwards."""
+    mnt = tmp_path / "tfs"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root and a mount-capable container; a full disk is not simulated")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(mnt: Path, leave: int) -> None:
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    (mnt / "filler").write_bytes(b"\0" * max(0, free - leave))
+
+
+@attack("P-46 train on an almost full disk: one line, no TensorBoard traceback")
+def _(request, tmp):
+    mnt = request.getfixturevalue("small_tmpfs")
+    fill(mnt, 8 << 10)
+    r = run([tool("train"), "--stage", "1", "--data", str(request.getfixturevalue("built_small")), "--run",
+             str(mnt / "run"), "--preset", "tiny", "--quiet", "num_workers=0", "epochs=1"], timeout=300)
+    line = one_line_error(r, "train")
+    assert line.endswith("No space left on device") and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("row", list(ATTACKS))
 def test_hostile_round3(row, request, tmp_path):
     ATTACKS[row](request, tmp_path)

@@ -32,7 +32,7 @@ def _eval_main(argv: list[str]) -> None:
     p.add_argument("--data", required=True, help="pipeline build output")
     p.add_argument("--split", default="test", choices=list(SPLITS))
     p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
-    p.add_argument("--out", default=None, help="output dir (default next to the checkpoint, or in the model folder)")
+    p.add_argument("--out", default=None, help="output dir, TensorBoard events included (default next to the checkpoint, or in the model folder)")
     p.add_argument("--max-clips", type=int, default=None)
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~8 s of Java start-up)")
     a = p.parse_args(argv)
