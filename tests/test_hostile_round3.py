@@ -644,6 +644,83 @@ def _(request, tmp):
     assert line.endswith("No space left on device") and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
+# ---- the low rows: R-9, P-18, P-34, A-96..A-100, P-42 -------------------------------------------------
+@attack("R-9 a key=value override after a flag")
+def _(request, tmp):
+    r = run([tool("train"), "--stage", "1", "--data", str(tmp / "nodata"), "--run", str(tmp / "run"), "--preset", "tiny",
+             "epochs=1", "--quiet", "lr=0.001"])
+    # was "unrecognized arguments: lr=0.001": the arguments are read, and the missing build is the error
+    assert one_line_error(r, "train").startswith(f"{tmp / 'nodata'}/vocab.json: missing")
+
+
+@attack("P-18 pipeline synth --seconds 0 / --fps 0 are refused, not the defaults")
+def _(request, tmp):
+    for flag, line in (("--seconds", "--seconds 0.0: must be between 0.5 and 30"),
+                       ("--fps", "--fps 0: must be between 1 and 120")):
+        r = run([tool("pipeline"), "synth", "--out", str(tmp / "s"), "--clips", "1", flag, "0"])
+        assert one_line_error(r, "pipeline synth") == line
+    assert not (tmp / "s").exists()
+
+
+@attack("P-34 train robustness with a nuisance or strength given twice")
+def _(request, tmp):
+    for flag, value, line in (("--nuisances", "noise,noise", "--nuisances noise,noise: noise is given twice"),
+                              ("--strengths", "mild,mild", "--strengths mild,mild: mild is given twice")):
+        r = run([tool("train"), "robustness", "--ckpt", str(tmp / "x.pt"), "--data", str(tmp), flag, value])
+        assert one_line_error(r, "train robustness") == line
+    assert os.listdir(tmp) == []
+
+
+@attack("A-96/A-97/A-98 the Python API: frames without pixels, float workers, a bytes path")
+def _(request, tmp):
+    import numpy as np
+
+    import vidcap
+
+    with pytest.raises(ValueError, match=r"workers=1.5: must be an int"):
+        vidcap.load(tiny(request)["model"], workers=1.5)
+    with pytest.raises(ValueError, match=r"batch='8': must be an int"):
+        vidcap.load(tiny(request)["model"], batch="8")
+    with vidcap.load(tiny(request)["model"], workers=1) as cap:
+        for shape in ((5, 0, 64, 3), (5, 64, 0, 3), (0, 64, 64, 3)):
+            with pytest.raises(ValueError, match=r"expected an \(N, H, W, 3\) uint8 RGB array"):
+                cap.caption_frames(np.zeros(shape, np.uint8))
+        clip = a_clip(request)
+        assert cap.caption(os.fsencode(str(clip))) == cap.caption(str(clip))  # was a TypeError about ints
+
+
+@attack("A-99/A-100 caption serve: a model name with escapes; Ctrl-C right after the banner")
+def _(request, tmp):
+    import signal
+
+    folder = tampered_folder(request, tmp, "config.json", lambda d: d.__setitem__("name", "evil\x1b[2J\nsecond line"))
+    proc = subprocess.Popen([tool("caption"), "serve", "--model", str(folder), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**ENV, "TMPDIR": str(tmp)})
+    banner = proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)  # start-up may still be running: that was a 32-line traceback
+    _, err = proc.communicate(timeout=60)
+    assert banner.startswith("caption serve: evil\\x1b[2J\\nsecond line on http://127.0.0.1:"), banner
+    assert "\x1b" not in banner and "Traceback" not in err, err[-2000:]
+    assert proc.returncode in (0, 130, -2), (proc.returncode, err[-2000:])
+
+
+@attack("P-42 caption serve on a full temporary disk: 507 in JSON")
+def _(request, tmp):
+    import httpx
+
+    mnt = request.getfixturevalue("small_tmpfs")
+    s = _serve(request, mnt)  # TMPDIR on the 1 MB tmpfs
+    try:
+        fill(mnt, 0)
+        r = httpx.post(s.url + "/caption", files={"file": ("clip.mp4", a_clip(request).read_bytes(), "video/mp4")},
+                       timeout=60)
+        assert r.status_code == 507 and r.json() == {
+            "error": "the server's disk is full; the upload could not be stored (try again later)"}, r.text
+        (mnt / "filler").unlink()
+    finally:
+        assert s.stop(), s.stderr()
+
+
 @pytest.mark.parametrize("row", list(ATTACKS))
 def test_hostile_round3(row, request, tmp_path):
     ATTACKS[row](request, tmp_path)
