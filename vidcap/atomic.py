@@ -9,7 +9,7 @@ half of one, and a failed write leaves no temporary file behind. For files that 
 - ``write`` callbacks get a file object that remembers the first OSError of its writes: torch.save
   turns a failed write into a RuntimeError naming no file, and that is not a message for anyone.
 
-It lives in evalkit, the bottom layer that pipeline and train import (model imports nothing of the
+It lives in vidcap/, the foundation every layer imports (model imports nothing of the
 project: ``model.checkpoint.save_checkpoint`` writes to any file object and train places the file
 with this helper).
 """
