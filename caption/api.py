@@ -115,6 +115,10 @@ def check_settings(**settings: float) -> None:
     """A ValueError naming the first setting outside LIMITS (``beam=0: must be 1..100``)."""
     for key, value in settings.items():
         lo, hi, above, unit = LIMITS[key]
+        whole = key in ("beam", "workers", "batch")  # counts: workers=1.5 failed at the first caption (A-97)
+        kinds = (int,) if whole else (int, float)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise ValueError(f"{key}={value!r}: must be {'an int' if whole else 'a number'}")
         if not ((lo < value <= hi) if above else (lo <= value <= hi)):
             raise ValueError(f"{key}={value:g}: {range_text(lo, hi, above=above, unit=unit)}")
 
@@ -155,6 +159,8 @@ class Captioner:
         """One file -> its caption (a VideoError if it cannot be used). A folder, or a list of files
         and folders -> one :class:`Caption` per video file, in the ``caption`` command's order; a file
         that cannot be used is a Caption with its error, and the others are still captioned."""
+        if isinstance(paths, bytes):  # a bytes path is one path, not a list of ints (A-98)
+            paths = os.fsdecode(paths)
         if isinstance(paths, (str, os.PathLike)) and not os.path.isdir(paths):
             (one,) = self.captions([paths])
             if not one.ok:
@@ -213,7 +219,7 @@ class Captioner:
     def prepare(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 -> the model's (K, S, S, 3): segment centres of N, resized to S x S."""
         a = np.asarray(frames)
-        if a.ndim != 4 or a.shape[0] < 1 or a.shape[-1] != 3 or a.dtype != np.uint8:
+        if a.ndim != 4 or min(a.shape[:3], default=0) < 1 or a.shape[-1] != 3 or a.dtype != np.uint8:  # no pixels: A-96
             raise ValueError(f"frames: expected an (N, H, W, 3) uint8 RGB array, got {a.dtype} of shape {a.shape}")
         k, s = self.n_frames, self.image_size
         if a.shape[0] != k:

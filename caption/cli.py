@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         if not paths:
             raise UserError(f"{', '.join(a.paths)}: no video files ({'' if a.recursive else 'try --recursive; '}"
                             f"suffixes: {', '.join(sorted(VIDEO_SUFFIXES))})")
-        out = LineAppender(a.jsonl) if a.jsonl else None
+        out = LineAppender(a.jsonl, is_row=lambda r: isinstance(r, dict) and isinstance(r.get("path"), str)
+                           ) if a.jsonl else None
         done = {os.path.normpath(r["path"]) for r in (out.rows if out else [])
                 if isinstance(r, dict) and isinstance(r.get("path"), str)}
         todo = [p for p in paths if os.path.normpath(p) not in done]

@@ -12,9 +12,12 @@ empty upload or no ``file`` field, 413 an upload over ``--max-upload-mb``, 415 a
 video ffmpeg can decode, 422 a video that cannot be used (no frames, decoding past ``--timeout``).
 503 says the service is full: ``--workers`` requests are decoded at once (each in a decoder
 subprocess with its timeout and memory cap, pipeline.clip_worker), ``--queue`` more wait, and any
-request beyond those is refused at once instead of piling up behind them. 408: the upload did not
-arrive in full within ``--read-timeout`` seconds -- a slow or stalled client gives its slot back
-then, instead of holding it for as long as it keeps the connection open.
+request beyond those is refused instead of piling up behind them. A place is taken only once the
+upload has arrived in full, so a slow client holds nothing but its own connection. 408: the
+upload did not arrive in full within ``--read-timeout`` seconds, or the request's headers within
+``--header-timeout`` (caption/connections.py: uvicorn had no header deadline, and 110 connections
+trickling header lines denied the service). Past ``--max-connections`` open connections: 503.
+507: the server's disk is full. Every one of them in the service's JSON.
 
 The service is a thin layer over the Python API (caption/api.py): a :class:`Captioner` decodes each
 upload (``Captioner.decode``) and captions its frames (``Captioner.caption_frames``), so a clip gets
@@ -37,10 +40,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import errno
 import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from contextlib import asynccontextmanager
@@ -79,13 +84,15 @@ class ServeSettings:
     queue: int = 16  # requests waiting beyond those; more get 503
     beam: int = 3
     read_timeout: float = 60.0  # seconds an upload may take to arrive in full; slower ones get 408
+    header_timeout: float = 10.0  # seconds a request's headers may take; slower ones get 408 (caption/connections.py)
+    max_connections: int = 1000  # connections open at once; more get 503 (each lives <= header + read timeouts)
 
 
 # (lowest, highest, lowest excluded, unit) of each flag of `caption serve`
 LIMITS: dict[str, tuple[float, float, bool, str]] = {
     "max_upload_mb": (0, 4096, True, "MB"), "timeout": (0, 3600, True, "s"), "workers": (1, 64, False, ""),
     "queue": (0, 4096, False, ""), "beam": (1, 100, False, ""), "port": (0, 65535, False, ""),
-    "read_timeout": (0, 3600, True, "s")}
+    "read_timeout": (0, 3600, True, "s"), "header_timeout": (0, 600, True, "s"), "max_connections": (1, 100_000, False, "")}
 
 
 class _TooLarge(Exception):
@@ -121,21 +128,25 @@ class _Service:
                 "busy": self.busy, "capacity": self.capacity}
 
     async def caption(self, request: Request) -> JSONResponse:
-        """POST /caption: admit (or 503), receive the upload, decode and caption it; the upload's
-        file is removed whatever happened."""
-        if self.busy >= self.capacity:
-            await _drain(request, self.limit, self.settings.read_timeout)
-            return error(503, f"busy: {self.busy} requests in progress or waiting; try again shortly",
-                         {"Retry-After": "2"})
-        self.busy += 1
+        """POST /caption: receive the upload, then admit it (or 503), decode and caption it; the
+        upload's file is removed whatever happened. A place among ``--workers`` + ``--queue`` is
+        taken only once the upload has arrived in full: 18 uploads trickling a byte every 3 s held
+        every place before (round 3, S-66), and now they hold only their own connections, for at
+        most ``--read-timeout``."""
         path = None
         try:
             path, name = await _receive_upload(request, self.tmp, self.limit, self.settings)
-            return JSONResponse(await self._caption_file(path, name))
+            if self.busy >= self.capacity:
+                return error(503, f"busy: {self.busy} requests in progress or waiting; try again shortly",
+                             {"Retry-After": "2"})
+            self.busy += 1
+            try:
+                return JSONResponse(await self._caption_file(path, name))
+            finally:
+                self.busy -= 1
         except _Refused as e:
             return error(e.status, str(e), e.headers)
         finally:
-            self.busy -= 1
             if path is not None:
                 Path(path).unlink(missing_ok=True)
 
@@ -256,6 +267,15 @@ async def _read_form(request: Request, limit: int, settings: ServeSettings):
         raise _Refused(400, f"malformed multipart upload: {e.detail}") from None
     except ClientDisconnect:  # nobody is left to answer; the status is for the log
         raise _Refused(400, "the client went away during the upload") from None
+    except OSError as e:  # starlette spools a large part to a temporary file
+        _disk_full(e)
+        raise
+
+
+def _disk_full(e: OSError) -> None:
+    """A full disk under the server's temporary folder: 507 saying so, not a 500 (round 3, P-42)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise _Refused(507, "the server's disk is full; the upload could not be stored (try again later)") from None
 
 
 async def _save_upload(form, tmp: str) -> tuple[str, str]:
@@ -270,8 +290,10 @@ async def _save_upload(form, tmp: str) -> tuple[str, str]:
         with os.fdopen(fd, "wb") as f:
             await run_in_threadpool(shutil.copyfileobj, upload.file, f, 1 << 20)
             size = f.tell()
-    except BaseException:
+    except BaseException as e:
         Path(path).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            _disk_full(e)
         raise
     name = one_line(upload.filename or "upload")[:120]
     if size == 0:
@@ -314,8 +336,13 @@ def parser() -> argparse.ArgumentParser:
                    f"(default {s.queue})")
     p.add_argument("--beam", type=int, default=s.beam, help=f"beam size (1 = greedy; default {s.beam})")
     p.add_argument("--read-timeout", type=float, default=s.read_timeout,
-                   help=f"seconds an upload may take to arrive in full; a slower one gets 408 and its slot back "
+                   help=f"seconds an upload may take to arrive in full; a slower one gets 408 "
                         f"(default {s.read_timeout:g})")
+    p.add_argument("--header-timeout", type=float, default=s.header_timeout,
+                   help=f"seconds a request's headers may take to arrive; a slower one gets 408 "
+                        f"(default {s.header_timeout:g})")
+    p.add_argument("--max-connections", type=int, default=s.max_connections,
+                   help=f"connections open at once; more get 503 (default {s.max_connections})")
     return p
 
 
@@ -332,16 +359,28 @@ def main(argv: list[str]) -> None:
         settings = settings_from(a)
         import uvicorn
 
+        from vidcap.caption.connections import guarded_protocol, raise_open_file_limit
+
         captioner = load_from(a.ckpt, a.model, beam=a.beam, timeout=a.timeout, workers=a.workers)
         sock = _bind(a.host, a.port)
+        raise_open_file_limit(a.max_connections + 256)  # the connections, the decoders, the model's files
         config = uvicorn.Config(create_app(captioner, settings), log_level="warning", timeout_keep_alive=5,
-                                limit_concurrency=4 * (a.workers + a.queue) + 32)
+                                http=guarded_protocol(a.header_timeout, a.max_connections))
         shown = f"[{a.host}]" if ":" in a.host else a.host
         open_to_all = a.host not in ("127.0.0.1", "localhost", "::1")
-        print(f"caption serve: {captioner.name} on http://{shown}:{sock.getsockname()[1]}/"
+        print(f"caption serve: {printable(captioner.name)} on http://{shown}:{sock.getsockname()[1]}/"
               + (" -- reachable from other machines, and it has no authentication" if open_to_all else ""),
               flush=True)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C before uvicorn installed its handlers (during start-up): no traceback
+        sys.exit(130)
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped: a model's name with ANSI escapes or a newline cleared
+    the terminal and faked a second line in the banner (round 3, A-99)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _bind(host: str, port: int) -> socket.socket:

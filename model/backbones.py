@@ -193,7 +193,12 @@ def _irv2(weights: str | None, pretrained: bool = True) -> tuple[nn.Module, str]
             stacklevel=3,
         )
         return timm.create_model("inception_resnet_v2", pretrained=False, num_classes=0), "random init"
-    m = timm.create_model("inception_resnet_v2", pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": path})
+    try:
+        m = timm.create_model("inception_resnet_v2", pretrained=True, num_classes=0,
+                              pretrained_cfg_overlay={"file": path})
+    except Exception as e:  # a wrong file: one line, not timm's traceback (round 3, R-7)
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ValueError(f"backbone_weights={path}: not an inception_resnet_v2 weights file: {first}") from None
     return m, str(path)
 
 
@@ -206,10 +211,17 @@ def _efficientnet_lite(variant: str, weights: str | None, pretrained: bool) -> t
         return timm.create_model(name, pretrained=False, num_classes=0), "random init"
     m = timm.create_model(name, pretrained=False)
     path = Path(weights) if weights else lite_weights_file(variant)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "_conv_stem.weight" in state:
-        state = remap_lukemelas_lite(state, [len(stage) for stage in m.blocks])
-    m.load_state_dict(state, strict=True)
+    try:  # a wrong file (text, random bytes, a safetensors or vidcap file) was a traceback (round 3, R-7)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"it holds a {type(state).__name__}, not a state dict")
+        if "_conv_stem.weight" in state:
+            state = remap_lukemelas_lite(state, [len(stage) for stage in m.blocks])
+        m.load_state_dict(state, strict=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, IndexError, ... on files not its own
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ValueError(f"backbone_weights={path}: not a {name} weights file (a torch state dict of its "
+                         f"tensors): {first}") from None
     m.reset_classifier(0)
     return m, str(path)
 
@@ -243,8 +255,10 @@ def check_weights(name: str, weights: str | None, pretrained: bool) -> None:
     model's setting whatever ``pretrained`` says (a checkpoint about to be loaded is the exception)."""
     if weights is None:
         return
-    if not Path(weights).is_file():
+    if not Path(weights).exists():
         raise FileNotFoundError(f"backbone_weights={weights}: weights file not found")
+    if not Path(weights).is_file():  # /dev/zero, a FIFO, a folder: exists, but no weights file (R-8)
+        raise ValueError(f"backbone_weights={weights}: not a regular file")
     if name in NO_WEIGHTS:
         raise ValueError(f"backbone_weights={weights}: backbone {name} has no pretrained weights to load "
                          f"(it is {NO_WEIGHTS[name]}); leave backbone_weights out")

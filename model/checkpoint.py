@@ -15,6 +15,7 @@ Saving writes to a path or to any binary file object; train places checkpoints a
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +27,15 @@ from vidcap.model.registry import ARCHS, create_model, upgrade_config
 from vidcap.tokens import SPECIALS
 
 CHECKPOINT_KEYS = ("config", "vocab", "attributes", "model", "extra")
+# Bounds of integer settings, generous for any real model, small enough that nothing overflows or
+# allocates without end (a checkpoint's max_len of 10^9 asked for 128 GB: round 3, R-13). One table
+# for checkpoints and model folders (model/folder.py checks a folder's config.json with it too).
+INT_BOUNDS = {"n_frames": (1, 64), "image_size": (8, 2048), "max_len": (2, 1024)}
+DEFAULT_INT_BOUNDS = (0, 1 << 20)
+# Frames are scaled to [0, 1] before (x - mean) / std: real means are ~0.4, stds ~0.2. A std of 0 or
+# 1e-320, or a mean of 1e308, turns every frame into NaN and every caption into "" (R-14, A-45).
+PIXEL_BOUNDS = {"pixel_mean": (-10.0, 10.0), "pixel_std": (1e-3, 100.0)}
+MAX_WORD_CHARS = 200  # a vocabulary word; a 1,000,000-character "word" made 1 MB captions (A-46)
 
 
 class CheckpointError(Exception):
@@ -77,6 +87,48 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def check_settings(config: dict, where: str | Path) -> None:
+    """The one check of a model's settings that a checkpoint's config and a model folder's config.json
+    both pass (after their own type checks): every int within its bounds, every float finite, the
+    pixel mean and std three finite numbers within :data:`PIXEL_BOUNDS`. Why: a checkpoint was only
+    checked for shapes, so ``n_frames=0`` ended in a traceback and ``pixel_std=0`` in empty captions
+    with exit 0, where the same values in a model folder were one line."""
+    for key, value in config.items():
+        if isinstance(value, bool) or key in PIXEL_BOUNDS:
+            continue
+        if isinstance(value, int) or key in INT_BOUNDS:
+            lo, hi = INT_BOUNDS.get(key, DEFAULT_INT_BOUNDS)
+            if not isinstance(value, int):
+                raise CheckpointError(f"{where}: {key} {_short(value)} is not an int")
+            if not lo <= value <= hi:
+                raise CheckpointError(f"{where}: {key} {value} is outside {lo}..{hi}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise CheckpointError(f"{where}: {key} {value} is not a finite number")
+    for key, (lo, hi) in PIXEL_BOUNDS.items():
+        value = config.get(key)
+        if value is None:  # a model not yet built: the backbone's own preprocessing fills it in
+            continue
+        if not (isinstance(value, (list, tuple)) and len(value) == 3 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value)):
+            raise CheckpointError(f"{where}: {key} {_short(value)} is not three finite numbers")
+        if not all(lo <= x <= hi for x in value):
+            raise CheckpointError(f"{where}: {key} {list(value)} is outside {lo:g}..{hi:g} (frames are scaled "
+                                  "to 0..1 first)")
+
+
+def check_finite_weights(state: dict, where: str | Path) -> None:
+    """Refuse weights holding NaN or infinity: they caption every clip as "" with exit 0 (R-14)."""
+    for key, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{where}: its weights hold NaN or infinite values (e.g. {key[:80]!r}); "
+                                  "not a usable model")
+
+
+def _short(value: object, n: int = 30) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def check_vocabulary(vocab: list[str], vocab_size: object, where: str | Path) -> None:
     """The vocabulary must fit the model: one word per output of its output layer (``vocab_size``, whose
     shape the weights were checked against), the special tokens first at their fixed ids, no word
@@ -89,6 +141,10 @@ def check_vocabulary(vocab: list[str], vocab_size: object, where: str | Path) ->
     if len(vocab) != vocab_size:
         raise CheckpointError(f"{where}: its vocabulary has {len(vocab)} words but its output layer has "
                               f"{vocab_size} outputs (config vocab_size); the two must be equal")
+    odd = next((w for w in vocab[n:] if not w or len(w) > MAX_WORD_CHARS), None)
+    if odd is not None:
+        raise CheckpointError(f"{where}: its vocabulary holds {'an empty word' if not odd else f'a word of {len(odd):,} characters'}"
+                              f" (at most {MAX_WORD_CHARS}); not a vidcap vocabulary")
     if len(set(vocab)) != len(vocab):
         seen: set[str] = set()
         twice = next(w for w in vocab if w in seen or seen.add(w))
@@ -108,6 +164,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"{path}: architecture {config['arch']!r} is not one this vidcap knows "
                               f"({', '.join(sorted(ARCHS))})")
     check_vocabulary(ckpt["vocab"], config.get("vocab_size"), path)
+    check_settings(config, path)
+    check_finite_weights(ckpt["model"], path)
     try:
         config["pretrained"] = pretrained_backbone
         with torch.device("meta"):  # shapes first, allocating nothing: a config may claim any size

@@ -45,7 +45,15 @@ from pathlib import Path
 import torch
 
 from vidcap.model.base import VideoCaptioner
-from vidcap.model.checkpoint import CheckpointError, check_vocabulary, load_checkpoint
+from vidcap.model.checkpoint import (
+    DEFAULT_INT_BOUNDS,
+    INT_BOUNDS,
+    CheckpointError,
+    check_finite_weights,
+    check_settings,
+    check_vocabulary,
+    load_checkpoint,
+)
 from vidcap.model.frames import resolve as resolve_features
 from vidcap.model.registry import ARCHS, LEGACY_SETTINGS, create_model, feature_settings
 from vidcap.tokens import SPECIALS
@@ -60,9 +68,6 @@ SAMPLING = "segment_centres"
 # model.safetensors (a folder never points at another weights file).
 NOT_MODEL = ("arch", "vocab_size", "pretrained", "backbone_weights", *PREPROCESSING)
 MAX_JSON_BYTES = {CONFIG: 1 << 20, VOCAB: 64 << 20}  # far above any real one: a config of 1 MB is an attack
-# Bounds of integer settings, generous for any real model, small enough that nothing overflows.
-INT_BOUNDS = {"n_frames": (1, 64), "image_size": (8, 2048), "max_len": (2, 1024)}
-DEFAULT_INT_BOUNDS = (0, 1 << 20)
 
 
 class ModelFolderError(CheckpointError):
@@ -172,6 +177,7 @@ def read_model_folder(path: str | Path) -> ModelFolder:
         raise ModelFolderError(f"{path / VOCAB}: {len(itos)} words, but {CONFIG} says vocab_size "
                                f"{config['vocab_size']}")
     check_vocabulary(itos, config["vocab_size"], path / VOCAB)  # and no word twice
+    check_settings(config, where)  # the checker a checkpoint's config passes too: bounds, finite, pixel ranges
     return ModelFolder(path, doc["name"] or path.name, config, itos, attributes)
 
 
@@ -201,6 +207,7 @@ def load_model_folder(path: str | Path, map_location: str | torch.device = "cpu"
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:  # truncated, not safetensors, bad header
         raise ModelFolderError(f"{weights}: not a readable safetensors file ({_first_line(e)})") from None
+    check_finite_weights(state, weights)
     model = create_model(dict(folder.config))
     try:
         model.load_state_dict(state)

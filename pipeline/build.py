@@ -16,7 +16,6 @@ What the driver guarantees about OUT:
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from vidcap.errors import UserError
 from vidcap.evalkit.ngrams import document_frequencies, reference_tokens
+from vidcap.owned import MARKER, check_ours, mark, only_names, remove_ours, resolve_out
 from vidcap.pipeline import attributes as attr
 from vidcap.pipeline.adapters import load_dataset
 from vidcap.pipeline.clip_worker import DEFAULT_MEMORY_MB
@@ -37,6 +37,7 @@ from vidcap.shards import layout
 from vidcap.shards.layout import BUILD_OUTPUTS, SPLITS
 from vidcap.tokens import MAX_LEN
 
+BUILD_COMMAND = "pipeline build"  # the name in the marker of the folders it makes (vidcap/owned.py)
 CAPTIONS_PER_TAG_TASK = 4000
 
 
@@ -77,12 +78,26 @@ class BuildConfig:
                 raise UserError(msg)
         if self.scheduler is not None:
             check_scheduler_url(self.scheduler)
-        out = Path(self.out)
+        out = resolve_out(self.out)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out {self.out}: exists and is not a directory")
-        if self.overwrite and out.is_dir() and any(out.iterdir()) and not (
-                (out / "build.json").exists() or (out / "shards").is_dir()):
-            raise UserError(f"--out {self.out}: not a pipeline output; refusing to delete it for --overwrite")
+        if self.overwrite and out.is_dir() and any(out.iterdir()):
+            check_ours(out, BUILD_COMMAND, "a pipeline output", is_build_layout)
+
+
+def is_build_layout(out: Path) -> bool:
+    """A folder holding only what `pipeline build` writes (a build made before the marker file): the
+    layout's files, its shards folder with nothing but shards, manifests and their sidecars."""
+    def top(name: str) -> bool:
+        return name in (*BUILD_OUTPUTS, layout.SHARDS, "contact_sheet.png", MARKER) or (
+            name.startswith(".") and name.endswith(".tmp"))
+
+    def shard(name: str) -> bool:
+        return name == ".state" or name.endswith((".tar", "_stats.json", ".tmp")) or (
+            name.startswith("manifest-") and name.endswith(".json"))
+
+    shards = out / layout.SHARDS
+    return only_names(out, top) and (not shards.exists() or only_names(shards, shard))
 
 
 def plan_shards(clips, cfg: BuildConfig) -> list[ShardTask]:
@@ -102,10 +117,11 @@ def plan_shards(clips, cfg: BuildConfig) -> list[ShardTask]:
 
 def _prepare_out(out: Path, overwrite: bool, tasks: list[ShardTask]) -> Path:
     """Make OUT ready for `tasks`: invalidate a previous build's outputs before any shard is rewritten."""
-    if overwrite and out.exists():  # BuildConfig.validate refused folders that are not pipeline outputs
-        shutil.rmtree(out)
+    if overwrite and out.is_dir() and any(out.iterdir()):  # checked again: validate ran before Dask started
+        remove_ours(out, BUILD_COMMAND, "a pipeline output", is_build_layout)
     shard_dir = out / layout.SHARDS
     (shard_dir / ".state").mkdir(parents=True, exist_ok=True)
+    mark(out, BUILD_COMMAND)  # from here on --overwrite may replace this folder
     for name in BUILD_OUTPUTS:  # build.json first: from here on OUT is not a finished build
         (out / name).unlink(missing_ok=True)
     for split in SPLITS:
@@ -216,7 +232,7 @@ def build(cfg: BuildConfig) -> dict:
     if not [c for c in clips if c.split == "train"]:  # an evaluation-only build: a note, not an error
         data.notes.append("no training clips: an evaluation-only build (vocabulary of the special tokens only, "
                           "no attributes); models trained elsewhere are evaluated on it with their own vocabulary")
-    out = Path(os.path.abspath(cfg.out))
+    out = resolve_out(cfg.out)
     tasks = plan_shards(clips, cfg)
     seconds = {"read": time.perf_counter() - t0}
     with dask_client(cfg.workers, cfg.scheduler) as client:  # reachable: only now touch OUT

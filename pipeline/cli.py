@@ -18,8 +18,9 @@ def _synth(a: argparse.Namespace) -> None:
         raise UserError("--size / --seconds / --fps: the real world draws each clip's own (pipeline/synth.py "
                         "REAL_SIZES, REAL_SECONDS, REAL_FPS); they set the clean world's only")
     info = synthesize(Path(a.out), clips=a.clips, seed=a.seed, size=parse_size(a.size or "160x120"),
-                      seconds=a.seconds or 2.0, fps=a.fps or 24, workers=a.workers, overwrite=a.overwrite,
-                      progress=not a.quiet, world=a.world, test_only=a.test_only, footage_folder=a.footage)
+                      seconds=2.0 if a.seconds is None else a.seconds, fps=24 if a.fps is None else a.fps, workers=a.workers, overwrite=a.overwrite,
+                      progress=not a.quiet, world=a.world, test_only=a.test_only,
+                      footage_folder=a.footage)
     print(f"wrote {a.clips} clips ({a.world} world) to {Path(a.out) / 'videos'} and annotations to {info}")
 
 
@@ -38,7 +39,7 @@ def _inspect(a: argparse.Namespace) -> None:
     from vidcap.pipeline.inspect_out import inspect
 
     check_range("--samples", a.samples, 1, 64)
-    print(inspect(Path(a.out), a.samples, a.png))
+    print(inspect(a.out, a.samples, a.png))  # a str: Path() would fold a URL's // (round 3, H-1)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from vidcap.atomic import write_atomic
 from vidcap.errors import UserError
 from vidcap.shards.layout import SPLITS, Build
 from vidcap.shards.reader import ShardError, iter_samples
@@ -108,6 +109,14 @@ def stats_summary(build: Build, manifests: dict[str, dict]) -> list[str]:
     return lines
 
 
+def write_png(path: Path, image) -> None:
+    """The contact sheet, atomically (a device node or folder at `path` is refused, not replaced); in
+    the format its suffix names (PIL's), PNG when the suffix names none (``--png sheet``: round 3, P-52)."""
+    Image.init()
+    fmt = Image.EXTENSION.get(path.suffix.lower(), "PNG")
+    write_atomic(path, lambda f: image.save(f, format=fmt))
+
+
 def inspect(out: str | Path, n_samples: int = 4, png: Path | None = None) -> str:
     """`out`: a build folder or URL. The contact sheet goes to `png` (default OUT/contact_sheet.png for a
     local build, ./contact_sheet.png for a remote one)."""
@@ -141,6 +150,6 @@ def inspect(out: str | Path, n_samples: int = 4, png: Path | None = None) -> str
         lines.append(f"  real scenes behind ({len(scenes)} of the {len(samples)} samples shown):")
         lines += [f"    {m['clip_id']}: {scene_text(m['footage'])}" for m in scenes]
     png = Path(png) if png else (build.store.local_path("contact_sheet.png") if build.is_local else Path("contact_sheet.png"))
-    contact_sheet(samples).save(png)
+    write_png(png, contact_sheet(samples))
     lines.append(f"contact sheet: {png}")
     return "\n".join(lines)

@@ -25,9 +25,7 @@ moves ("... while a small blue star moves up").
 from __future__ import annotations
 
 import math
-import os
 import re
-import shutil
 import sys
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -57,6 +55,7 @@ from vidcap.grammar import (
     TEMPLATES,
     action_phrases,
 )
+from vidcap.owned import MARKER, mark, only_names, remove_ours, resolve_out
 from vidcap.pipeline import footage, nuisances, scene
 from vidcap.pipeline.ffmpeg_check import require_ffmpeg
 
@@ -471,6 +470,27 @@ def encode_clip(spec: ClipSpec, path: Path, width: int, height: int, fps: int, s
     frames = (np.stack([render_frame(spec, t, width, height) for t in times]) if spec.real is None
               else render_clip(spec, times, footage_folder))
     tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    try:
+        _encode(frames, tmp, spec, width, height, fps)
+        tmp.replace(path)
+    except (ffmpeg.Error, OSError) as e:
+        # One line a parent process can unpickle: ffmpeg.Error cannot be (its __init__ takes three
+        # arguments), which killed the pool's result thread and hung synth forever (round 3, P-44).
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write it ({_ffmpeg_reason(e)})") from None
+
+
+def _ffmpeg_reason(e: BaseException) -> str:
+    """The last line ffmpeg wrote to stderr (``No space left on device``), or the OSError's text."""
+    if isinstance(e, ffmpeg.Error):
+        lines = [line.strip() for line in (e.stderr or b"").decode("utf-8", "replace").splitlines() if line.strip()]
+        known = [line.split(": ")[-1] for line in lines if "No space left" in line or "File too large" in line]
+        errors = [line for line in lines if "rror" in line and not line.startswith("frame=")]
+        return (known or errors or ["ffmpeg failed (is the disk full?)"])[-1][:200]
+    return (e.strerror or str(e)) if isinstance(e, OSError) else str(e)
+
+
+def _encode(frames: np.ndarray, tmp: Path, spec: ClipSpec, width: int, height: int, fps: int) -> None:
     (
         ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", r=fps)
         # the real world's noisy frames cost x264 twice the clean ones' time at "veryfast"
@@ -480,7 +500,6 @@ def encode_clip(spec: ClipSpec, path: Path, width: int, height: int, fps: int, s
         .overwrite_output()
         .run(input=frames.tobytes(), quiet=True)
     )
-    tmp.replace(path)
 
 
 def _encode_job(args: tuple) -> int:
@@ -546,6 +565,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+SYNTH_COMMAND = "pipeline synth"  # the name in the marker of the folders it makes (vidcap/owned.py)
+
+
+def is_synth_layout(out: Path) -> bool:
+    """A folder holding only what `pipeline synth` writes (one made before the marker file)."""
+    return only_names(out, lambda n: n in ("videos", "videodatainfo.json", MARKER) or n.endswith(".tmp")) and (
+        not (out / "videos").exists()
+        or only_names(out / "videos", lambda n: n.startswith(("video", ".video")) and n.endswith(".mp4")))
+
+
 def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int] = (160, 120),
                seconds: float = 2.0, fps: int = 24, workers: int = 2, overwrite: bool = False,
                progress: bool = True, world: str = "clean", test_only: bool = False,
@@ -567,12 +596,15 @@ def synthesize(out: Path, clips: int = 600, seed: int = 0, size: tuple[int, int]
         if not lo <= value <= hi:
             raise UserError(f"{name} {value}: must be between {lo} and {hi}")
     require_ffmpeg()
-    out = Path(os.path.abspath(out))  # a folder named like an option (-x) must never reach ffmpeg as one
+    out = resolve_out(out)  # absolute: a folder named like an option (-x) must never reach ffmpeg as one
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out}: directory is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
+        remove_ours(out, SYNTH_COMMAND, "a `pipeline synth` output", is_synth_layout)
     (out / "videos").mkdir(parents=True, exist_ok=True)
+    mark(out, SYNTH_COMMAND)
     width, height = size
     if world == "real" and not footage.sources(footage_folder):
         print(f"pipeline synth: no footage in {footage_folder or footage.DEFAULT_FOLDER} "

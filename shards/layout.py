@@ -40,7 +40,7 @@ from vidcap.atomic import write_bytes_atomic, write_json_atomic
 from vidcap.errors import UserError
 from vidcap.jsonfile import parse_json
 from vidcap.shards.reader import Expect, ShardError, ShardRef, Slice, checked_samples
-from vidcap.shards.store import LocalStore, Store, open_store
+from vidcap.shards.store import LocalStore, Store, limit_bytes, limit_text, open_store
 from vidcap.tokens import SPECIALS
 
 SPLITS = ("train", "val", "test")
@@ -288,6 +288,8 @@ class Build:
                     and isinstance(s.get("bytes"), int) and isinstance(s.get("sha256"), str)):
                 raise ShardError(f"{url}: shards[{i}]: expected name {split}-NNNNNN.tar, samples, bytes, sha256; "
                                  "run `pipeline build` again")
+            if not 0 <= s["bytes"] <= limit_bytes("shard"):  # a reader holds a shard in memory (H-11: 10^12)
+                raise ShardError(f"{url}: shards[{i}]: bytes {s['bytes']} is more than {limit_text('shard')}")
         return m
 
     def shard_refs(self, split: str) -> tuple[list[ShardRef], Expect]:

@@ -45,14 +45,13 @@ from webdataset.handlers import reraise_exception
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from vidcap.errors import UserError
-from vidcap.shards.store import LocalStore, NotFound, Store
+from vidcap.shards.store import LocalStore, NotFound, Store, limit_bytes, limit_text, read_limited
 from vidcap.shards.writer import sample_key
 
 OBJECT_FIELDS = ("shape", "colour", "size", "action")  # a built-in clip's ground truth (pipeline synth)
 _MEMBER = re.compile(r"^([A-Za-z0-9_%-]+)\.(json|\d{1,2}\.jpg)$")
 MAX_JSON_BYTES = 4 << 20
 MAX_JPEG_BYTES = 32 << 20
-_READ_CHUNK = 1 << 20
 
 
 def nuisances_problem(value: object) -> str | None:
@@ -163,7 +162,9 @@ def read_verified(store: Store, ref: ShardRef) -> bytes:
             raise ShardError(f"{ref.url}: missing (listed in the manifest)")
         if not path.is_file():
             raise ShardError(f"{ref.url}: not a regular file")
-    sha, chunks, n = hashlib.sha256(), [], 0
+    sha = hashlib.sha256()
+    if ref.bytes > limit_bytes("shard"):  # the manifest is checked too; a ShardRef may come from elsewhere
+        raise ShardError(f"{ref.url}: the manifest says {ref.bytes} bytes, more than {limit_text('shard')}")
     try:
         f = store.open(rel, ref.bytes)
     except NotFound:
@@ -171,14 +172,10 @@ def read_verified(store: Store, ref: ShardRef) -> bytes:
     except UserError as e:
         raise ShardError(str(e)) from None
     try:
-        with f:
-            while n <= ref.bytes:
-                chunk = f.read(min(_READ_CHUNK, ref.bytes + 1 - n))
-                if not chunk:
-                    break
-                sha.update(chunk)  # hashed as it arrives: the stream is read once
-                chunks.append(chunk)
-                n += len(chunk)
+        with f:  # at most the manifest's bytes + 1, within the per-file deadline; hashed as it arrives
+            chunks, n = read_limited(f, ref.url, ref.bytes, "shard", sha.update)
+    except UserError as e:
+        raise ShardError(str(e)) from None
     except Exception as e:  # a server gone mid-shard, a failed pipe: command...
         raise ShardError(f"{ref.url}: cannot read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     data = b"".join(chunks)

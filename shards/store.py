@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import time
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlparse
@@ -32,6 +33,71 @@ from vidcap.errors import UserError
 
 HTTP_CONNECT_TIMEOUT_S = 30
 HTTP_READ_TIMEOUT_S = 120
+_CHUNK = 1 << 20
+
+# Limits of every read from a build, each a setting (an environment variable, read when a read starts):
+# a lying server made the readers hold whatever it sent (a manifest claiming a 10^12-byte shard, a
+# gzip-encoded manifest inflating 2 MB to GBs, an endless vocab.json: round 3, H-11..H-13), and a
+# server trickling one byte every 2 s never tripped the per-read timeout (H-15). Bytes are counted
+# after any Content-Encoding is undone, so a compressed bomb stops at the same limit.
+LIMITS_MB = {"json": ("VIDCAP_MAX_JSON_MB", 64),        # build.json, manifests, vocab.json, stats (real: < 5 MB)
+             "table": ("VIDCAP_MAX_TABLE_MB", 512),     # attributes / clip attributes / df Parquet (real: < 50 MB)
+             "shard": ("VIDCAP_MAX_SHARD_MB", 4096)}    # one shard, held in memory while verified
+DEADLINE = ("VIDCAP_READ_DEADLINE_S", 900.0)          # the whole of one file, every byte of it
+
+
+def _setting(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < 1e12):
+        raise UserError(f"{name}={text}: must be a number > 0")
+    return value
+
+
+def limit_bytes(kind: str) -> int:
+    """The most bytes one file of `kind` (json, table, shard) may have."""
+    name, default = LIMITS_MB[kind]
+    return int(_setting(name, default) * (1 << 20))
+
+
+def limit_text(kind: str) -> str:
+    name, _ = LIMITS_MB[kind]
+    return f"{limit_bytes(kind) / (1 << 20):g} MB ({name})"
+
+
+def deadline_s() -> float:
+    return _setting(*DEADLINE)
+
+
+def read_limited(f: BinaryIO, url: str, limit: int, kind: str, on_chunk=None) -> tuple[list[bytes], int]:
+    """Read `f` to its end in chunks: at most ``limit + 1`` bytes (the caller sees one byte too many
+    when the file is longer) and within the per-file deadline, else one line naming the URL and
+    the limit. ``on_chunk`` sees each chunk (the shard reader hashes them as they arrive)."""
+    seconds = deadline_s()
+    end, chunks, n = time.monotonic() + seconds, [], 0
+    while n <= limit:
+        if time.monotonic() > end:
+            raise UserError(f"{url}: not read within {seconds:g} s (the deadline for one file, "
+                            f"{DEADLINE[0]}); {n} bytes arrived")
+        chunk = f.read(min(_CHUNK, limit + 1 - n))
+        if not chunk:
+            break
+        if on_chunk is not None:
+            on_chunk(chunk)
+        chunks.append(chunk)
+        n += len(chunk)
+    if n > limit and kind != "shard":  # the shard reader says more: what the manifest promised
+        raise UserError(f"{url}: larger than {limit_text(kind)}; not a {kind} file of a build")
+    return chunks, n
+
+
+def kind_of(rel: str) -> str:
+    return "table" if rel.endswith(".parquet") else "shard" if rel.endswith(".tar") else "json"
 
 
 def _why(e: BaseException) -> str:
@@ -103,10 +169,15 @@ class LocalStore(Store):
 
     def read_bytes(self, rel: str, what: str = "file") -> bytes:
         p = self._check(rel, what)
+        limit = limit_bytes(kind_of(rel))
         try:
-            return p.read_bytes()
+            with open(p, "rb") as f:
+                data = f.read(limit + 1)
         except OSError as e:
             raise UserError(f"{p}: cannot read ({_why(e)})") from None
+        if len(data) > limit:
+            raise UserError(f"{p}: larger than {limit_text(kind_of(rel))}; not a {kind_of(rel)} file of a build")
+        return data
 
     def open(self, rel: str, size: int | None = None) -> BinaryIO:
         return open(self._check(rel, "file"), "rb")
@@ -125,8 +196,10 @@ class FsspecStore(Store):
         if self.protocol in ("http", "https"):
             import aiohttp
 
+            deadline = deadline_s()  # a stalled read ends by the deadline too; a trickle, by read_limited
             options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(
-                total=None, sock_connect=HTTP_CONNECT_TIMEOUT_S, sock_read=HTTP_READ_TIMEOUT_S)}
+                total=None, sock_connect=min(HTTP_CONNECT_TIMEOUT_S, deadline),
+                sock_read=min(HTTP_READ_TIMEOUT_S, deadline))}
         try:
             self.fs, self.base = fsspec.core.url_to_fs(root, **options)
         except (ImportError, ValueError) as e:  # e.g. s3:// without s3fs
@@ -140,12 +213,22 @@ class FsspecStore(Store):
         return self.url(rel) if self.protocol in ("http", "https") else posixpath.join(self.base, rel)
 
     def read_bytes(self, rel: str, what: str = "file") -> bytes:
+        """Streamed, never ``cat_file``: that holds whatever the server sends (an endless body, a gzip bomb)."""
+        limit = limit_bytes(kind_of(rel))
+        try:  # a size given: fsspec skips its HEAD request, which reports a dead server as "not found"
+            f = self.open(rel, limit + 1)
+        except NotFound:
+            raise NotFound(f"{self.url(rel)}: {what} not found") from None
         try:
-            return self.fs.cat_file(self._path(rel))
+            with f:
+                chunks, _ = read_limited(f, self.url(rel), limit, kind_of(rel))
+        except UserError:
+            raise
         except FileNotFoundError:
             raise NotFound(f"{self.url(rel)}: {what} not found") from None
         except Exception as e:  # aiohttp, botocore, timeouts...: whatever failed, name the URL
             raise UserError(f"{self.url(rel)}: cannot read ({_why(e)})") from None
+        return b"".join(chunks)
 
     def open(self, rel: str, size: int | None = None) -> BinaryIO:
         kw = {"block_size": 0, "size": size} if self.protocol in ("http", "https") else {}
@@ -172,9 +255,12 @@ class PipeStore(Store):
     def read_bytes(self, rel: str, what: str = "file") -> bytes:
         try:
             with self.open(rel) as f:
-                return f.read()
+                chunks, _ = read_limited(f, self.url(rel), limit_bytes(kind_of(rel)), kind_of(rel))
+        except UserError:
+            raise
         except Exception as e:  # webdataset's Pipe raises IOError("...: exit N") for a failed command
             raise UserError(f"{self.url(rel)}: cannot read ({_why(e)})") from None
+        return b"".join(chunks)
 
 def open_store(root: str | Path) -> Store:
     """The store of `root`: a local folder (or ``file://`` URL), ``pipe:CMD``, or any fsspec URL."""

@@ -125,7 +125,8 @@ def test_hostile_ids_paths_and_captions(synth_small, tmp_path, monkeypatch):
     (["--out", "{tmp}/o", "--size", "abc"], "pipeline build: error: argument --size: invalid int value: 'abc' (see --help)"),
     (["--out", "{tmp}/o", "--frames", "0"], "pipeline build: error: --frames 0: must be 1..64"),
     (["--out", "{tmp}", "--overwrite"],
-     "pipeline build: error: --out {tmp}: not a pipeline output; refusing to delete it for --overwrite"),
+     "pipeline build: error: --out {tmp}: not a pipeline output (it holds file); refusing to replace it for "
+     "--overwrite: remove it yourself or choose another --out"),
     (["--out", "{tmp}/o", "--worker-timeout", "0"], "pipeline build: error: --worker-timeout 0.0: must be > 0 and <= 86400 (s)"),
 ])
 def test_build_arguments_are_one_line_errors(tmp_path, capsys, args, line, synth_small):

@@ -119,4 +119,5 @@ def test_inputs_expand_folders_by_suffix_and_nothing_found_is_a_user_error(video
     assert one_line_error(r, "caption").startswith(f"{tmp_path / 'none'}: no video files (try --recursive; ")
     (tmp_path / "other.jsonl").write_text("not json\n")
     r = _caption(str(videos), "--model", str(tiny_model["model"]), "--jsonl", str(tmp_path / "other.jsonl"))
-    assert one_line_error(r, "caption") == f"{tmp_path / 'other.jsonl'}: line 1 is not JSON; not a file this command wrote"
+    assert one_line_error(r, "caption") == (f"{tmp_path / 'other.jsonl'}: line 1 is not JSON; "
+                                              "not a file this command wrote (nothing changed)")

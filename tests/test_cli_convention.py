@@ -41,6 +41,7 @@ def parsers(name: str, monkeypatch) -> list[argparse.ArgumentParser]:
         raise _Captured
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_intermixed_args", capture)  # train: key=value after flags
     with pytest.raises(_Captured):
         entry([*argv, "--help"])
     monkeypatch.undo()

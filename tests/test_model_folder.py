@@ -110,7 +110,7 @@ def test_export_refuses_to_overwrite_what_is_not_a_model_folder(tiny_model, tmp_
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     base = [tool("train"), "export", "--ckpt", str(tiny_model["ckpt"]), "--out"]
     r = subprocess.run([*base, str(tmp_path / "notes"), "--overwrite"], capture_output=True, text=True, timeout=120)
-    assert "not a model folder (no config.json)" in one_line_error(r, "train export")
+    assert "not a vidcap model folder (it holds keep.txt)" in one_line_error(r, "train export")
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
 

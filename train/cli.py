@@ -33,7 +33,7 @@ def _eval_main(argv: list[str]) -> None:
     p.add_argument("--data", required=True, help="pipeline build output")
     p.add_argument("--split", default="test", choices=list(SPLITS))
     p.add_argument("--beam", type=int, default=3, help="beam size (1 = greedy)")
-    p.add_argument("--out", default=None, help="output dir (default next to the checkpoint, or in the model folder)")
+    p.add_argument("--out", default=None, help="output dir, TensorBoard events included (default next to the checkpoint, or in the model folder)")
     p.add_argument("--max-clips", type=int, default=None)
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~8 s of Java start-up)")
     a = p.parse_args(argv)
@@ -138,7 +138,7 @@ def _ablate_main(argv: list[str]) -> None:
     p.add_argument("--rows", default=",".join(TABLE3_ORDER), help="comma-separated subset of the rows")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", help="key=value")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     r = ablate(a.data, a.run, a.preset, a.seeds, a.overrides, a.rows.split(","), a.beam, progress=not a.quiet)
     print(format_markdown(r))
     from vidcap.train.run_folder import RunFolder
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
             ctx.prog = f"train {found[0]}"
             found[1](argv[1:])
             return
-        a = parser().parse_args(argv)
+        a = parser().parse_intermixed_args(argv)  # key=value after a flag too (round 3, R-9)
         from vidcap.train.config import make_train_config
         from vidcap.train.loop import run_stage
         from vidcap.train.preempt import Preempted

@@ -84,7 +84,9 @@ def evaluate_checkpoint(ckpt_path: str | None, data: str, split: str = "test", b
                        f"{home.name}: action on {split} ({100 * grounded['action_acc']:.1f}% right)")
     if not model_dir:  # a run's stage folder keeps TensorBoard events; a model folder does not
         step = sum(h.get("steps", 0) for h in ckpt["extra"].get("history", []))
-        write_scalars(home / rf.TB, f"{split}_beam{beam}", metrics, step)
+        # with --out, inside it: nothing is written beside the checkpoint (round 3, R-16: a read-only
+        # checkpoint folder failed the evaluation after half of --out was written)
+        write_scalars((out_dir if out else home) / rf.TB, f"{split}_beam{beam}", metrics, step)
     correct = per_clip_correct(preds, objects)
     rows = []
     for s in checked_samples(stream.slices, info.build.store, info.expect):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from vidcap.atomic import write_bytes_atomic
+from vidcap.atomic import check_replaceable, write_bytes_atomic
 from vidcap.errors import UserError
 from vidcap.evalkit.metric_names import MODEL_CARD, OBJECT_SLOTS, label, metric
 from vidcap.model.base import VideoCaptioner
@@ -35,12 +35,13 @@ from vidcap.model.checkpoint import load_checkpoint
 from vidcap.model.folder import (
     CARD,
     CONFIG,
+    FORMAT,
     VOCAB,
     WEIGHTS,
-    is_model_folder,
     load_model_folder,
     model_folder_files,
 )
+from vidcap.owned import check_ours, resolve_out
 from vidcap.shards.layout import Build
 from vidcap.train.recipes import RECIPES, recipe_name
 from vidcap.train.run_folder import StageFolder, stage_of
@@ -50,17 +51,30 @@ ARCH_TEXT = {"s2vt": "S2VT (the paper's: CNN -> FC -> two-layer LSTM)",
 TEST_KEYS = tuple((k, label(k)) for k in MODEL_CARD)  # the test row's columns (evalkit/metric_names.py)
 
 
+def is_vidcap_model_folder(out: Path) -> bool:
+    """A model folder `train export` wrote: its config.json says ``"format": "vidcap-model"``. That
+    file is the folder's marker; the files beside it that are not the model's are never touched
+    (export replaces only its four files), so a folder with a user's notes added stays whole."""
+    try:
+        with open(out / CONFIG, "rb") as f:
+            doc = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
 def export_model(ckpt: str | Path, out: str | Path, name: str | None = None, overwrite: bool = False) -> dict:
     """Write the model folder of `ckpt` to `out`; {dir, name, bytes}."""
-    ckpt, out = Path(ckpt), Path(out)
+    ckpt, out = Path(ckpt), resolve_out(out)
     model, raw = load_checkpoint(ckpt)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{out}: not empty; --overwrite replaces a model folder there")
-        if not is_model_folder(out):
-            raise UserError(f"{out}: not a model folder (no {CONFIG}); --overwrite replaces only model folders")
+        check_ours(out, "train export", "a vidcap model folder", is_vidcap_model_folder)
+        for fname in (WEIGHTS, VOCAB, CARD, CONFIG):  # only regular files are replaced, never a folder or device
+            check_replaceable(out / fname)
     name = name or f"{ckpt.parent.parent.name}-{ckpt.parent.name}-{ckpt.stem}".strip("-")
     files = model_folder_files(model, raw["vocab"], raw["attributes"], name)
     files[CARD] = model_card(ckpt, model, raw, name).encode("utf-8")

@@ -4,9 +4,12 @@ a stage, and an HTML gallery (frames, prediction, references) from `train eval`.
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import json
 import math
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +32,15 @@ class MetricsLog:
         if resume_at is not None and self.path.exists():
             write_bytes_atomic(self.path, records_until(self.path.read_bytes(), *resume_at))
         self.file = open(self.path, "a" if resume_at is not None else "w")
+        self.tb_dir = Path(run_dir) / TB
         try:
             from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(Path(run_dir) / TB))
         except ImportError:  # tensorboard is optional at run time
             self.tb = None
+            return
+        threading.excepthook = _quiet_writer_thread
+        with tensorboard_errors(self.tb_dir):
+            self.tb = SummaryWriter(str(self.tb_dir))
 
     def write(self, record: dict) -> None:
         try:
@@ -50,14 +56,42 @@ class MetricsLog:
         if self.tb is not None:
             x = record.get("step", record.get("epoch", 0))
             prefix = "epoch" if record.get("event") == "epoch" else record.get("event", "misc")
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, x)
+            with tensorboard_errors(self.tb_dir):
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                        self.tb.add_scalar(f"{prefix}/{k}", v, x)
 
     def close(self) -> None:
         self.file.close()
         if self.tb is not None:
-            self.tb.close()
+            tb, self.tb = self.tb, None
+            with tensorboard_errors(self.tb_dir):
+                tb.close()
+
+
+def _quiet_writer_thread(args) -> None:
+    """threading.excepthook: TensorBoard's writer thread's OSError is reported by the main thread
+    (its next write or close re-raises it, and :func:`tensorboard_errors` makes it one line), so
+    the thread's own traceback is not printed; anything else is, as before."""
+    if isinstance(args.exc_value, OSError) and "AsyncWriter" in type(args.thread).__name__:
+        return
+    _default_excepthook(args)
+
+
+_default_excepthook = threading.excepthook
+
+
+@contextmanager
+def tensorboard_errors(tb_dir: Path):
+    """TensorBoard's failures (a full disk, a read-only folder) as an OSError naming its folder -- the
+    one-line path every command prints -- not a traceback from its writer (round 3, P-46)."""
+    try:
+        yield
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(tb_dir)) from None
+    except Exception as e:  # tensorboard wraps some in its own types
+        raise OSError(errno.EIO, f"TensorBoard cannot write there ({type(e).__name__}: {str(e)[:120]})",
+                      str(tb_dir)) from None
 
 
 def records_until(data: bytes, epochs_done: int, steps_done: int) -> bytes:
@@ -161,7 +195,7 @@ def write_scalars(tb_dir: Path, prefix: str, metrics: dict, step: int) -> None:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return
-    with SummaryWriter(str(tb_dir)) as tb:
+    with tensorboard_errors(tb_dir), SummaryWriter(str(tb_dir)) as tb:
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and v is not None:
                 tb.add_scalar(f"{prefix}/{k}", v, step)

@@ -57,13 +57,22 @@ def parse_nuisances(text: str) -> list[str]:
     if unknown or not names:
         raise UserError(f"--nuisances {text}: unknown {', '.join(unknown) or '(empty)'}; choose "
                         f"{', '.join(GROUPS)} or from {', '.join(NUISANCES)}")
+    _once("--nuisances", text, names)
     return names
+
+
+def _once(flag: str, text: str, names: list[str]) -> None:
+    """A name given twice computed the same rows twice (round 3, P-34): one line instead."""
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise UserError(f"{flag} {text}: {twice} is given twice")
 
 
 def parse_strengths(text: str) -> list[int]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names or any(n not in STRENGTH_NAMES for n in names):
         raise UserError(f"--strengths {text}: choose from {', '.join(STRENGTH_NAMES)} (comma-separated)")
+    _once("--strengths", text, names)
     return [STRENGTH_NAMES.index(n) for n in names]
 
 
