@@ -122,25 +122,32 @@ class Captioner(VideoCaptioner):
 
     def step(self, state: tuple, words: torch.Tensor, t: int) -> tuple[torch.Tensor, tuple]:
         """One word: LSTM2 reads LSTM1's output for step t and the previous word's embedding."""
+        h, state = self.step_hidden(state, words, t)
+        return word_logprobs(self.out(h)), state
+
+    def step_hidden(self, state: tuple, words: torch.Tensor, t: int) -> tuple[torch.Tensor, tuple]:
+        """``step`` before its vocabulary layer: the input of ``self.out`` (dropout applied), so that
+        sampling with gradients keeps this instead of the distribution (model/decoding.py)."""
         h1, state2 = state
         x = torch.cat([h1[:, t], self.drop(self.word_emb(words))], 1).unsqueeze(1)
         h2, state2 = self.lstm2(x, state2)
-        return self._logprobs(h2.squeeze(1)), (h1, state2)
+        return self.drop(h2.squeeze(1)), (h1, state2)
 
     def reorder(self, state: tuple, index: torch.Tensor) -> tuple:
         h1, (h, c) = state
         return h1.index_select(0, index), (h.index_select(1, index), c.index_select(1, index))
 
-    def _logprobs(self, h2: torch.Tensor) -> torch.Tensor:
-        """Word log-probs; <pad> and <bos> are never produced."""
-        return word_logprobs(self.out(self.drop(h2)))
-
     # ---- teacher forcing ----------------------------------------------------------------------
     def forward(self, feats: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
         """Teacher-forced log-probs (B, T, V) for targets `captions` (B, T) (ending in <eos>, PAD after)."""
+        return word_logprobs(self.out(self.forward_hidden(feats, captions)))
+
+    def forward_hidden(self, feats: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """``forward`` before its vocabulary layer (B, T, hidden), dropout applied: accumulated
+        REINFORCE keeps this for backward instead of the distribution (decoding.chosen_logprobs)."""
         b, t = captions.shape
         h1, state2 = self.encode(feats, t)
         words_in = torch.cat([captions.new_full((b, 1), BOS), captions[:, :-1]], 1)
         x = torch.cat([h1, self.drop(self.word_emb(words_in))], 2)
         h2, _ = self.lstm2(x, state2)
-        return self._logprobs(h2)
+        return self.drop(h2)
