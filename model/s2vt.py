@@ -14,6 +14,8 @@ Attribute head: temporal mean of the pooled CNN features -> Linear -> logits (si
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,28 @@ from vidcap.model.registry import register_model
 from vidcap.tokens import BOS, PAD
 
 __all__ = ["PRESETS", "Captioner", "ModelConfig"]
+
+
+# False: the LSTMs' training passes use oneDNN's RNN kernel on the CPU, as before (bench/memory.py's
+# "before" column).
+LEAN_RNN = True
+
+
+@contextmanager
+def lean_rnn(x: torch.Tensor) -> Iterator[None]:
+    """The LSTMs' training passes on the CPU without oneDNN's RNN kernel: it keeps a workspace of
+    about 37,500 floats per row and step for backward (LSTM 1,500 -> 1,000, the paper's LSTM2), the
+    native kernel about 670 -- at stage 2's 2,048 sampled rows x 35 steps, 10.8 GB against 0.2 GB --
+    at the same speed (512 rows, one step forward + backward: 1.11 s / 1.13 s on 2 cores;
+    bench/memory_report.md). Passes without gradients (greedy, beam search, features) keep oneDNN."""
+    if not (LEAN_RNN and torch.is_grad_enabled() and x.device.type == "cpu" and torch.backends.mkldnn.is_available()):
+        yield
+        return
+    before = torch.backends.mkldnn.set_flags(False, None, None, None)
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.set_flags(before[0], None, None, None)
 
 
 @dataclass
@@ -115,9 +139,10 @@ class Captioner(VideoCaptioner):
         v = self._frame_dropout(v)
         zeros_word = v.new_zeros(b, v.shape[1], self.cfg.embed)
         pad_frames = v.new_zeros(b, steps, self.cfg.embed)
-        h1, _ = self.lstm1(torch.cat([v, pad_frames], 1))
-        h1 = self.drop(h1)
-        _, state2 = self.lstm2(torch.cat([h1[:, : v.shape[1]], zeros_word], 2))
+        with lean_rnn(v):
+            h1, _ = self.lstm1(torch.cat([v, pad_frames], 1))
+            h1 = self.drop(h1)
+            _, state2 = self.lstm2(torch.cat([h1[:, : v.shape[1]], zeros_word], 2))
         return h1[:, v.shape[1] :], state2
 
     def step(self, state: tuple, words: torch.Tensor, t: int) -> tuple[torch.Tensor, tuple]:
@@ -130,7 +155,8 @@ class Captioner(VideoCaptioner):
         sampling with gradients keeps this instead of the distribution (model/decoding.py)."""
         h1, state2 = state
         x = torch.cat([h1[:, t], self.drop(self.word_emb(words))], 1).unsqueeze(1)
-        h2, state2 = self.lstm2(x, state2)
+        with lean_rnn(x):
+            h2, state2 = self.lstm2(x, state2)
         return self.drop(h2.squeeze(1)), (h1, state2)
 
     def reorder(self, state: tuple, index: torch.Tensor) -> tuple:
@@ -149,5 +175,6 @@ class Captioner(VideoCaptioner):
         h1, state2 = self.encode(feats, t)
         words_in = torch.cat([captions.new_full((b, 1), BOS), captions[:, :-1]], 1)
         x = torch.cat([h1, self.drop(self.word_emb(words_in))], 2)
-        h2, _ = self.lstm2(x, state2)
+        with lean_rnn(x):
+            h2, _ = self.lstm2(x, state2)
         return self.drop(h2)

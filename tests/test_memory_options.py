@@ -60,12 +60,15 @@ def test_lean_reinforce_equals_the_full_distribution_path(arch, monkeypatch):
     _assert_same_grads(g0, g1, 1e-9)
 
 
-def _saved_bytes(fn) -> int:
-    """Bytes of the tensors autograd keeps for backward while `fn` runs (each storage once)."""
+def _saved_bytes(fn, model: torch.nn.Module | None = None) -> int:
+    """Bytes of the tensors autograd keeps for backward while `fn` runs (each storage once; the
+    parameters of `model`, which exist anyway, left out)."""
     seen: dict[int, int] = {}
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()} if model is not None else set()
 
     def pack(t: torch.Tensor):
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        if t.untyped_storage().data_ptr() not in weights:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -204,3 +207,26 @@ def test_options_with_batch_statistics_or_torchrun_are_refused():
     cfg = make_train_config(3, "tiny", ["accumulate=2"])
     with pytest.raises(UserError, match="accumulate=2 runs in one process"):
         RecipeLoss(create_model(make_config("tiny", 30)), cfg, STOI, None, world=2)
+
+
+def test_lean_rnn_gives_onednns_gradients_and_keeps_less(monkeypatch):
+    """On the CPU the LSTMs' training passes skip oneDNN's RNN kernel (its workspace per row and step
+    is ~56x the native kernel's at the paper's sizes): the same loss and gradients, to float rounding."""
+    from vidcap.model import s2vt
+
+    torch.manual_seed(0)
+    model = create_model(make_config("tiny", 300, hidden=256, embed=128)).train()
+    feats = torch.randn(4, 5, 128)
+    out = {}
+    for lean in (False, True):
+        monkeypatch.setattr(s2vt, "LEAN_RNN", lean)
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        saved = _saved_bytes(lambda k=lean: out.setdefault(k, model.sample(feats, n=4, max_len=12)), model)
+        seqs, logps = out[lean]
+        rl_loss(logps, seqs, torch.linspace(0, 1, 16), torch.full((16,), 0.5)).backward()
+        out[lean] = (seqs, logps.detach(), _grads(model), saved)
+    (s0, l0, g0, b0), (s1, l1, g1, b1) = out[False], out[True]
+    assert torch.equal(s0, s1) and torch.allclose(l0, l1, atol=1e-5)
+    _assert_same_grads(g0, g1, 1e-3)
+    assert b1 * 3 < b0
