@@ -36,11 +36,12 @@ LEAN_RNN = True
 
 @contextmanager
 def lean_rnn(x: torch.Tensor) -> Iterator[None]:
-    """The LSTMs' training passes on the CPU without oneDNN's RNN kernel: it keeps a workspace of
-    about 37,500 floats per row and step for backward (LSTM 1,500 -> 1,000, the paper's LSTM2), the
-    native kernel about 670 -- at stage 2's 2,048 sampled rows x 35 steps, 10.8 GB against 0.2 GB --
-    at the same speed (512 rows, one step forward + backward: 1.11 s / 1.13 s on 2 cores;
-    bench/memory_report.md). Passes without gradients (greedy, beam search, features) keep oneDNN."""
+    """The LSTMs' training passes on the CPU without oneDNN's RNN kernel, whose workspace kept for
+    backward is large: a sampled caption's step keeps 42,400 floats per row with it, 12,100 without
+    (the paper's sizes, the chosen words' log-probs only; bench/memory.py's accounting) -- at stage
+    2's 2,048 rows x 35 steps, 11.9 GB against 3.4 GB -- at the same speed (512 rows, one step forward +
+    backward: 1.11 s / 1.13 s on 2 cores). Passes without gradients (greedy, beam search, features)
+    keep oneDNN."""
     if not (LEAN_RNN and torch.is_grad_enabled() and x.device.type == "cpu" and torch.backends.mkldnn.is_available()):
         yield
         return
