@@ -65,7 +65,8 @@ CONFIGS: dict[str, tuple[int, int, bool, bool, int]] = {
     "s3 lean b4": (3, 4, True, False, 1),
     "s3 lean ckpt b4": (3, 4, True, True, 1),
     "s3 lean acc2 b4": (3, 4, True, False, 2),
-    "s3 lean": (3, 16, True, False, 1),  # last: expected over the cap (the rehearsal's OOM at 19.0 GB)
+    "s3 lean": (3, 16, True, False, 1),
+    "s3 before": (3, 16, False, False, 1),
 }
 
 
@@ -170,7 +171,9 @@ def step_child(spec: dict) -> dict:
         ptr = t.untyped_storage().data_ptr()
         if ptr not in weights and ptr not in seen:
             seen[ptr] = (part[0], t.untyped_storage().nbytes())
-        return t
+        # detached: the tensor itself would tie an output to its own grad_fn, a reference cycle that
+        # keeps a graph never backpropagated (accumulate's draws pass) alive until the next gc
+        return t.detach()
 
     def tagged(name: str, fn):
         def run(*args, **kwargs):
@@ -287,11 +290,36 @@ def extrapolated(report: dict) -> dict:
     return out
 
 
+CARDS_GB = (12, 24, 40, 80)
+GPU_SLACK = 1.15  # the caching allocator's slack over the live tensors (docs/benchmarks.md: the projection)
+LINES = {  # (label, the two configurations a line of peak against batch goes through)
+    "stage 2": ("s2 lean b32", "s2 lean"),
+    "stage 3": ("s3 lean b4", "s3 lean"),
+    "stage 3, grad_checkpoint": ("s3 lean ckpt b4", "s3 lean ckpt"),
+}
+
+
+def fits(report: dict) -> dict:
+    """Peak = fixed + per clip x batch through two measured batches; the largest batch whose projected
+    GPU peak (x GPU_SLACK) fits each card."""
+    rows = {r["name"]: r for r in report["steps"] if "error" not in r}
+    out = {}
+    for label, (a, b) in LINES.items():
+        if a in rows and b in rows:
+            ra, rb = rows[a], rows[b]
+            per_clip = (rb["peak_rss_gb"] - ra["peak_rss_gb"]) / (rb["batch"] - ra["batch"])
+            fixed = ra["peak_rss_gb"] - per_clip * ra["batch"]
+            out[label] = {"fixed_gb": round(fixed, 2), "per_clip_gb": round(per_clip, 4),
+                          "max_batch": {f"{g} GB": max(0, int((g / GPU_SLACK - fixed) / per_clip)) for g in CARDS_GB}}
+    return out
+
+
 def format_markdown(report: dict) -> str:
     lines = ["# Memory of a training step: `paper`, MSR-VTT-sized vocabulary (9,439 words)", "",
              f"{report['machine']}; each row a fresh process, one step after Adam's state is allocated; "
              "peak RSS (VmHWM) with the `train` CLI's allocator. Method: bench/memory.py's docstring.", "",
-             "| configuration | stage | batch | M | lean | grad_checkpoint | accumulate | peak RSS GB | step s | "
+             "With accumulate, 'kept for backward' sums the micro-batches' (each one's freed after its backward).",
+             "", "| configuration | stage | batch | M | lean | grad_checkpoint | accumulate | peak RSS GB | step s | "
              "CPU s | loss | kept for backward GB (by part) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["steps"]:
         if "error" in r:
@@ -308,6 +336,13 @@ def format_markdown(report: dict) -> str:
         lines += [f"- {k}: " + ", ".join(f"{part} {gb}" for part, gb in v.items() if gb) + (" (measured: peak "
                   "over the cap, or the OOM killer: bench/rehearsal_report.md)" if "before" in k else "")
                   for k, v in report["extrapolated"].items()]
+    if report.get("fits"):
+        lines += ["", f"Peak against batch (a line through two batches) and the largest batch per card (projected "
+                  f"GPU peak = the CPU's x {GPU_SLACK}, fp32):", "",
+                  "| stage | fixed GB | per clip GB | " + " | ".join(f"{g} GB" for g in CARDS_GB) + " |",
+                  "|---|---|---|" + "---|" * len(CARDS_GB)]
+        lines += [f"| {k} | {v['fixed_gb']} | {v['per_clip_gb']} | " + " | ".join(str(x) for x in v["max_batch"].values())
+                  + " |" for k, v in report["fits"].items()]
     for p in report.get("phases", []):
         lines += ["", f"## Transient parts, stage {p['stage']} (batch {p['batch']}; RSS growth, glibc's default "
                   "allocator)", "", "| part | GB | s |", "|---|---|---|"]
@@ -332,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def save() -> None:
         report["extrapolated"] = extrapolated(report)
+        report["fits"] = fits(report)
         write_json_atomic(out, report)
         write_bytes_atomic(out.with_suffix(".md"), format_markdown(report).encode())
 

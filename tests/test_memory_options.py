@@ -69,7 +69,7 @@ def _saved_bytes(fn, model: torch.nn.Module | None = None) -> int:
     def pack(t: torch.Tensor):
         if t.untyped_storage().data_ptr() not in weights:
             seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
+        return t.detach()  # not t: an output saved by its own grad_fn would make a reference cycle
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
