@@ -124,7 +124,8 @@ class RecipeLoss(nn.Module):
                 stats["xe_loss"] = 0.0
             if cfg.attr_weight:
                 stats["attr_loss"] = 0.0
-            for i, (part, m) in enumerate(zip(parts, micro, strict=True)):
+        for i, (part, m) in enumerate(zip(parts, micro, strict=True)):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                 share = len(part) / n
                 feats = self.features(m)
                 terms = []
@@ -146,7 +147,7 @@ class RecipeLoss(nn.Module):
                     la = attr_loss(model.attribute_logits(feats).float(), m["attrs"].to(device))
                     stats["attr_loss"] += la.item() * share
                     terms.append(cfg.attr_weight * share * la)
-                torch.stack(terms).sum().backward()
+            torch.stack(terms).sum().backward()  # outside autocast, as the plain step's backward
         stats["loss"] = (cfg.xe_weight * stats.get("xe_loss", 0.0) + cfg.rl_weight * stats.get("rl_loss", 0.0)
                          + cfg.attr_weight * stats.get("attr_loss", 0.0))
         return stats
