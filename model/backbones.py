@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -246,6 +247,74 @@ NO_WEIGHTS = {"tiny": "a small CNN for tests and the built-in dataset, always ra
 @register_backbone("tiny", lambda weights: Preprocess(_IMAGENET_MEAN, _IMAGENET_STD, 64))
 def _tiny(weights: str | None, pretrained: bool = True) -> tuple[nn.Module, str]:
     return TinyCNN(), "random init"
+
+
+class _CheckpointedForward:
+    """A block's forward under activation checkpointing while gradients are on: its activations are
+    not kept for backward but recomputed from its input then (torch.utils.checkpoint, non-reentrant,
+    the RNG state replayed). Set as the block's instance ``forward``: the module tree and its
+    state_dict keys stay as they were, and a deep copy (the BatchNorm-folded inference copy,
+    model/fold.py) copies the reference to its own block. A Sequential of single layers (TinyCNN's
+    ``features``) is checkpointed in segments, one per convolution and the layers after it."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, *args, **kwargs):
+        m = self.module
+        forward = type(m).forward.__get__(m)
+        if not (torch.is_grad_enabled() and any(p.requires_grad for p in m.parameters())):
+            return forward(*args, **kwargs)
+        if not _is_layer_sequence(m):
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        x, = args
+        for segment in _segments(m):
+            x = torch.utils.checkpoint.checkpoint(nn.Sequential(*segment), x, use_reentrant=False)
+        return x
+
+
+def _is_layer_sequence(module: nn.Module) -> bool:
+    return isinstance(module, nn.Sequential) and all(not any(True for _ in c.children()) for c in module)
+
+
+def _segments(seq: nn.Sequential) -> list[list[nn.Module]]:
+    out: list[list[nn.Module]] = []
+    for layer in seq:
+        if not out or isinstance(layer, nn.Conv2d):
+            out.append([])
+        out[-1].append(layer)
+    return out
+
+
+def checkpoint_blocks(module: nn.Module) -> list[nn.Module]:
+    """The blocks a backbone is checkpointed over: its children with parameters, where a child that is
+    a container (Sequential, ModuleList: IRv2's ``repeat``, EfficientNet's ``blocks`` and stages) is
+    replaced by its own blocks, and a Sequential of single layers is one block (checkpointed per
+    convolution). What runs between blocks is kept; inside them, only each block's input."""
+    out = []
+    for child in module.children():
+        if _is_layer_sequence(child):
+            out.append(child)
+        elif isinstance(child, nn.Sequential | nn.ModuleList):
+            out += checkpoint_blocks(child)
+        elif any(True for _ in child.parameters()):
+            out.append(child)
+    return out
+
+
+def set_grad_checkpointing(backbone: nn.Module, enable: bool = True) -> int:
+    """Activation checkpointing over the backbone's blocks (``grad_checkpoint=true``): the CNN keeps
+    each block's input for backward, not every layer's output, and recomputes one block at a time
+    in backward -- about one more forward of the CNN per step. Works for every backbone here (timm's
+    own switch refuses Inception-ResNet-v2) and through ``forward_intermediates`` too. Returns the
+    number of blocks."""
+    blocks = checkpoint_blocks(backbone)
+    for block in blocks:
+        if enable:
+            block.forward = _CheckpointedForward(block)
+        elif isinstance(block.__dict__.get("forward"), _CheckpointedForward):
+            del block.forward
+    return len(blocks)
 
 
 def check_weights(name: str, weights: str | None, pretrained: bool) -> None:

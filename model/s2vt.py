@@ -14,6 +14,8 @@ Attribute head: temporal mean of the pooled CNN features -> Linear -> logits (si
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +27,29 @@ from vidcap.model.registry import register_model
 from vidcap.tokens import BOS, PAD
 
 __all__ = ["PRESETS", "S2VTCaptioner", "ModelConfig"]
+
+
+# False: the LSTMs' training passes use oneDNN's RNN kernel on the CPU, as before (bench/experiments/memory.py's
+# "before" column).
+LEAN_RNN = True
+
+
+@contextmanager
+def lean_rnn(x: torch.Tensor) -> Iterator[None]:
+    """The LSTMs' training passes on the CPU without oneDNN's RNN kernel, whose workspace kept for
+    backward is large: a sampled caption's step keeps 42,400 floats per row with it, 12,100 without
+    (the paper's sizes, the chosen words' log-probs only; bench/experiments/memory.py's accounting) -- at stage
+    2's 2,048 rows x 35 steps, 11.9 GB against 3.4 GB -- at the same speed (512 rows, one step forward +
+    backward: 1.11 s / 1.13 s on 2 cores). Passes without gradients (greedy, beam search, features)
+    keep oneDNN."""
+    if not (LEAN_RNN and torch.is_grad_enabled() and x.device.type == "cpu" and torch.backends.mkldnn.is_available()):
+        yield
+        return
+    before = torch.backends.mkldnn.set_flags(False, None, None, None)
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.set_flags(before[0], None, None, None)
 
 
 @dataclass
@@ -115,32 +140,42 @@ class S2VTCaptioner(VideoCaptioner):
         v = self._frame_dropout(v)
         zeros_word = v.new_zeros(b, v.shape[1], self.cfg.embed)
         pad_frames = v.new_zeros(b, steps, self.cfg.embed)
-        h1, _ = self.lstm1(torch.cat([v, pad_frames], 1))
-        h1 = self.drop(h1)
-        _, state2 = self.lstm2(torch.cat([h1[:, : v.shape[1]], zeros_word], 2))
+        with lean_rnn(v):
+            h1, _ = self.lstm1(torch.cat([v, pad_frames], 1))
+            h1 = self.drop(h1)
+            _, state2 = self.lstm2(torch.cat([h1[:, : v.shape[1]], zeros_word], 2))
         return h1[:, v.shape[1] :], state2
 
     def step(self, state: tuple, words: torch.Tensor, t: int) -> tuple[torch.Tensor, tuple]:
         """One word: LSTM2 reads LSTM1's output for step t and the previous word's embedding."""
+        h, state = self.step_hidden(state, words, t)
+        return word_logprobs(self.out(h)), state
+
+    def step_hidden(self, state: tuple, words: torch.Tensor, t: int) -> tuple[torch.Tensor, tuple]:
+        """``step`` before its vocabulary layer: the input of ``self.out`` (dropout applied), so that
+        sampling with gradients keeps this instead of the distribution (model/decoding.py)."""
         h1, state2 = state
         x = torch.cat([h1[:, t], self.drop(self.word_emb(words))], 1).unsqueeze(1)
-        h2, state2 = self.lstm2(x, state2)
-        return self._logprobs(h2.squeeze(1)), (h1, state2)
+        with lean_rnn(x):
+            h2, state2 = self.lstm2(x, state2)
+        return self.drop(h2.squeeze(1)), (h1, state2)
 
     def reorder(self, state: tuple, index: torch.Tensor) -> tuple:
         h1, (h, c) = state
         return h1.index_select(0, index), (h.index_select(1, index), c.index_select(1, index))
 
-    def _logprobs(self, h2: torch.Tensor) -> torch.Tensor:
-        """Word log-probs; <pad> and <bos> are never produced."""
-        return word_logprobs(self.out(self.drop(h2)))
-
     # ---- teacher forcing ----------------------------------------------------------------------
     def forward(self, feats: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
         """Teacher-forced log-probs (B, T, V) for targets `captions` (B, T) (ending in <eos>, PAD after)."""
+        return word_logprobs(self.out(self.forward_hidden(feats, captions)))
+
+    def forward_hidden(self, feats: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """``forward`` before its vocabulary layer (B, T, hidden), dropout applied: accumulated
+        REINFORCE keeps this for backward instead of the distribution (decoding.chosen_logprobs)."""
         b, t = captions.shape
         h1, state2 = self.encode(feats, t)
         words_in = torch.cat([captions.new_full((b, 1), BOS), captions[:, :-1]], 1)
         x = torch.cat([h1, self.drop(self.word_emb(words_in))], 2)
-        h2, _ = self.lstm2(x, state2)
-        return self._logprobs(h2)
+        with lean_rnn(x):
+            h2, _ = self.lstm2(x, state2)
+        return self.drop(h2)

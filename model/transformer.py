@@ -173,8 +173,17 @@ class TransformerCaptioner(VideoCaptioner):
 
     def forward(self, feats: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
         """Teacher-forced log-probs (B, T, V) for targets `captions` (B, T) (ending in <eos>, PAD after)."""
+        return word_logprobs(self.out(self.forward_hidden(feats, captions)))
+
+    def forward_hidden(self, feats: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """``forward`` before its vocabulary layer (B, T, d_model): what accumulated REINFORCE keeps
+        for backward instead of the distribution (decoding.chosen_logprobs)."""
         words_in = torch.cat([captions.new_full((captions.shape[0], 1), BOS), captions[:, :-1]], 1)
-        return self.decode_words(words_in, *self.memory(feats))
+        mem_k, mem_v = self.memory(feats)
+        x = self.drop(self.word_emb(words_in) + self.word_pos[: words_in.shape[1]])
+        for layer, block in enumerate(self.decoder):
+            x, _ = block(x, mem_k[layer], mem_v[layer])
+        return self.dec_ln(x)
 
     # ---- the step interface (model/decoding.py) ---------------------------------------------------
     def encode(self, feats: torch.Tensor, max_len: int) -> tuple[torch.Tensor, ...]:
@@ -187,6 +196,13 @@ class TransformerCaptioner(VideoCaptioner):
 
     def step(self, state: tuple[torch.Tensor, ...], words: torch.Tensor, t: int
              ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        h, state = self.step_hidden(state, words, t)
+        return word_logprobs(self.out(h)), state
+
+    def step_hidden(self, state: tuple[torch.Tensor, ...], words: torch.Tensor, t: int
+                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """``step`` before its vocabulary layer: the input of ``self.out`` (model/decoding.py keeps
+        this, not the distribution, when it samples with gradients)."""
         mem_k, mem_v, past_k, past_v = state
         x = self.drop(self.word_emb(words)[:, None] + self.word_pos[t])
         keys, values = [], []
@@ -194,7 +210,7 @@ class TransformerCaptioner(VideoCaptioner):
             x, (k, v) = block(x, mem_k[layer], mem_v[layer], (past_k[layer], past_v[layer]))
             keys.append(k)
             values.append(v)
-        return word_logprobs(self.out(self.dec_ln(x[:, 0]))), (mem_k, mem_v, torch.stack(keys), torch.stack(values))
+        return self.dec_ln(x[:, 0]), (mem_k, mem_v, torch.stack(keys), torch.stack(values))
 
     def reorder(self, state: tuple[torch.Tensor, ...], index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(s.index_select(1, index) for s in state)

@@ -61,6 +61,10 @@ def test_the_dry_run_passes_every_check_it_runs(built_small, tmp_path):
     assert checks["stage1"]["values"]["loss_rel_diff"] < 0.05  # cross-entropy: no sampling, only rounding
     assert "sampling_noise_rel_diff" in checks["stage2"]["values"]
     assert checks["stage3"]["values"]["attr_loss_first_step_rel_diff"] < 0.05
+    v3 = checks["stage3"]["values"]  # issue 39: stage 3 with the memory options, the plain step's loss
+    assert v3["memory_options"] == ["grad_checkpoint=true", "accumulate=2"]
+    assert len(v3["fp32_options"]["loss"]) == 3 and v3["options_first_step_rel_diff"] < 1e-3
+    assert "with grad_checkpoint=true accumulate=2: first loss" in checks["stage3"]["detail"]
     assert checks["process_group"]["values"]["backend"] == "gloo"
     md = (out / "gpu_report.md").read_text()
     assert md.startswith("# GPU check: PASS") and all(f"| {name} |" in md for name in CHECKS)

@@ -50,6 +50,11 @@ class TrainConfig:
     reward: str = "cider-d"  # train/reward.py
     baseline: str = "greedy"  # greedy (the paper's) | mean (of the other samples)
     bn_stats: bool = False  # CNN trained: update BatchNorm running statistics (default: keep them)
+    # Memory (docs/training.md "Memory"): recompute the CNN's blocks in backward instead of keeping
+    # their activations (CNN trained), and split each batch into this many micro-batches whose
+    # gradients add up to the batch's (one process). Neither changes the step's loss or gradient.
+    grad_checkpoint: bool = False
+    accumulate: int = 1
     feature_cache: bool = True  # CNN frozen: pooled features computed once per clip
     eval_every: int = 1  # epochs between val evaluations
     eval_beam: int = 1  # 1 = greedy (model selection); `train eval --beam 3` for reports
@@ -114,6 +119,7 @@ _RANGES = {
     "attr_weight": (lambda v: v >= 0, "must be >= 0"),
     "captions_per_clip": (lambda v: 1 <= v <= 1024, "must be between 1 and 1024"),
     "samples": (lambda v: 1 <= v <= 1024, "must be between 1 and 1024"),
+    "accumulate": (lambda v: 1 <= v <= 1024, "must be between 1 and 1024 (1: no micro-batches)"),
     "temperature": (lambda v: 0.01 <= v <= 100, "must be between 0.01 and 100"),
     "eval_every": (lambda v: v >= 1, "must be >= 1"),
     "eval_beam": (lambda v: 1 <= v <= 100, "must be between 1 and 100"),
@@ -162,6 +168,12 @@ def check_ranges(cfg: TrainConfig) -> None:
             raise ValueError(f"{key}={getattr(cfg, key)}: {msg}")
     if not (cfg.xe_weight or cfg.rl_weight or cfg.attr_weight):
         raise ValueError("xe_weight, rl_weight and attr_weight are all 0: nothing to train")
+    if cfg.accumulate > cfg.batch_size:
+        raise ValueError(f"accumulate={cfg.accumulate}: more micro-batches than the batch's {cfg.batch_size} clips")
+    if cfg.bn_stats and (cfg.accumulate > 1 or cfg.grad_checkpoint):
+        option = f"accumulate={cfg.accumulate}" if cfg.accumulate > 1 else "grad_checkpoint=true"
+        raise ValueError(f"{option} with bn_stats=true: BatchNorm would normalise each micro-batch or recomputed "
+                         "block with other statistics (and update them twice); use one or the other")
     if cfg.baseline == "mean" and cfg.rl_weight and cfg.samples < 2:
         raise ValueError(f"baseline=mean needs samples >= 2 (the other samples' mean); got samples={cfg.samples}")
 

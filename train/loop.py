@@ -345,15 +345,19 @@ class Trainer:
         """One optimiser step on the recipe's loss: xe * L_XE + rl * L_RL + attr * L_attr."""
         cfg, d = self.cfg, self.dist
         self.model.train()
-        loss, stats = self.step_module(batch, epoch)
+        self.opt.zero_grad(set_to_none=True)  # before the forward: last step's gradients are not kept through it
+        if cfg.accumulate > 1:  # micro-batches, each one's backward run as it goes (train/step.py)
+            loss, stats = None, self.loss.accumulate(batch, epoch)
+        else:
+            loss, stats = self.step_module(batch, epoch)
         if d.world > 1:
             stats = reduce_stats(stats, cfg, d.sum(stat_vector(stats)), d.world)
         if not math.isfinite(stats["loss"]):  # never train on, or log, a NaN (every rank sees the same)
             terms_text = ", ".join(f"{k} {v:.4g}" for k, v in stats.items())
             raise UserError(f"epoch {epoch + 1}: the loss is not finite ({terms_text}); training diverged: "
                             "lower lr, or check the data")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()  # under DDP: gradients averaged over ranks
+        if loss is not None:
+            loss.backward()  # under DDP: gradients averaged over ranks
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.grad_clip)
         n, pos = self.n_batches(), self.position  # pos: the batches done, this step's own place

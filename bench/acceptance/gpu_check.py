@@ -19,6 +19,10 @@ Checks, each PASS / FAIL / SKIP with its seconds:
                    difference (sum |l_bf16 - l_fp32| / sum |l_fp32| < 5%), steps/s, clips/s, peak
                    GPU memory. Dropout is off (model.dropout=0): with it, fp32 and bf16 kernels draw
                    different masks, and RL would sample other captions -- noise, not precision.
+                   Stage 3 runs a third time, fp32 with the memory options (grad_checkpoint=true
+                   accumulate=2, docs/training.md "Memory"): its first step's loss must be fp32's
+                   (the same draws, the same sums) within 1e-3, and its peak memory confirms or
+                   corrects the memory table's projection (docs/benchmarks.md).
   7 process_group  a 1-process group through train/distributed.py (NCCL on the GPU, gloo on the
                    CPU): all_reduce, broadcast and all_gather of known values
   8 dali_epoch     ``loader=dali`` end to end: one epoch of stage 1 streaming (feature_cache=false),
@@ -74,6 +78,8 @@ PROG = "gpu_check"
 DECODE_MEAN_TOL, DECODE_MAX_TOL = 2.0, 64  # JPEG decoders differ in IDCT and chroma upsampling
 LOSS_RTOL = 0.05  # sum |bf16 - fp32| / sum |fp32| over the steps
 LOSS_ATOL = 1e-3  # ... or a mean |difference| this small (an RL loss near 0 has no relative scale)
+OPTIONS_RTOL = 1e-3  # stage 3 with the memory options against without: the first step's loss (rounding only)
+MEMORY_OPTIONS = ["grad_checkpoint=true", "accumulate=2"]
 HARD_STOP_AFTER_S = 120  # past the budget: dump every thread's stack and exit (a hung collective)
 # 366 clips: 256 training clips (70%), whole batches of the paper's 64 / 256 / 16, and 37 for validation.
 GPU_CLIPS, DRY_CLIPS = 366, 24
@@ -319,14 +325,17 @@ def check_dali_decode(ctx: Context, c: Check) -> str:
     return line
 
 
-def run_steps(ctx: Context, stage: int, amp: bool, init: Path | None, resample: bool = False) -> dict:
+def run_steps(ctx: Context, stage: int, amp: bool, init: Path | None, resample: bool = False,
+              options: list[str] | None = None) -> dict:
     """`steps` optimiser steps of `stage` through the Trainer (its data, feature cache, loss, step);
     the per-step statistics, and the rate and peak GPU memory of the steps after the first.
-    `resample`: the same batches, but torch's RNG -- the RL samples' stream -- seeded differently."""
+    `resample`: the same batches, but torch's RNG -- the RL samples' stream -- seeded differently.
+    `options`: more key=value settings (the memory options)."""
     s = ctx.s
-    run = s.work / "runs" / f"stage{stage}-{'bf16' if amp else 'fp32'}{'-resampled' if resample else ''}"
+    run = s.work / "runs" / (f"stage{stage}-{'bf16' if amp else 'fp32'}{'-resampled' if resample else ''}"
+                             + ("-options" if options else ""))
     shutil.rmtree(run, ignore_errors=True)
-    cfg = train_config(ctx, stage, run, [f"amp={str(amp).lower()}"], init, dropout=False)
+    cfg = train_config(ctx, stage, run, [f"amp={str(amp).lower()}", *(options or [])], init, dropout=False)
     if s.device == "cuda":
         gc.collect()  # the previous run's Trainer, so that its tensors leave this run's peak
         torch.cuda.empty_cache()
@@ -421,6 +430,8 @@ def check_stage(stage: int) -> Callable[[Context, Check], str]:
             if attr >= LOSS_RTOL:
                 raise Failed(f"{line}: the first step's attribute loss, bf16 {y:.4f} vs fp32 {x:.4f}, is "
                              f"{100 * attr:.1f}% off (tolerance {100 * LOSS_RTOL:.0f}%)")
+        if stage == 3:
+            line += memory_options(ctx, init, fp32, v)
         if rel < LOSS_RTOL or mean_abs < LOSS_ATOL or (noise is not None and rel <= 2 * noise):
             return line
         raise Failed(f"{line}: bf16 is {100 * rel:.1f}% off fp32 (tolerance {100 * LOSS_RTOL:.0f}%"
@@ -428,6 +439,24 @@ def check_stage(stage: int) -> Callable[[Context, Check], str]:
 
     check.__name__ = f"check_stage{stage}"
     return check
+
+
+def memory_options(ctx: Context, init: Path, fp32: dict, v: dict) -> str:
+    """Stage 3 again in fp32 with grad_checkpoint=true accumulate=2 (accumulate=1 at batch size 1): the
+    first step has the same weights, batch and draws, so the same loss up to rounding; its peak memory
+    against the plain run's. A part of the line, or Failed."""
+    batch = train_config(ctx, 3, ctx.s.work / "runs" / "unused", []).batch_size
+    options = MEMORY_OPTIONS if batch >= 2 else MEMORY_OPTIONS[:1]
+    v["memory_options"] = options
+    v["fp32_options"] = opt = run_steps(ctx, 3, False, init, options=options)
+    x, y = fp32["loss"][0], opt["loss"][0]
+    v["options_first_step_rel_diff"] = rel = round(abs(y - x) / max(abs(x), 1e-12), 6)
+    mem = (f", peak {fp32['peak_gpu_mib']:.0f} -> {opt['peak_gpu_mib']:.0f} MiB"
+           if ctx.s.device == "cuda" else "")
+    if not (rel < OPTIONS_RTOL or abs(y - x) < LOSS_ATOL * 1e-2):
+        raise Failed(f"with {' '.join(options)} the first step's loss is {y:.6f}, without {x:.6f}: "
+                     f"{100 * rel:.3f}% off (tolerance {100 * OPTIONS_RTOL:.1f}%)")
+    return f"; with {' '.join(options)}: first loss {y:.4f} ({100 * rel:.3f}% off){mem}, {opt['clips_per_s']} clips/s"
 
 
 def check_process_group(ctx: Context, c: Check) -> str:

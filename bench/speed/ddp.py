@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import built_in_dataset, report_path, tool, write_report
-from vidcap.model import Captioner, make_config, save_checkpoint
+from vidcap.model import S2VTCaptioner, make_config, save_checkpoint
 from vidcap.shards.layout import DataInfo
 from vidcap.train.recipes import STAGES
 from vidcap.train.run_folder import RunFolder
@@ -55,7 +55,7 @@ def main() -> None:
         info = DataInfo.load(tmp / "data")
         report["train_clips"] = len(info.metadata("train"))
         init = tmp / "init.pt"
-        save_checkpoint(init, Captioner(make_config("cpu-small", len(info.itos), n_attributes=len(info.attributes))),
+        save_checkpoint(init, S2VTCaptioner(make_config("cpu-small", len(info.itos), n_attributes=len(info.attributes))),
                         info.itos, info.attributes)
         for name, stage, extra in (("stage1_streaming", "1", ["feature_cache=false"]),
                                    ("stage3", "3", [f"--init={init}"])):
