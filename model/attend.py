@@ -6,8 +6,9 @@ What it computes, per frame: the CNN's stride-8 map (average-pooled to stride 16
 map -- cells small enough to hold one object -- and, with ``motion``, one more channel: how far the
 frame's grey levels are from the clip's temporal median there (parameter-free, no camera model).
 A two-layer 1x1 convolution scores every cell for each of ``heads`` attention maps; each map is a
-softmax over the frame's cells, and a head's features are the maps' channels averaged under it. With
-``scene``, the frame's global average of the same maps is one more block (the background).
+softmax over the frame's cells, and a head's features are the maps' channels averaged under it; with
+``where`` (the default), each head's centroid and spread follow (where the subject is, for the
+motion words). With ``scene``, the frame's global average of the same maps is one more block.
 
 Why. The focus cues weigh pixels by how much they change over the clip. That reads the built-in
 renderer well and real footage poorly: walking people, traffic and a moving camera change pixels
@@ -44,6 +45,11 @@ class AttendConfig(FeaturesConfig):
     heads: int = 2  # attention maps per frame: the subject, and what it does or where
     motion: bool = True  # the attention also sees each cell's deviation from the clip's temporal median
     scene: bool = False  # and the frame's global average of the maps beside the attended features
+    # Where each head looks: the centroid (x, y in -1..1) and spread of its attention, 3 numbers a head.
+    # Without it the attended features say what the subject looks like but not where it is, and
+    # motion words are about where it goes: stage 1 on seed 0's realistic world read the action on
+    # 35% of test clips (colour 91%, shape 91%).
+    where: bool = True
 
 
 def median_deviation_cells(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -52,6 +58,17 @@ def median_deviation_cells(frames: torch.Tensor, size: tuple[int, int]) -> torch
     grey = frames.float().mean(2)  # (B, K, H, W)
     dev = (grey - grey.median(1, keepdim=True).values).abs()
     return F.adaptive_avg_pool2d(dev, size)[:, :, None] / 32
+
+
+def attention_where(weights: torch.Tensor) -> torch.Tensor:
+    """(B, K, heads, h, w) attention -> (B, K, 3 * heads): per head the expected x and y (-1..1) of the
+    cell it attends to and the spread (RMS distance) around that point."""
+    h, w = weights.shape[-2:]
+    ys = torch.linspace(-1, 1, h, device=weights.device).view(h, 1).expand(h, w)
+    xs = torch.linspace(-1, 1, w, device=weights.device).view(1, w).expand(h, w)
+    x, y = (weights * xs).sum((-2, -1)), (weights * ys).sum((-2, -1))
+    spread = (weights * ((xs - x[..., None, None]) ** 2 + (ys - y[..., None, None]) ** 2)).sum((-2, -1)).sqrt()
+    return torch.stack([x, y, spread], -1).flatten(2)
 
 
 @register_frame_features("attend")
@@ -67,7 +84,8 @@ class Attend(FrameFeatures):
         self.score = nn.Sequential(nn.Conv2d(inputs, HIDDEN, 1), nn.GELU(), nn.Conv2d(HIDDEN, cfg.heads, 1))
         nn.init.zeros_(self.score[2].weight)  # uniform attention to start with: the global average
         nn.init.zeros_(self.score[2].bias)
-        self.blocks = [self.channels] * cfg.heads + ([self.channels] if cfg.scene else [])
+        self.blocks = [self.channels] * cfg.heads + ([self.channels] if cfg.scene else []) + \
+            ([3 * cfg.heads] if cfg.where else [])
 
     def cache(self, frames: torch.Tensor, cnn_pass: CNNPass) -> torch.Tensor:
         """The maps the attention reads, (B, K, C (+1), h, w) at stride 16: what a frozen CNN gives."""
@@ -97,7 +115,12 @@ class Attend(FrameFeatures):
         weights = self.attention(maps)
         attended = torch.einsum("bkchw,bknhw->bknc", feats, weights).flatten(2)  # (B, K, heads * C)
         scene = [feats.mean((-2, -1))] if self.cfg.scene else []
-        return torch.cat([attended, *scene], 2)
+        where = [attention_where(weights)] if self.cfg.where else []
+        return torch.cat([attended, *scene, *where], 2)
 
     def forward(self, frames: torch.Tensor, cnn_pass: CNNPass) -> torch.Tensor:
         return self.from_cache(self.cache(frames, cnn_pass))
+
+    def fingerprint(self) -> list:
+        """The cache keeps the maps, which only ``motion`` changes: the other settings reuse it."""
+        return [self.name, {"motion": self.cfg.motion, "channels": self.channels}]

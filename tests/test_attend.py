@@ -14,7 +14,8 @@ from vidcap.train.loop import run_stage
 
 def test_cache_then_from_cache_is_the_direct_call_and_starts_as_the_average():
     torch.manual_seed(0)
-    m = create_model(make_config("tiny", 12, features="attend", **{"attend.heads": 2, "attend.scene": True})).eval()
+    m = create_model(make_config("tiny", 12, features="attend", **{"attend.heads": 2, "attend.scene": True,
+                                                                    "attend.where": False})).eval()
     x = torch.randint(0, 255, (2, 5, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():
         cached = m.cacheable_features(x)
@@ -47,7 +48,7 @@ def test_the_attention_learns_to_read_the_subject_where_the_average_cannot():
 
     def trained(use_attention: bool) -> float:
         torch.manual_seed(0)
-        entry = Attend(AttendConfig(heads=1, motion=True), torch.nn.Identity(), c)
+        entry = Attend(AttendConfig(heads=1, motion=True, where=False), torch.nn.Identity(), c)
         entry.channels = c
         head = torch.nn.Linear(c, 4)
         params = list(head.parameters()) + (list(entry.parameters()) if use_attention else [])
@@ -73,3 +74,16 @@ def test_stage_1_trains_the_attention_from_the_cached_maps(built_small, tmp_path
     assert model.frames.score[2].weight.abs().sum() > 0  # it left its zero start: the captions trained it
     caches = list((tmp_path / "features").glob("train-*.pt"))
     assert len(caches) == 1 and torch.load(caches[0], weights_only=True)["feats"].dim() == 5  # maps, not features
+
+
+def test_where_follows_the_attention():
+    """attend.where: a head that looks at one cell reports that cell's position and no spread; a uniform
+    head reports the centre and the grid's spread."""
+    from vidcap.model.attend import attention_where
+
+    w = torch.zeros(1, 1, 2, 5, 5)
+    w[0, 0, 0, 0, 4] = 1.0  # top right
+    w[0, 0, 1] = 1 / 25
+    x, y, spread, ux, uy, uspread = attention_where(w)[0, 0].tolist()
+    assert (x, y, spread) == (1.0, -1.0, 0.0)
+    assert abs(ux) < 1e-6 and abs(uy) < 1e-6 and abs(uspread - 1.0) < 1e-6  # sqrt(mean x^2 + mean y^2) = 1 on 5x5
