@@ -1,4 +1,4 @@
-"""Issue 37: real moving scenes behind the realistic world's objects (pipeline/footage.py) -- the scene
+"""Real moving scenes (issue 37) behind the realistic world's objects (pipeline/footage.py) -- the scene
 moves by itself, each clip's draw is recorded in videodatainfo.json, the shard json and `pipeline
 inspect`; the held-out footage never enters the world; without the footage folder the world falls
 back to photographs and says so in one line."""

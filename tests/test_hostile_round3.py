@@ -1,4 +1,4 @@
-"""Issue 38: the FAIL rows of the third adversarial review (``../shared/reviews/adversarial-round3.md``)
+"""The FAIL rows of the third adversarial review (issue 38, ``../shared/reviews/adversarial-round3.md``)
 as one table. Each row builds its hostile input itself in the test's own folder -- a device node made
 with ``mknod`` (as root; else the row skips and says why), a FIFO, a symlink, a lying HTTP server on
 127.0.0.1 -- runs the real console script and asserts the exit status, the one line and what is on

@@ -1,4 +1,4 @@
-"""Issue 39: the memory options change memory, never the step. Lean REINFORCE (always on) gives the
+"""The memory options (issue 39) change memory, never the step. Lean REINFORCE (always on) gives the
 full-distribution path's loss and gradients while keeping less for backward; grad_checkpoint=true
 and accumulate=N each give the plain step's gradients on a tiny model; each switches off; bad
 values are one line naming the key."""

@@ -255,7 +255,7 @@ def test_grid_pooling_keeps_the_global_average_and_where(arch):
         right = left.flip(-1)
         assert not torch.allclose(grid.frame_features(left), grid.frame_features(right), atol=1e-3)
         grid(g, torch.full((2, 3), BOS))  # and the captioner reads the wider features
-    with pytest.raises(ValueError, match="model.features=max: unknown; choose from focus, grid, pooled"):
+    with pytest.raises(ValueError, match="model.features=max: unknown; choose from attend, focus, grid, pooled"):
         create_model(make_config("tiny", 12, arch=arch, features="max"))
     with pytest.raises(ValueError, match="model.grid.side=4: must be one of 2, 3"):
         create_model(make_config("tiny", 12, arch=arch, features="grid", **{"grid.side": 4}))
