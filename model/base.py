@@ -157,7 +157,8 @@ class VideoCaptioner(nn.Module):
     def set_feature_stats(self, feats: torch.Tensor) -> None:
         """Fix the standardisation from training features (N, K, D): per-dimension mean and std."""
         self.feat_mean.copy_(feats.mean((0, 1)))
-        self.feat_std.copy_(feats.std((0, 1)).clamp_min(1e-4) * self.block_balance())
+        floor = self.frames.std_floor().to(feats.device)
+        self.feat_std.copy_(torch.maximum(feats.std((0, 1)), floor) * self.block_balance())
 
     def block_balance(self) -> torch.Tensor:
         """Per-dimension divisor that gives each block of a frame's features the same total variance

@@ -82,6 +82,13 @@ class FrameFeatures(nn.Module):
         """The features (B, K, D) from what ``cache`` kept -- run in the training step, with gradients."""
         return cached
 
+    def std_floor(self) -> torch.Tensor:
+        """Per dimension, the least standard deviation ``feature_norm`` divides by. The statistics are
+        fixed from the features at the start of stage 1; a learned entry's outputs that are constant
+        then (attend's centroids under its uniform start) would otherwise be divided by ~0 once they
+        move."""
+        return torch.full((self.dim,), 1e-4)
+
     def fingerprint(self) -> list:
         """What changes the features beside the CNN's weights and input: keys the feature cache."""
         return [self.name, asdict(self.cfg)]

@@ -122,7 +122,8 @@ class S2VTCaptioner(VideoCaptioner):
         """Fix the standardisation from training features (N, K, D): per-dimension mean and std of
         the frames, and std of the frame-to-frame differences."""
         super().set_feature_stats(feats)
-        self.diff_std.copy_((feats[:, 1:] - feats[:, :-1]).std((0, 1)).clamp_min(1e-4) * self.block_balance())
+        floor = self.frames.std_floor().to(feats.device)
+        self.diff_std.copy_(torch.maximum((feats[:, 1:] - feats[:, :-1]).std((0, 1)), floor) * self.block_balance())
 
     def _frame_dropout(self, v: torch.Tensor) -> torch.Tensor:
         if self.cfg.frame_dropout == "independent" or not self.training or self.cfg.dropout == 0:

@@ -87,3 +87,18 @@ def test_where_follows_the_attention():
     x, y, spread, ux, uy, uspread = attention_where(w)[0, 0].tolist()
     assert (x, y, spread) == (1.0, -1.0, 0.0)
     assert abs(ux) < 1e-6 and abs(uy) < 1e-6 and abs(uspread - 1.0) < 1e-6  # sqrt(mean x^2 + mean y^2) = 1 on 5x5
+
+
+def test_feature_norm_never_divides_the_centroids_by_their_zero_start():
+    """Under the uniform start every clip's centroids are the same, so their training-set std is 0; the
+    standardisation divides them by at least 0.5 (attend's std_floor, before the block balance), not by
+    the 1e-4 that multiplied them by thousands once they moved."""
+    torch.manual_seed(0)
+    m = create_model(make_config("tiny", 12, features="attend", feature_norm=True, motion="diff"))
+    with torch.no_grad():
+        feats = m.frame_features(torch.randint(0, 255, (4, 5, 3, 64, 64), dtype=torch.uint8))
+    m.set_feature_stats(feats)
+    where = slice(m.feature_dim - 3 * m.frames.cfg.heads, m.feature_dim)
+    assert feats[..., where].std((0, 1)).max() < 1e-6
+    least = 0.5 * m.block_balance()[where]  # the floor, then each block's share of the variance
+    assert torch.allclose(m.feat_std[where], least) and torch.allclose(m.diff_std[where], least)
