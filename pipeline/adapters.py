@@ -111,23 +111,14 @@ def _objects(value, path: Path, where: str) -> list[dict] | None:
     return [{k: o[k] for k in OBJECT_FIELDS} for o in value]
 
 
-def _nuisances(value, path: Path, where: str) -> dict | None:
-    """The optional per-clip nuisances (the built-in real world writes them): name -> number or word."""
+def _record(value, path: Path, where: str, field: str) -> dict | None:
+    """An optional record the built-in real world writes per clip -- its ``nuisances`` (name -> number or
+    word) or its ``footage`` (the real scene behind it) -- checked by its owner's ``*_problem``."""
     if value is None:
         return None
-    problem = nuisances_problem(value)
+    problem = (nuisances_problem if field == "nuisances" else footage_problem)(value)
     if problem:
-        raise UserError(f"{path}: {where}.nuisances: {problem}")
-    return dict(value)
-
-
-def _footage(value, path: Path, where: str) -> dict | None:
-    """The optional real scene behind a clip (the built-in real world writes it): source, offset, speed, ..."""
-    if value is None:
-        return None
-    problem = footage_problem(value)
-    if problem:
-        raise UserError(f"{path}: {where}.footage: {problem}")
+        raise UserError(f"{path}: {where}.{field}: {problem}")
     return dict(value)
 
 
@@ -187,8 +178,8 @@ def msrvtt(root: Path) -> AdapterResult:
             path = next((d / f"{vid}.mp4" for d in dirs if _exists(d / f"{vid}.mp4")),
                         (dirs[0] if dirs else root) / f"{vid}.mp4")
             result.clips.append(Clip(vid, path, split, _clean(caps.get(vid, []), result),
-                                     _objects(v.get("objects"), f, where), _nuisances(v.get("nuisances"), f, where),
-                                     _footage(v.get("footage"), f, where)))
+                                     _objects(v.get("objects"), f, where), _record(v.get("nuisances"), f, where, "nuisances"),
+                                     _record(v.get("footage"), f, where, "footage")))
         result.heldout_triples = _heldout(data, f) or result.heldout_triples
     return result
 
@@ -272,7 +263,7 @@ def generic_json(root: Path) -> AdapterResult:
         caps = _captions(_require(v, "captions", f, where), f, f"{where}.captions")
         result.clips.append(Clip(clip_id, path if path.is_absolute() else f.parent / path, split,
                                  _clean(caps, result), _objects(v.get("objects"), f, where),
-                                 _nuisances(v.get("nuisances"), f, where), _footage(v.get("footage"), f, where)))
+                                 _record(v.get("nuisances"), f, where, "nuisances"), _record(v.get("footage"), f, where, "footage")))
     result.heldout_triples = _heldout(data, f)
     return result
 
