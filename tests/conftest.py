@@ -79,3 +79,18 @@ def tiny_model(built_small, tmp_path_factory) -> dict[str, Path]:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env)
         assert r.returncode == 0, r.stderr[-3000:]
     return {"run": run, "ckpt": run / "stage1" / "best.pt", "model": model}
+
+
+def attack_table() -> tuple[dict, object]:
+    """A table of hostile-input rows and the decorator that registers one: ``@attack("ROW")`` on a
+    function (request, tmp_path) that runs the attack and asserts (tests/test_hostile_*.py)."""
+    rows: dict = {}
+
+    def attack(row: str):
+        def deco(fn):
+            rows[row] = fn
+            return fn
+
+        return deco
+
+    return rows, attack

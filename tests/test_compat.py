@@ -29,12 +29,17 @@ from vidcap.shards.layout import Build, DataInfo
 FIXTURE = REPO / "tests" / "fixtures" / "pre_restructure.tar.xz"
 
 
+def _unpacked(tmp_path_factory, archive: Path, name: str) -> Path:
+    """A fixture archive's folder `name`, unpacked into a fresh temporary folder."""
+    root = tmp_path_factory.mktemp(name)
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")
+    return root / name
+
+
 @pytest.fixture(scope="module")
 def old(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pre-restructure")
-    with tarfile.open(FIXTURE) as tar:
-        tar.extractall(root, filter="data")
-    return root / "pre_restructure"
+    return _unpacked(tmp_path_factory, FIXTURE, "pre_restructure")
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +139,7 @@ PRE_FEATURES = REPO / "tests" / "fixtures" / "pre_frame_features.tar.xz"
 
 @pytest.fixture(scope="module")
 def pre_features(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pre-frame-features")
-    with tarfile.open(PRE_FEATURES) as tar:
-        tar.extractall(root, filter="data")
-    return root / "pre_frame_features"
+    return _unpacked(tmp_path_factory, PRE_FEATURES, "pre_frame_features")
 
 
 @pytest.mark.parametrize("name, features, config", [

@@ -15,13 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
-from conftest import REPO, one_line_error, tool
+from conftest import REPO, attack_table, one_line_error, tool
 from test_bad_build_input import with_file_size_limit
 
 import vidcap.evalkit as evalkit
@@ -30,17 +29,7 @@ from vidcap.pipeline.adapters import load_dataset
 from vidcap.text import tokenize
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-ATTACKS: dict[str, Callable[[pytest.FixtureRequest, Path], None]] = {}
-
-
-def attack(row: str):
-    """Register a row of the table: a function (request, tmp_path) that runs the attack and asserts."""
-
-    def deco(fn):
-        ATTACKS[row] = fn
-        return fn
-
-    return deco
+ATTACKS, attack = attack_table()  # row -> function (request, tmp_path) that attacks and asserts
 
 
 def run(cmd: list[str], env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -15,20 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import copy_build, one_line_error, tool
+from conftest import attack_table, copy_build, one_line_error, tool
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-ATTACKS: dict[str, Callable[[pytest.FixtureRequest, Path], None]] = {}
-
-
-def attack(row: str):
-    """Register a row of the table: a function (request, tmp_path) that runs the attack and asserts."""
-
-    def deco(fn):
-        ATTACKS[row] = fn
-        return fn
-
-    return deco
+ATTACKS, attack = attack_table()  # row -> function (request, tmp_path) that attacks and asserts
 
 
 def run(cmd: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProcess:
