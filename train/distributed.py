@@ -109,8 +109,18 @@ class Dist:
             raise result[1](result[2])
         return result[1]
 
-    def close(self) -> None:
+    def close(self, synced: bool = False) -> None:
+        """Leave the group. `synced` (every rank got here without an error): meet the others at a barrier
+        first, so no rank tears its connections down while a peer's last collective is still in flight --
+        under gloo a rank that left early once made its peer abort at exit ("terminate called without an
+        active exception", CI at 48a77d4, 1 run in many). After an error the others may never come: no
+        barrier then."""
         if self.enabled and dist.is_initialized():
+            if synced:
+                try:
+                    dist.barrier()
+                except Exception:  # a peer that left anyway: nothing more to wait for
+                    pass
             dist.destroy_process_group()
         self.enabled = False
 
