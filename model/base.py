@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vidcap.model import decoding
+from vidcap.model import decoding, trunk
 from vidcap.model.backbones import create_backbone
 from vidcap.model.fold import FoldedCNN
 from vidcap.model.frames import DEFAULT as DEFAULT_FEATURES
@@ -98,6 +98,8 @@ class VideoCaptioner(nn.Module):
         self.backbone_frozen = False
         self.bn_stats = False
         self._folded = FoldedCNN()
+        self.trunk_blocks = 0  # set_trunk: the first blocks frozen, their maps cached (model/trunk.py)
+        self._trunk_io: list | torch.Tensor | None = None  # while caching: where the trunk's maps go; in a step: them
 
     # ---- backbone ---------------------------------------------------------------------------
     def freeze_backbone(self, frozen: bool = True, bn_stats: bool = False) -> None:
@@ -114,6 +116,19 @@ class VideoCaptioner(nn.Module):
             p.requires_grad_(not frozen)
         self.train(self.training)
 
+    def set_trunk(self, k: int) -> None:
+        """Train only the CNN's blocks above its first `k` (and stem): those are frozen, and the feature
+        cache keeps their output per clip beside the frames (model/trunk.py). 0: the whole CNN."""
+        if k:
+            trunk.check_trunk(self.backbone, k, self.cfg.backbone)
+            for _, m in trunk.trunk_modules(self.backbone, k):
+                m.requires_grad_(False)
+        self.trunk_blocks = k
+
+    def cached_cnn_state(self) -> dict[str, torch.Tensor]:
+        """The CNN weights the feature cache depends on: the whole backbone's, or the trunk's alone."""
+        return trunk.trunk_state(self.backbone, self.trunk_blocks) if self.trunk_blocks else self.backbone.state_dict()
+
     def train(self, mode: bool = True) -> VideoCaptioner:
         super().train(mode)
         if self.backbone_frozen:
@@ -129,12 +144,42 @@ class VideoCaptioner(nn.Module):
         """Frames (B, K, 3, H, W) float in [0, 255] -> (the CNN to run, its input (B*K, 3, H, W)), inside
         the grad mode the pass needs. The one place where pixels are normalised for the backbone; a
         pass that trains no CNN weight runs the BatchNorm-folded copy (model/fold.py)."""
-        x = pixels.flatten(0, 1) / 255
-        x = ((x - self.pixel_mean) / self.pixel_std).contiguous(memory_format=torch.channels_last)
+        if self._trunk_io is not None:  # trunk_blocks: the blocks above the trunk, over its output
+            yield from self._top_pass(pixels)
+            return
+        x = self._normalise(pixels)
         cnn_grad = torch.is_grad_enabled() and not self.backbone_frozen
         cnn = self.backbone if cnn_grad or not FoldedCNN.usable(self.backbone) else self._folded.get(self.backbone, x)
         with torch.set_grad_enabled(cnn_grad):
             yield cnn, x
+
+    def _normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = pixels.flatten(0, 1) / 255
+        return ((x - self.pixel_mean) / self.pixel_std).contiguous(memory_format=torch.channels_last)
+
+    def _top_pass(self, pixels: torch.Tensor) -> Iterator[tuple[trunk.TopCNN, torch.Tensor]]:
+        """cnn_pass under trunk_blocks: while the cache is built, the trunk runs on the frames the entry
+        passes (compensated, where its cues say so) and its output is recorded; in a step it is replayed."""
+        top = trunk.TopCNN(self.backbone, self.trunk_blocks)
+        if isinstance(self._trunk_io, list):
+            with torch.no_grad():
+                t = trunk.run_trunk(self.backbone, self._normalise(pixels), self.trunk_blocks)
+                self._trunk_io.append(t)
+                yield top, t
+            return
+        t = self._trunk_io
+        if t.shape[:2] != pixels.shape[:2]:
+            raise RuntimeError(f"cached trunk maps of {tuple(t.shape[:2])} clips x frames, the frames are "
+                               f"{tuple(pixels.shape[:2])}")
+        yield top, t.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+
+    @contextmanager
+    def _trunk(self, io: list | torch.Tensor) -> Iterator[None]:
+        self._trunk_io = io
+        try:
+            yield
+        finally:
+            self._trunk_io = None
 
     def frame_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, K, 3, H, W) uint8 or float in [0, 1] -> per-frame features (B, K, D), by the entry
@@ -143,10 +188,22 @@ class VideoCaptioner(nn.Module):
 
     def cacheable_features(self, images: torch.Tensor) -> torch.Tensor:
         """What the feature cache keeps of clips while the CNN is frozen; ``features_from_cache`` turns
-        it into ``frame_features``'s output (the same tensor for an entry without weights)."""
+        it into ``frame_features``'s output (the same tensor for an entry without weights). Under
+        ``set_trunk``: the clips' frames and the trunk's maps of them."""
+        if self.trunk_blocks:
+            maps: list[torch.Tensor] = []
+            with self._trunk(maps):
+                self.frames(self._pixels(images), self.cnn_pass)
+            if len(maps) != 1:
+                raise RuntimeError(f"model.features={self.cfg.features} ran the CNN {len(maps)} times per clip; "
+                                   "trunk_blocks caches one pass")
+            return {"frames": images, "trunk": maps[0].reshape(*images.shape[:2], *maps[0].shape[1:])}  # per clip
         return self.frames.cache(self._pixels(images), self.cnn_pass)
 
-    def features_from_cache(self, cached: torch.Tensor) -> torch.Tensor:
+    def features_from_cache(self, cached: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        if isinstance(cached, dict):  # set_trunk's: the entry over the blocks above the cached trunk
+            with self._trunk(cached["trunk"]):
+                return self.frames(self._pixels(cached["frames"]), self.cnn_pass)
         return self.frames.from_cache(cached)
 
     def _pixels(self, images: torch.Tensor) -> torch.Tensor:

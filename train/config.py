@@ -55,7 +55,10 @@ class TrainConfig:
     # gradients add up to the batch's (one process). Neither changes the step's loss or gradient.
     grad_checkpoint: bool = False
     accumulate: int = 1
-    feature_cache: bool = True  # CNN frozen: pooled features computed once per clip
+    # CNN trained: freeze its stem and first N blocks and cache their maps once per clip (with the
+    # frames), so each step runs only the blocks above (model/trunk.py; 0: the whole CNN trains).
+    trunk_blocks: int = 0
+    feature_cache: bool = True  # CNN frozen: features computed once per clip (trunk_blocks: always)
     eval_every: int = 1  # epochs between val evaluations
     eval_beam: int = 1  # 1 = greedy (model selection); `train eval --beam 3` for reports
     num_workers: int = 2  # DataLoader workers for streamed batches
@@ -120,6 +123,7 @@ _RANGES = {
     "captions_per_clip": (lambda v: 1 <= v <= 1024, "must be between 1 and 1024"),
     "samples": (lambda v: 1 <= v <= 1024, "must be between 1 and 1024"),
     "accumulate": (lambda v: 1 <= v <= 1024, "must be between 1 and 1024 (1: no micro-batches)"),
+    "trunk_blocks": (lambda v: 0 <= v <= 64, "must be between 0 and 64 (0: the whole CNN trains)"),
     "temperature": (lambda v: 0.01 <= v <= 100, "must be between 0.01 and 100"),
     "eval_every": (lambda v: v >= 1, "must be >= 1"),
     "eval_beam": (lambda v: 1 <= v <= 100, "must be between 1 and 100"),
@@ -174,6 +178,12 @@ def check_ranges(cfg: TrainConfig) -> None:
         option = f"accumulate={cfg.accumulate}" if cfg.accumulate > 1 else "grad_checkpoint=true"
         raise ValueError(f"{option} with bn_stats=true: BatchNorm would normalise each micro-batch or recomputed "
                          "block with other statistics (and update them twice); use one or the other")
+    if cfg.trunk_blocks and not cfg.train_cnn:
+        raise ValueError(f"trunk_blocks={cfg.trunk_blocks}: the CNN is frozen in this recipe ({cfg.recipe}), so "
+                         "there is no top to train; it is for recipes that train the CNN (stage 3)")
+    if cfg.trunk_blocks and cfg.bn_stats:
+        raise ValueError(f"trunk_blocks={cfg.trunk_blocks} with bn_stats=true: the trunk's maps are cached once per "
+                         "clip (BatchNorm statistics that move would make them stale); use one or the other")
     if cfg.baseline == "mean" and cfg.rl_weight and cfg.samples < 2:
         raise ValueError(f"baseline=mean needs samples >= 2 (the other samples' mean); got samples={cfg.samples}")
 

@@ -30,26 +30,52 @@ from vidcap.model.base import VideoCaptioner
 from vidcap.shards.layout import DataInfo
 from vidcap.train.distributed import Dist
 
+# (N, K, D) float32, or what a learned frame-features entry reads (model.features_from_cache turns it
+# into features, in the step: model/frames.py ``cache``), or under trunk_blocks the clips' frames and
+# the CNN trunk's maps ({"frames", "trunk"}: model/trunk.py)
+Cached = torch.Tensor | dict[str, torch.Tensor]
+
+
+def take(c: Cached, index) -> Cached:
+    return {k: v[index] for k, v in c.items()} if isinstance(c, dict) else c[index]
+
+
+def concat(parts: list[Cached]) -> Cached:
+    if parts and isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
+
+
+def to_device(c: Cached, device: torch.device | str) -> Cached:
+    return {k: v.to(device) for k, v in c.items()} if isinstance(c, dict) else c.to(device)
+
+
+def n_cached(c: Cached) -> int:
+    return len(next(iter(c.values()))) if isinstance(c, dict) else len(c)
+
+
+def chunks(c: Cached, size: int) -> list[Cached]:
+    return [take(c, slice(i, i + size)) for i in range(0, n_cached(c), size)]
+
 
 @dataclass
 class FeatureSet:
     clip_ids: list[str]
-    # (N, K, D) float32, or what a learned frame-features entry reads (model.features_from_cache turns it
-    # into features, in the step: model/frames.py ``cache``)
-    feats: torch.Tensor
+    feats: Cached
     captions: list[list[str]]
     attrs: torch.Tensor  # (N, A)
 
 
 def _fingerprint(model: VideoCaptioner, info: DataInfo, split: str, image_size: int, max_clips: int | None) -> str:
     h = hashlib.sha256()
-    for k, v in model.backbone.state_dict().items():
+    for k, v in model.cached_cnn_state().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     manifest = info.build.manifest(split)
     used = [r.name for r in info.shards(split)]  # skip_bad_shards may leave some out
     pixels = [model.pixel_mean.flatten().tolist(), model.pixel_std.flatten().tolist()]  # the backbone's preprocessing
-    h.update(json.dumps([image_size, pixels, model.frames.fingerprint(), max_clips,
+    trunk = [model.trunk_blocks] if model.trunk_blocks else []  # a cache of frames and trunk maps
+    h.update(json.dumps([image_size, pixels, model.frames.fingerprint(), max_clips, *trunk,
                          [s["sha256"] for s in manifest["shards"]], used]).encode())
     return h.hexdigest()[:16]
 
@@ -67,19 +93,20 @@ def compute_features(model: VideoCaptioner, batches: Iterable[dict], device: tor
     model.eval()
     ids, feats, caps, attrs = [], [], [], []
     for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
-        feats.append(model.cacheable_features(batch["frames"].to(device)).float().cpu())
+        cached = model.cacheable_features(batch["frames"].to(device))
+        feats.append({k: v.cpu() for k, v in cached.items()} if isinstance(cached, dict) else cached.float().cpu())
         ids += batch["clip_id"]
         caps += batch["captions"]
         attrs.append(batch["attrs"])
     model.train(was_training)
     if not feats:  # a rank whose share is empty
         return FeatureSet([], torch.zeros(0), [], torch.zeros(0))
-    return FeatureSet(ids, torch.cat(feats), caps, torch.cat(attrs))
+    return FeatureSet(ids, concat(feats), caps, torch.cat(attrs))
 
 
 def _concat(parts: list[FeatureSet]) -> FeatureSet:
     parts = [p for p in parts if p.clip_ids]
-    return FeatureSet([c for p in parts for c in p.clip_ids], torch.cat([p.feats for p in parts]),
+    return FeatureSet([c for p in parts for c in p.clip_ids], concat([p.feats for p in parts]),
                       [c for p in parts for c in p.captions], torch.cat([p.attrs for p in parts]))
 
 
@@ -116,5 +143,5 @@ def feature_batches(fs: FeatureSet, batch_size: int, order: torch.Tensor | None 
     idx = order if order is not None else torch.arange(len(fs.clip_ids))
     for i in range(skip * batch_size, len(idx), batch_size):
         sel = idx[i : i + batch_size]
-        yield {"clip_id": [fs.clip_ids[j] for j in sel], "feats": fs.feats[sel],
+        yield {"clip_id": [fs.clip_ids[j] for j in sel], "feats": take(fs.feats, sel),
                "captions": [fs.captions[j] for j in sel], "attrs": fs.attrs[sel]}

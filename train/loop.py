@@ -50,7 +50,7 @@ from vidcap.train import distributed, rng_state, run_lock
 from vidcap.train.cnn_watch import CNNWatch
 from vidcap.train.config import TrainConfig
 from vidcap.train.data import SplitStream, rank_range, torch_loader
-from vidcap.train.features import FeatureSet, cached_features, feature_batches
+from vidcap.train.features import FeatureSet, cached_features, chunks, feature_batches, to_device
 from vidcap.train.memory import check_model_fits
 from vidcap.train.preempt import Preempted, StopFlag
 from vidcap.train.recipes import RECIPES, STAGES
@@ -213,6 +213,10 @@ class Trainer:
             self.model = create_model({**model_config, "pretrained": False})
         self.model.to(self.device)
         self.model.freeze_backbone(not cfg.train_cnn, bn_stats=cfg.bn_stats)
+        try:
+            self.model.set_trunk(cfg.trunk_blocks)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         self.image_size = self.model.cfg.image_size
         self.opt = torch.optim.Adam(param_groups(self.model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]  # what lr_schedule scales (a restore keeps them)
@@ -233,7 +237,8 @@ class Trainer:
         if not self.n_train or not self.val_refs:
             raise UserError(f"{self.info.root}: no {'training' if not self.n_train else 'validation'} clips "
                             "(an evaluation-only build? `train eval` it with a model trained elsewhere)")
-        self.use_cache = cfg.feature_cache and not cfg.train_cnn
+        # trunk_blocks: the trunk is frozen, so its maps are cached too (with the frames the cues read)
+        self.use_cache = (cfg.feature_cache and not cfg.train_cnn) or cfg.trunk_blocks > 0
         self.cache: dict[str, FeatureSet] = {}
 
     def _make_reward(self):
@@ -257,7 +262,7 @@ class Trainer:
         if self.model.cfg.feature_norm and self.init_from is None and not self.cfg.resume:
             cached = self.features("train").feats
             with torch.no_grad():  # a learned entry's features at its initial weights
-                feats = torch.cat([self.model.features_from_cache(c.to(self.device)) for c in cached.split(256)])
+                feats = torch.cat([self.model.features_from_cache(to_device(c, self.device)) for c in chunks(cached, 256)])
             self.model.set_feature_stats(feats)
 
     def _make_step(self, reward) -> None:
@@ -303,8 +308,8 @@ class Trainer:
         self.position, self.best, self.history = state.position, state.best, state.history
         self.saved_rng, self.epoch_progress = state.rng, state.epoch_progress
 
-    def close(self) -> None:
-        self.dist.close()
+    def close(self, synced: bool = False) -> None:
+        self.dist.close(synced)
 
     # ---- data ---------------------------------------------------------------------------------
     def features(self, split: str) -> FeatureSet:
@@ -417,16 +422,19 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self) -> dict:
+        finished = False
         try:
             with StopFlag() as stop:
-                return self._fit(stop)
+                result = self._fit(stop)
+            finished = True
+            return result
         except Exception as e:
             if self.dist.enabled and distributed.is_lost_peer(e):
                 raise UserError(f"rank {self.dist.rank} of {self.dist.world}: lost the other ranks "
                                 f"({' '.join(str(e).split())[:160]}); torchrun names the rank that failed") from None
             raise
         finally:
-            self.close()
+            self.close(synced=finished)
 
     def _fit(self, stop: StopFlag) -> dict:
         """The epochs from where the run stands: each trains, then ends (evaluate, keep the best, save)."""

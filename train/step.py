@@ -37,6 +37,7 @@ from vidcap.model.backbones import set_grad_checkpointing
 from vidcap.model.s2vt import S2VTCaptioner
 from vidcap.train.config import TrainConfig
 from vidcap.train.data import caption_batch, pick_captions
+from vidcap.train.features import take, to_device
 from vidcap.train.losses import attr_loss, rl_loss, xe_loss
 from vidcap.train.reward import RewardFn, sample_rewards
 
@@ -54,7 +55,7 @@ class RecipeLoss(nn.Module):
     def features(self, batch: dict) -> torch.Tensor:
         device = next(self.model.parameters()).device
         if "feats" in batch:
-            return self.model.features_from_cache(batch["feats"].to(device))
+            return self.model.features_from_cache(to_device(batch["feats"], device))
         return self.model.frame_features(batch["frames"].to(device))
 
     def forward(self, batch: dict, epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -169,8 +170,8 @@ def _sub_batch(batch: dict, index: np.ndarray) -> dict:
     """The clips `index` of a batch (tensors and lists alike)."""
     out = {}
     for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = v[torch.from_numpy(index)]
+        if isinstance(v, torch.Tensor | dict):  # a dict: the cached frames and trunk maps (trunk_blocks)
+            out[k] = take(v, torch.from_numpy(index))
         elif isinstance(v, list | tuple):
             out[k] = [v[j] for j in index]
         else:
