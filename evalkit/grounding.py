@@ -166,6 +166,62 @@ def per_clip_correct(predictions: Mapping[str, str], objects: Mapping[str, Seque
     return out
 
 
+def slot_positions(caption: str) -> dict[str, int]:
+    """Token index (in ``tokenize(caption)``) of the word that names each of the main object's slots
+    in a caption of the built-in grammar: its colour, its shape (the first shape word), the first word
+    of its action phrase. A slot the caption does not name is left out."""
+    toks = tokenize(caption)
+    head = next((i for i, t in enumerate(toks) if t in _SHAPE_OF), None)
+    out = {}
+    if head is not None:
+        out["shape"] = head
+        colour = next((i for i in range(head - 1, max(-1, head - 3), -1) if toks[i] in _COLOURS), None)
+        if colour is not None:
+            out["colour"] = colour
+    for i in range(0 if head is None else head + 1, len(toks)):
+        if any(tuple(toks[i : i + len(p)]) == p for p, _ in _ACTION_PHRASES.get(toks[i], ())):
+            out["action"] = i
+            break
+    return out
+
+
+ERROR_SOURCES = ("other_object", "elsewhere", "unnamed")
+
+
+def error_sources(predictions: Mapping[str, str], objects: Mapping[str, Sequence[Mapping]],
+                  nuisances: Mapping[str, Mapping | None] | None = None) -> dict:
+    """Where each wrong slot's value came from, per slot: ``other_object`` -- another object in the clip
+    has it (a binding error: the right word for the wrong object), ``elsewhere`` -- no object in the clip
+    has it (the scene behind, or the model's prior), ``unnamed`` -- the caption names no value. Counted
+    over all clips and per background kind (``gradient``, ``photo``, ``footage``...), with the wrong-slot
+    total and the clips with a second object, so a share can be read against what was possible."""
+    def empty() -> dict:
+        return {slot: {"wrong": 0, **dict.fromkeys(ERROR_SOURCES, 0)} for slot in ("action", "colour", "shape")}
+
+    out: dict = {"all": empty(), "by_background": {}}
+    for cid, caption in predictions.items():
+        objs = objects.get(cid)
+        if not objs:
+            continue
+        rec = (nuisances or {}).get(cid) or {}
+        bg = str(rec.get("background", "gradient")).split(":")[0]
+        got = parse_caption(caption)
+        for table in (out["all"], out["by_background"].setdefault(bg, empty())):
+            for slot in table:
+                value = getattr(got, slot)
+                if value == objs[0][slot]:
+                    continue
+                row = table[slot]
+                row["wrong"] += 1
+                if value is None:
+                    row["unnamed"] += 1
+                elif any(o[slot] == value for o in objs[1:]):
+                    row["other_object"] += 1
+                else:
+                    row["elsewhere"] += 1
+    return out
+
+
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     """Non-interpolated AP (the mean of precision at each positive's rank); NaN without positives."""
     labels = np.asarray(labels, dtype=bool)

@@ -9,7 +9,15 @@ import re
 import numpy as np
 import pytest
 
-from vidcap.evalkit.grounding import Slots, attribute_map, average_precision, parse_caption, slot_accuracy
+from vidcap.evalkit.grounding import (
+    Slots,
+    attribute_map,
+    average_precision,
+    error_sources,
+    parse_caption,
+    slot_accuracy,
+    slot_positions,
+)
 from vidcap.grammar import (
     ACTIONS,
     BACKGROUND_PHRASE,
@@ -111,6 +119,27 @@ def test_slot_accuracy_and_confusion_on_hand_made_predictions():
     assert m[ACTIONS.index("left"), ACTIONS.index("left")] == 1
     assert m[ACTIONS.index("spin"), ACTIONS.index("up")] == 1
     assert m[ACTIONS.index("up"), 8] == 1  # no action named
+
+
+def test_error_sources_tell_a_binding_error_from_a_word_no_object_has():
+    objects = {
+        "bind": [{"shape": "square", "colour": "blue", "size": "large", "action": "grow"},
+                 {"shape": "star", "colour": "green", "size": "small", "action": "still"}],
+        "scene": [{"shape": "star", "colour": "yellow", "size": "large", "action": "spin"}],
+        "none": [{"shape": "triangle", "colour": "orange", "size": "small", "action": "up"}],
+    }
+    preds = {"bind": "a big green box grows next to a green star",  # the other object's colour
+             "scene": "the large purple star spins around",          # a colour nothing in the clip has
+             "none": "a small orange triangle"}                      # no action named
+    nuisances = {"bind": {"background": "footage:bikes.mp4"}, "scene": None, "none": {"noise": 2.0}}
+    r = error_sources(preds, objects, nuisances)
+    assert r["all"]["colour"] == {"wrong": 2, "other_object": 1, "elsewhere": 1, "unnamed": 0}
+    assert r["all"]["action"] == {"wrong": 1, "other_object": 0, "elsewhere": 0, "unnamed": 1}
+    assert r["all"]["shape"]["wrong"] == 0
+    assert r["by_background"]["footage"]["colour"]["other_object"] == 1
+    assert r["by_background"]["gradient"]["colour"]["elsewhere"] == 1
+    assert slot_positions("the large purple star spins around") == {"shape": 3, "colour": 2, "action": 4}
+    assert slot_positions("there is something") == {}
 
 
 def test_average_precision_and_map_on_hand_made_scores():

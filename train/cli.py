@@ -36,11 +36,15 @@ def _eval_main(argv: list[str]) -> None:
     p.add_argument("--out", default=None, help="output dir, TensorBoard events included (default next to the checkpoint, or in the model folder)")
     p.add_argument("--max-clips", type=int, default=None)
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~8 s of Java start-up)")
+    p.add_argument("--evidence", type=int, default=0, metavar="N",
+                   help="occlusion maps of the first N clips with a wrong colour, shape or action: where in the five "
+                        "frames each wrong word was read (in gallery.html and evidence.png; ~125 forward passes a clip)")
     a = p.parse_args(argv)
     check_range("--beam", a.beam, 1, 100)
     check_range("--max-clips", a.max_clips, 1, None)
+    check_range("--evidence", a.evidence, 0, 1000)
     r = evaluate_checkpoint(a.ckpt, a.data, a.split, a.beam, a.out, max_clips=a.max_clips, meteor=not a.no_meteor,
-                            model_dir=a.model)
+                            model_dir=a.model, evidence=a.evidence)
     from vidcap.evalkit.cli import format_table
     from vidcap.train.evaluate import format_grounded, format_groups
 

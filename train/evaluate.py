@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcap.atomic import write_json_atomic
+from vidcap.atomic import write_bytes_atomic, write_json_atomic
 from vidcap.evalkit.coco import Scorer, score
 from vidcap.evalkit.grounding import (
     attribute_map,
     clip_groups,
+    error_sources,
     grouped_accuracy,
+    parse_caption,
     per_clip_correct,
     slot_accuracy,
 )
@@ -30,6 +32,7 @@ from vidcap.shards.reader import checked_samples
 from vidcap.tokens import decode
 from vidcap.train import run_folder as rf
 from vidcap.train.data import SplitStream, torch_loader
+from vidcap.train.evidence import contact_sheet, evidence_strip, occlusion_maps, png_bytes, word_positions
 from vidcap.train.report import gallery, plot_confusion, write_scalars
 
 GROUNDED_KEYS = (*SLOTS, "size_named")  # the slot accuracies, and how many captions named a size
@@ -38,26 +41,33 @@ GROUNDED_KEYS = (*SLOTS, "size_named")  # the slot accuracies, and how many capt
 @torch.no_grad()
 def evaluate_checkpoint(ckpt_path: str | None, data: str, split: str = "test", beam: int = 3, out: str | None = None,
                         batch_size: int = 16, max_clips: int | None = None, gallery_clips: int = 40,
-                        meteor: bool = True, scorer: Scorer | None = None, model_dir: str | None = None) -> dict:
+                        meteor: bool = True, scorer: Scorer | None = None, model_dir: str | None = None,
+                        evidence: int = 0) -> dict:
     """Decode `split` with the checkpoint (or the model folder `model_dir`) and score it; `scorer` (an
     open evalkit Scorer) saves the METEOR start-up when many checkpoints are evaluated in a row
-    (`train ablate`). Outputs go beside the checkpoint, or into the model folder."""
+    (`train ablate`). Outputs go beside the checkpoint, or into the model folder. `evidence`: occlusion
+    maps of the first N clips with a wrong slot (train/evidence.py), in the gallery and evidence.png."""
     model, ckpt = load_model(ckpt_path, model_dir)
     source = ckpt["source"]
     home = Path(model_dir) if model_dir else Path(source).parent
     info = DataInfo.load(data)  # any build: the captions are decoded with the model's own vocabulary
     stream = SplitStream(info, split, max_clips=max_clips)
     preds, refs, objects, nuisances, attr_scores, attr_labels = {}, {}, {}, {}, [], []
+    wrong: list[tuple[str, torch.Tensor, list[int], list[str]]] = []  # (clip, frames, caption ids, wrong slots)
     for batch in torch_loader(stream, model.cfg.image_size, batch_size, 0):
         feats = model.frame_features(batch["frames"])
         seqs = decoding.decode(model, feats, beam)
         attr_scores.append(model.attribute_logits(feats).float())
         attr_labels.append(batch["attrs"])
-        for cid, s, caps, objs, nuis in zip(batch["clip_id"], seqs.tolist(), batch["captions"], batch["objects"],
-                                            batch["nuisances"], strict=True):
+        for n, (cid, s, caps, objs, nuis) in enumerate(zip(batch["clip_id"], seqs.tolist(), batch["captions"],
+                                                           batch["objects"], batch["nuisances"], strict=True)):
             preds[cid], refs[cid] = decode(s, ckpt["vocab"]), caps
             if objs:
                 objects[cid], nuisances[cid] = objs, nuis
+                slots = [k for k, ok in per_clip_correct({cid: preds[cid]}, {cid: objs})[cid].items()
+                         if k in ("action", "colour", "shape") and ok is False]
+                if slots and len(wrong) < evidence:
+                    wrong.append((cid, batch["frames"][n].clone(), s, slots))
     metrics = scorer.score(preds, refs) if scorer is not None else score(preds, refs, meteor=meteor)
     grounded = slot_accuracy(preds, objects) if objects else None
     groups = {}
@@ -79,6 +89,7 @@ def evaluate_checkpoint(ckpt_path: str | None, data: str, split: str = "test", b
     if groups:
         write_json_atomic(out_dir / rf.GROUPS, groups)
     if grounded is not None:
+        write_json_atomic(out_dir / rf.ERROR_SOURCES, error_sources(preds, objects, nuisances))
         write_json_atomic(out_dir / rf.CONFUSION_JSON, grounded["confusion"])
         plot_confusion(grounded["confusion"], out_dir / rf.CONFUSION_PNG,
                        f"{home.name}: action on {split} ({100 * grounded['action_acc']:.1f}% right)")
@@ -96,6 +107,21 @@ def evaluate_checkpoint(ckpt_path: str | None, data: str, split: str = "test", b
         if cid in preds:
             rows.append({"clip_id": cid, "jpegs": s["frames"], "prediction": preds[cid], "references": refs[cid],
                          "correct": correct.get(cid)})
+    if wrong:
+        rows = [r for r in rows if r["clip_id"] not in {w[0] for w in wrong}]
+        sheet = []
+        for cid, frames, seq, slots in wrong:
+            truth = objects[cid][0]
+            labels = {slot: f"said {getattr(parse_caption(preds[cid]), slot)}, is {truth[slot]}" for slot in slots}
+            maps = occlusion_maps(model, frames, seq, word_positions(preds[cid], seq, ckpt["vocab"], slots))
+            if not maps:
+                continue
+            strip = evidence_strip(frames, maps, labels)
+            sheet.append((f"{cid}: {preds[cid]}", strip))
+            rows.insert(len(sheet) - 1, {"clip_id": cid, "jpegs": [], "prediction": preds[cid], "references": refs[cid],
+                                         "correct": correct.get(cid), "evidence": png_bytes(strip)})
+        if sheet:
+            write_bytes_atomic(out_dir / rf.EVIDENCE_PNG, png_bytes(contact_sheet(sheet)))
     gallery(out_dir / rf.GALLERY, rows, metrics, f"{ckpt['name']} on {split} (beam {beam})")
     return {"metrics": metrics, "dir": str(out_dir), "clips": len(preds), "grounded": grounded, "groups": groups,
             "per_clip": correct, "predictions": preds}

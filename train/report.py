@@ -209,10 +209,12 @@ def gallery(path: Path, rows: list[dict], metrics: dict, title: str) -> None:
     head = " ".join(f"{k} {100 * v:.2f}" for k, v in metrics.items() if isinstance(v, float))
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif} td{vertical-align:top;padding:4px} img{width:96px}"
-             " .slots{font-size:90%;color:#444}</style>",
+             " .slots{font-size:90%;color:#444} img.evidence{width:auto}</style>",
              f"<h2>{html.escape(title)}</h2><p>{html.escape(head)}</p><table>"]
     for r in rows:
         imgs = "".join(f"<img src='data:image/jpeg;base64,{base64.b64encode(j).decode()}'>" for j in r["jpegs"])
+        if r.get("evidence"):  # train eval --evidence: the frames with where each wrong word was read
+            imgs += f"<br><img class='evidence' src='data:image/png;base64,{base64.b64encode(r['evidence']).decode()}'>"
         refs = "".join(f"<li>{html.escape(c)}</li>" for c in r["references"][:5])
         slots = ""
         if r.get("correct"):

@@ -49,6 +49,9 @@ PREDICTIONS, EVAL_METRICS, GALLERY = "predictions.json", "metrics.json", "galler
 CONFUSION_JSON, CONFUSION_PNG = "action_confusion.json", "action_confusion.png"
 ROBUSTNESS = "robustness"  # a folder; inside it:
 ROBUSTNESS_JSON, ROBUSTNESS_MD, ROBUSTNESS_PNG = "robustness.json", "robustness.md", "robustness.png"
+# where the wrong slots' values came from (evalkit.grounding.error_sources); the occlusion maps of
+# the first wrong clips (train eval --evidence N: train/evidence.py)
+ERROR_SOURCES, EVIDENCE_PNG = "error_sources.json", "evidence.png"
 GROUPS = "grounded_groups.json"  # the grounded accuracies per group of clips (seen / held-out, per nuisance)
 
 
