@@ -34,8 +34,7 @@ from torch import nn
 
 from vidcap.model.focus import focus_levels
 from vidcap.model.frames import CNNPass, FeaturesConfig, FrameFeatures, register_frame_features
-
-HIDDEN = 64  # the scoring convolution's width
+from vidcap.model.heads import AttentionHeads, attention_where, median_deviation_cells
 
 
 @dataclass
@@ -52,25 +51,6 @@ class AttendConfig(FeaturesConfig):
     where: bool = True
 
 
-def median_deviation_cells(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(B, K, 3, H, W) in [0, 255] -> (B, K, 1, h, w): each cell's mean absolute deviation of the grey
-    level from the clip's temporal median, scaled to about unit size (/ 32)."""
-    grey = frames.float().mean(2)  # (B, K, H, W)
-    dev = (grey - grey.median(1, keepdim=True).values).abs()
-    return F.adaptive_avg_pool2d(dev, size)[:, :, None] / 32
-
-
-def attention_where(weights: torch.Tensor) -> torch.Tensor:
-    """(B, K, heads, h, w) attention -> (B, K, 3 * heads): per head the expected x and y (-1..1) of the
-    cell it attends to and the spread (RMS distance) around that point."""
-    h, w = weights.shape[-2:]
-    ys = torch.linspace(-1, 1, h, device=weights.device).view(h, 1).expand(h, w)
-    xs = torch.linspace(-1, 1, w, device=weights.device).view(1, w).expand(h, w)
-    x, y = (weights * xs).sum((-2, -1)), (weights * ys).sum((-2, -1))
-    spread = (weights * ((xs - x[..., None, None]) ** 2 + (ys - y[..., None, None]) ** 2)).sum((-2, -1)).sqrt()
-    return torch.stack([x, y, spread], -1).flatten(2)
-
-
 @register_frame_features("attend")
 class Attend(FrameFeatures):
     Config = AttendConfig
@@ -80,10 +60,7 @@ class Attend(FrameFeatures):
         super().__init__(cfg, backbone, feature_dim)
         self.levels = focus_levels(backbone)  # (index, channels) at strides 8 and 16; none: the last map
         self.channels = sum(c for _, c in self.levels) if self.levels else feature_dim
-        inputs = self.channels + int(cfg.motion)
-        self.score = nn.Sequential(nn.Conv2d(inputs, HIDDEN, 1), nn.GELU(), nn.Conv2d(HIDDEN, cfg.heads, 1))
-        nn.init.zeros_(self.score[2].weight)  # uniform attention to start with: the global average
-        nn.init.zeros_(self.score[2].bias)
+        self.score = AttentionHeads(self.channels + int(cfg.motion), cfg.heads)
         self.blocks = [self.channels] * cfg.heads + ([self.channels] if cfg.scene else []) + \
             ([3 * cfg.heads] if cfg.where else [])
 
@@ -105,15 +82,11 @@ class Attend(FrameFeatures):
 
     def attention(self, maps: torch.Tensor) -> torch.Tensor:
         """(B, K, C (+1), h, w) -> each head's weights over the frame's cells, (B, K, heads, h, w)."""
-        b, k = maps.shape[:2]
-        logits = self.score(maps.flatten(0, 1).float())  # (B*K, heads, h, w)
-        weights = logits.flatten(2).softmax(-1).view_as(logits)
-        return weights.view(b, k, *weights.shape[1:])
+        return self.score.weights(maps)
 
     def from_cache(self, maps: torch.Tensor) -> torch.Tensor:
         feats = maps[:, :, : self.channels].float()  # (B, K, C, h, w)
-        weights = self.attention(maps)
-        attended = torch.einsum("bkchw,bknhw->bknc", feats, weights).flatten(2)  # (B, K, heads * C)
+        attended, weights = self.score.attend(feats, maps)  # (B, K, heads * C)
         scene = [feats.mean((-2, -1))] if self.cfg.scene else []
         where = [attention_where(weights)] if self.cfg.where else []
         return torch.cat([attended, *scene, *where], 2)

@@ -201,7 +201,7 @@ class VideoCaptioner(nn.Module):
         return self.frames.cache(self._pixels(images), self.cnn_pass)
 
     def features_from_cache(self, cached: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-        if isinstance(cached, dict):  # set_trunk's: the entry over the blocks above the cached trunk
+        if isinstance(cached, dict) and "trunk" in cached:  # set_trunk's: the entry over the blocks above the trunk
             with self._trunk(cached["trunk"]):
                 return self.frames(self._pixels(cached["frames"]), self.cnn_pass)
         return self.frames.from_cache(cached)

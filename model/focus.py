@@ -28,6 +28,7 @@ from torch import nn
 
 from vidcap.model import camera
 from vidcap.model.frames import CNNPass, FeaturesConfig, FrameFeatures, register_frame_features
+from vidcap.model.heads import AttentionHeads, attention_where
 
 SCENE_GRID = 2  # the scene block: the last map's 2x2 grid
 
@@ -35,7 +36,8 @@ SCENE_GRID = 2  # the scene block: the last map's 2x2 grid
 @dataclass
 class FocusConfig(FeaturesConfig):
     CHOICES: ClassVar[dict[str, tuple]] = {"exposure": ("none", "gain"), "stabilize": ("none", "similarity"),
-                                           "saliency": ("deviation", "robust"), "foreground": ("deviation", "filled")}
+                                           "saliency": ("deviation", "robust"), "foreground": ("deviation", "filled"),
+                                           "heads": (0, 1, 2, 3, 4)}
     RANGES: ClassVar[dict[str, tuple[float, float]]] = {"stabilize_share": (0.01, 1.0)}
 
     # "gain": each frame's brightness matched to the clip's middle frame ("none": as the frames come).
@@ -70,6 +72,12 @@ class FocusConfig(FeaturesConfig):
     # (camera.filled_foreground). Probes read more from the region (all three slots 87.3 -> 89.0%, 5-fold
     # over 1,080 clips), the captioner less (stage 1, seeds 0-2: -3.2 +- 1.5 points): in no preset.
     foreground: str = "deviation"
+    # Learned where-to-look beside the rules (issue 37): this many attention heads over the fine maps
+    # (model/heads.py), each scoring a frame's cells from their CNN channels and the hand-made cue there
+    # (the frame's foreground with frame_focus, else the clip's saliency) -- so it may follow the cue
+    # where the cue is right and overrule it where much moves (real footage) -- adding per head the
+    # attended channels and where it looks (centroid and spread). 0: the rules alone.
+    heads: int = 0
 
     def check(self, name: str) -> None:
         if self.foreground != "deviation" and not self.frame_focus:
@@ -104,6 +112,14 @@ def motion_focus(motion: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bkcn,bn->bkc", fmap.flatten(3), weights)
 
 
+def cue_cells(cue: torch.Tensor, k: int, size: tuple[int, int]) -> torch.Tensor:
+    """A hand-made cue -- (B, K, H, W) per frame or (B, H, W) per clip -- at the maps' cells, each frame's
+    scaled to a largest cell of 1: (B, K, 1, h, w), a channel the learned heads read beside the CNN's."""
+    per_frame = cue if cue.dim() == 4 else cue[:, None].expand(-1, k, -1, -1)
+    cells = F.adaptive_avg_pool2d(per_frame.float(), size)
+    return (cells / (cells.flatten(2).amax(-1)[..., None, None] + 1e-6))[:, :, None]
+
+
 def focus_levels(backbone: nn.Module) -> list[tuple[int, int]]:
     """(feature_info index, channels) of the maps at strides 8 and 16, where a timm backbone has them:
     their cells are small enough to hold one object (the last map's receptive fields hold the whole
@@ -126,6 +142,10 @@ class Focus(FrameFeatures):
         fine = sum(c for _, c in self.levels) if self.levels else feature_dim
         self.blocks = ([feature_dim * SCENE_GRID**2] if cfg.scene else []) + [fine] + \
                       ([fine] if cfg.frame_focus else []) + ([camera.TRACK_DIM] if cfg.track else [])
+        self.learned = cfg.heads > 0
+        if cfg.heads:  # the fine maps' channels and the cue, scored per cell
+            self.score = AttentionHeads(fine + 1, cfg.heads)
+            self.blocks += [fine] * cfg.heads + [3 * cfg.heads]
 
     def compensate(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The frames as the CNN sees them -- exposure matched and the camera's motion undone where the
@@ -145,6 +165,29 @@ class Focus(FrameFeatures):
         return deviation_saliency(frames)
 
     def forward(self, frames: torch.Tensor, cnn_pass: CNNPass) -> torch.Tensor:
+        return self.from_cache(self.cache(frames, cnn_pass))
+
+    def cache(self, frames: torch.Tensor, cnn_pass: CNNPass) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The cues' features (B, K, D); with ``heads``, also the maps the heads score: the fine maps at
+        the coarsest one's cells and the cue there, (B, K, C + 1, h, w)."""
+        cues, maps = self._cues(frames, cnn_pass)
+        return {"cues": cues, "maps": maps} if maps is not None else cues
+
+    def from_cache(self, cached: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        if not isinstance(cached, dict):
+            return cached
+        maps = cached["maps"]
+        attended, weights = self.score.attend(maps[:, :, :-1], maps)
+        return torch.cat([cached["cues"], attended, attention_where(weights)], 2)
+
+    def std_floor(self) -> torch.Tensor:
+        """The heads' centroids and spreads, constant under their uniform start, by at least 0.5 (as attend's)."""
+        floor = super().std_floor()
+        if self.cfg.heads:
+            floor[-3 * self.cfg.heads :] = 0.5
+        return floor
+
+    def _cues(self, frames: torch.Tensor, cnn_pass: CNNPass) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg, (b, k) = self.cfg, frames.shape[:2]
         frames, valid = self.compensate(frames)
         # the robust saliency, the frame focus and the track start from the same blurred deviation:
@@ -165,9 +208,15 @@ class Focus(FrameFeatures):
             fine = [m.view(b, k, *m.shape[1:]) for m in fine]
             motion = self.saliency(frames, valid, deviation)
             focus = [motion_focus(motion, m) for m in fine]
+            where = None
             if cfg.frame_focus:
                 where = camera.frame_foreground(frames, valid, deviation)
                 if cfg.foreground == "filled":
                     where = camera.filled_foreground(where)
                 focus += [motion_focus(where, m) for m in fine]
-            return torch.cat([*scene, *focus, *[t.to(focus[0].dtype) for t in track]], 2)
+            cues = torch.cat([*scene, *focus, *[t.to(focus[0].dtype) for t in track]], 2)
+            if not cfg.heads:
+                return cues, None
+            size = fine[-1].shape[-2:]
+            cells = torch.cat([F.adaptive_avg_pool2d(m.flatten(0, 1), size) for m in fine], 1).reshape(b, k, -1, *size)
+            return cues, torch.cat([cells.float(), cue_cells(where if where is not None else motion, k, size)], 2)

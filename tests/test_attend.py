@@ -102,3 +102,32 @@ def test_feature_norm_never_divides_the_centroids_by_their_zero_start():
     assert feats[..., where].std((0, 1)).max() < 1e-6
     least = 0.5 * m.block_balance()[where]  # the floor, then each block's share of the variance
     assert torch.allclose(m.feat_std[where], least) and torch.allclose(m.diff_std[where], least)
+
+
+def test_focus_heads_add_learned_attention_beside_the_cues_and_zero_heads_change_nothing():
+    """``model.focus.heads=N``: the cues' features unchanged, then N heads over the fine maps (uniform
+    at first: their average) and where each looks; the cache keeps cues and maps, and the heads learn
+    from it. heads=0 is the focus entry as before: one tensor, the same features."""
+    torch.manual_seed(0)
+    settings = {"focus.frame_focus": True, "focus.track": True, "focus.scene": False}
+    plain = create_model(make_config("tiny", 12, features="focus", **settings)).eval()
+    torch.manual_seed(0)
+    heads = create_model(make_config("tiny", 12, features="focus", **settings, **{"focus.heads": 2})).eval()
+    x = torch.randint(0, 255, (2, 5, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        cues = plain.cacheable_features(x)
+        cached = heads.cacheable_features(x)
+        feats = heads.features_from_cache(cached)
+        torch.testing.assert_close(feats, heads.frame_features(x))
+    assert torch.is_tensor(cues) and set(cached) == {"cues", "maps"}
+    torch.testing.assert_close(cached["cues"], cues)
+    d, c = cues.shape[-1], cached["maps"].shape[2] - 1
+    assert heads.feature_dim == d + 2 * c + 6 and feats.shape == (2, 5, heads.feature_dim)
+    torch.testing.assert_close(feats[..., :d], cues)
+    average = cached["maps"][:, :, :c].mean((-2, -1))
+    torch.testing.assert_close(feats[..., d : d + c], average)  # uniform start
+    assert cached["maps"][:, :, c].amax() <= 1 + 1e-6  # the cue channel, each frame's largest cell 1
+    assert heads.frames.std_floor()[-6:].eq(0.5).all()
+    heads.train()
+    heads.features_from_cache(cached).pow(2).sum().backward()
+    assert heads.frames.score[2].weight.grad.abs().sum() > 0  # the heads learn from the cache

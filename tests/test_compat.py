@@ -131,7 +131,10 @@ def test_the_old_focus_settings_mean_what_older_files_were_trained_with():
     from vidcap.model.focus import FocusConfig
     from vidcap.model.registry import LEGACY_FOCUS
 
-    assert {f.name: f.default for f in fields(FocusConfig)} == LEGACY_FOCUS
+    defaults = {f.name: f.default for f in fields(FocusConfig)}
+    assert {k: defaults[k] for k in LEGACY_FOCUS} == LEGACY_FOCUS
+    # settings born after model.features have no flat spelling (``heads`` would be the transformer's)
+    assert set(defaults) - set(LEGACY_FOCUS) == {"heads"} and defaults["heads"] == 0
 
 
 PRE_FEATURES = REPO / "tests" / "fixtures" / "pre_frame_features.tar.xz"

@@ -25,6 +25,7 @@ CASES = [
     ({"backbone": "tf_efficientnet_lite0", "image_size": 96}, "pooled", 4),
     ({"backbone": "tf_efficientnet_lite0", "image_size": 96}, "focus", 3),
     ({"backbone": "tf_efficientnet_lite0", "image_size": 96}, "attend", 2),
+    ({"backbone": "tf_efficientnet_lite0", "image_size": 96, "focus.frame_focus": True, "focus.heads": 2}, "focus", 3),
 ]
 
 
@@ -47,7 +48,7 @@ def _loss(feats: torch.Tensor) -> torch.Tensor:
     return (feats * w).sum()
 
 
-@pytest.mark.parametrize("backbone,features,k", CASES, ids=[f"{b['backbone']}-{f}-{k}" for b, f, k in CASES])
+@pytest.mark.parametrize("backbone,features,k", CASES, ids=[f"{b['backbone']}-{f}{'+heads' * ('focus.heads' in b)}-{k}" for b, f, k in CASES])
 def test_the_top_over_cached_trunk_maps_equals_the_whole_cnn_with_the_trunk_frozen(backbone, features, k):
     top = _model(backbone, features)
     whole = copy.deepcopy(top)

@@ -22,7 +22,7 @@ from vidcap.model.checkpoint import load_checkpoint
 from vidcap.shards.layout import DataInfo
 from vidcap.shards.reader import checked_samples
 from vidcap.train.data import SplitStream, torch_loader
-from vidcap.train.features import feature_cache_path
+from vidcap.train.features import chunks, feature_cache_path
 from vidcap.train.run_folder import RunFolder
 
 SLOT_LABELS = {"action": ACTIONS, "colour": COLOUR_NAMES, "shape": SHAPES}
@@ -69,7 +69,8 @@ def cached_split_features(model, info: DataInfo, split: str, features_dir: Path 
     if sorted(objects) != sorted(ids) or not all(objects.values()):
         return None
     with torch.no_grad():  # what a learned frame-features entry makes of its cached maps
-        feats = torch.cat([model.features_from_cache(c).float() for c in feats.split(256)]) if len(feats) else feats
+        parts = [model.features_from_cache(c).float() for c in chunks(feats, 256)]
+        feats = torch.cat(parts) if parts else torch.zeros(0)
     return feats, [objects[c] for c in ids]
 
 
