@@ -76,7 +76,7 @@ wheel: setup
 
 # Every speed benchmark in bench/speed/ (docs/benchmarks.md), each as a module from the repository root;
 # each writes bench/speed/NAME_report.json. serve_load trains a tiny model when given none (~20 s).
-BENCH_SPEED := job1 cider train checkpoint ddp scale kv_cache cnn_layout serve_load
+BENCH_SPEED := job1 cider train checkpoint ddp scale kv_cache cnn_layout serve_load trunk
 bench: setup
 	@for b in $(BENCH_SPEED); do echo "== bench.speed.$$b =="; $(PY) -m bench.speed.$$b || exit 1; done
 
