@@ -8,7 +8,7 @@ A B A B, so that a machine busy with something else slows both alike; the ratio 
 Data: a build and a stage-2 checkpoint of it (``--data D --init RUN/stage2/best.pt``), or by default
 a fresh built-in dataset (synth + build at 112 px) and a stage-1 + stage-2 checkpoint trained on it
 for one epoch each.
-Usage: python -m bench.speed.trunk [--data D --init CKPT] [--trunk-blocks 3] [--steps 6] [--clips 160]
+Usage: python -m bench.speed.trunk [--data D --init CKPT [--max-clips N]] [--trunk-blocks 3] [--steps 6] [--clips 160]
        [--out bench/speed/trunk_report.json]
 """
 
@@ -24,6 +24,7 @@ import torch
 from bench.common import built_in_dataset, report_path, write_report
 from vidcap.train.config import make_train_config
 from vidcap.train.loop import Trainer, run_stage
+from vidcap.train.run_folder import RunFolder
 
 
 def step_seconds(data: str, init: str, run: Path, steps: int, overrides: list[str]) -> tuple[float, float]:
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--trunk-blocks", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--clips", type=int, default=160, help="built-in clips when no --data is given")
+    ap.add_argument("--max-clips", type=int, default=None, help="training clips used (and cached) of --data")
     ap.add_argument("--out", default=str(report_path(__file__)))
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,11 +65,12 @@ def main() -> None:
             for stage in (1, 2):
                 run_stage(make_train_config(stage, "cpu-small", ["epochs=1", "num_workers=0"], data=data,
                                             run=str(tmp / "base")), progress=False)
-            init = str(tmp / "base" / "stage2" / "best.pt")
+            init = str(RunFolder(tmp / "base").stage("rfc+").best)
         whole, top, caching = [], [], []
+        cap = [f"max_clips={a.max_clips}"] if a.max_clips else []
         for rep in range(2):  # A B A B
-            whole.append(step_seconds(data, init, tmp / f"whole{rep}", a.steps, [])[0])
-            s, c = step_seconds(data, init, tmp / f"trunk{rep}", a.steps, [f"trunk_blocks={a.trunk_blocks}"])
+            whole.append(step_seconds(data, init, tmp / f"whole{rep}", a.steps, cap)[0])
+            s, c = step_seconds(data, init, tmp / f"trunk{rep}", a.steps, [*cap, f"trunk_blocks={a.trunk_blocks}"])
             top.append(s)
             caching.append(c)
     n = 2 * a.steps
