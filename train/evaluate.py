@@ -64,10 +64,11 @@ def evaluate_checkpoint(ckpt_path: str | None, data: str, split: str = "test", b
             preds[cid], refs[cid] = decode(s, ckpt["vocab"]), caps
             if objs:
                 objects[cid], nuisances[cid] = objs, nuis
-                slots = [k for k, ok in per_clip_correct({cid: preds[cid]}, {cid: objs})[cid].items()
-                         if k in ("action", "colour", "shape") and ok is False]
-                if slots and len(wrong) < evidence:
-                    wrong.append((cid, batch["frames"][n].clone(), s, slots))
+                if len(wrong) < evidence:  # --evidence: keep the first wrong clips' frames for their maps
+                    slots = [k for k, ok in per_clip_correct({cid: preds[cid]}, {cid: objs})[cid].items()
+                             if k in ("action", "colour", "shape") and ok is False]
+                    if slots:
+                        wrong.append((cid, batch["frames"][n].clone(), s, slots))
     metrics = scorer.score(preds, refs) if scorer is not None else score(preds, refs, meteor=meteor)
     grounded = slot_accuracy(preds, objects) if objects else None
     groups = {}
